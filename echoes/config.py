@@ -1,0 +1,171 @@
+"""Every option echoes has: its default, unit, bounds and help text, in one table.
+
+Options come from, in rising precedence: the defaults below, a tornado.options config file
+(``--config=PATH``), environment variables ``ECHOES_<NAME>``, and the command line
+(``--name=value``). ``Settings`` is the one object the rest of the program reads them from.
+"""
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import tornado.options
+
+ENV_PREFIX = "ECHOES_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+EMBEDDED = "embedded"
+# Lua's unpack() in a script handles a few thousand values; a batch stays well under that.
+MAX_BATCH_CEILING = 5000
+
+
+def option(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
+    """A Settings field with its help text and inclusive bounds."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The running configuration; each field is an option of the same name."""
+
+    address: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "TCP port to listen on", 0, 65535)
+    redis_url: str = option(
+        "redis://127.0.0.1:6379/0",
+        "Redis to use: redis://, rediss:// or unix:// URL, or 'embedded' to run a private "
+        "redis-server in --data-dir",
+    )
+    data_dir: str = option(
+        "echoes-data", "directory of the embedded Redis (socket, append-only file)"
+    )
+    key_prefix: str = option("echoes:", "prefix of every Redis key and channel echoes uses")
+    message_ttl: int = option(
+        604800, "seconds a record (message or ack) waits before it expires", 1
+    )
+    attempt_ttl: int = option(
+        300, "seconds a consumed batch stays retrievable under its ?attempt= token", 1, 86400
+    )
+    max_batch: int = option(
+        1000, "most records one /receive or /exchange response carries", 1, MAX_BATCH_CEILING
+    )
+    max_batch_bytes: int = option(
+        8388608,
+        "most bytes of records one response carries (at least one record is sent)",
+        1,
+        268435456,
+    )
+    max_body_size: int = option(1048576, "largest request body accepted, in bytes", 1)
+    max_destinations: int = option(1000, "most destinations one message may name", 1)
+    max_from_length: int = option(256, "longest From header (a name), in UTF-8 bytes", 1, 8192)
+    redis_timeout: float = option(
+        5.0, "seconds a request waits on Redis before it answers 503", 0.01, 300
+    )
+    redis_max_connections: int = option(
+        64, "size of the Redis connection pool; requests queue for a free connection", 1
+    )
+    cors_origin: str = option(
+        "*", "Access-Control-Allow-Origin sent with every response ('' sends no CORS headers)"
+    )
+    body_timeout: float = option(30.0, "seconds a client has to send its request body", 0.1)
+    idle_connection_timeout: float = option(
+        65.0, "seconds an idle keep-alive connection stays open", 0.1
+    )
+    log_level: str = option("info", "one of: " + ", ".join(LOG_LEVELS))
+
+    @property
+    def redis_display(self) -> str:
+        """The Redis address as it may be shown to clients and logs: no password."""
+        return display_url(self.redis_url)
+
+
+class ConfigError(Exception):
+    """A configuration value that echoes cannot start with."""
+
+
+def display_url(url: str) -> str:
+    """Return ``url`` with any user name and password removed."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _parser() -> tornado.options.OptionParser:
+    parser = tornado.options.OptionParser()
+    parser.define(
+        "config",
+        type=str,
+        help="path of a config file (Python syntax, name = value)",
+        group="echoes",
+    )
+    for f in dataclasses.fields(Settings):
+        lo, hi = f.metadata["lo"], f.metadata["hi"]
+        bounds = "" if lo is None else f" [{lo}..{hi if hi is not None else ''}]"
+        parser.define(
+            f.name,
+            default=f.default,
+            type=f.type if isinstance(f.type, type) else None,
+            help=f.metadata["help"] + bounds,
+            group="echoes",
+        )
+    return parser
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Build Settings from argv (argv[0] is the program) and the environment."""
+    parser = _parser()
+    try:
+        extra = parser.parse_command_line(list(argv), final=False)
+        if extra:
+            raise ConfigError(f"unexpected argument: {extra[0]!r}")
+        path = parser.config or environ.get(ENV_PREFIX + "CONFIG")
+        if path:
+            parser.parse_config_file(path, final=False)
+        env = [
+            f"--{name}={environ[ENV_PREFIX + name.upper()]}"
+            for name in parser.as_dict()
+            if ENV_PREFIX + name.upper() in environ and name != "config"
+        ]
+        parser.parse_command_line([argv[0], *env], final=False)
+        parser.parse_command_line(list(argv), final=False)
+    except tornado.options.Error as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e}") from None
+    except Exception as e:  # a config file is Python: any error in it is a config error
+        raise ConfigError(f"bad config file {path}: {type(e).__name__}: {e}") from None
+    values = {f.name: parser[f.name] for f in dataclasses.fields(Settings)}
+    return validate(Settings(**values))
+
+
+def validate(settings: Settings) -> Settings:
+    """Check bounds and formats; raise ConfigError naming the first bad option."""
+    for f in dataclasses.fields(Settings):
+        value, lo, hi = getattr(settings, f.name), f.metadata["lo"], f.metadata["hi"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"--{f.name}={value} is out of range {lo}..{hi or ''}")
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log_level must be one of {', '.join(LOG_LEVELS)}")
+    if any(c in settings.key_prefix for c in "{}"):
+        raise ConfigError("--key_prefix may not contain '{' or '}' (they mark hash tags)")
+    if settings.redis_url != EMBEDDED and urlsplit(settings.redis_url).scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"--redis_url must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+            f" or be '{EMBEDDED}'"
+        )
+    return settings
+
+
+def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """load(), printing one line and exiting with status 2 on a bad configuration."""
+    try:
+        return load(argv, environ)
+    except ConfigError as e:
+        print(f"echoes: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

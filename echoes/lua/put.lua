@@ -1,0 +1,28 @@
+-- Store one record in an inbox, replacing the waiting record with the same id if there is one.
+-- KEYS[1]  the inbox's queue: sorted set, record id -> arrival time in microseconds
+-- KEYS[2]  the inbox's records: hash, record id -> "<expires ms>:<ack flag>:<record JSON>"
+-- ARGV[1]  record id
+-- ARGV[2]  record JSON
+-- ARGV[3]  ack flag: "1" if consuming this record queues an ack for its origin, else "0"
+-- ARGV[4]  time to live, in milliseconds
+-- returns  1
+-- Safe to run twice (redis-py retries after a connection error): the rerun rewrites the record.
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local ttl = tonumber(ARGV[4])
+
+-- Arrival order is the score; keep it strictly increasing even within one microsecond.
+local arrival = t[1] * 1000000 + t[2]
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) >= arrival then
+  arrival = tonumber(last[2]) + 1
+end
+
+redis.call('HSET', KEYS[2], ARGV[1], string.format('%.0f', now_ms + ttl) .. ':' .. ARGV[3] .. ':' .. ARGV[2])
+redis.call('ZADD', KEYS[1], string.format('%.0f', arrival), ARGV[1])
+-- The inbox's keys outlive their newest record, so an abandoned inbox leaves nothing behind.
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+return 1

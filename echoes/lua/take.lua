@@ -1,0 +1,56 @@
+-- Take the oldest live records of an inbox (removing them), or replay the batch already taken
+-- under the same attempt token, so a retried receive gets the same records and no others.
+-- KEYS[1]  the inbox's queue: sorted set, record id -> arrival time in microseconds
+-- KEYS[2]  the inbox's records: hash, record id -> "<expires ms>:<ack flag>:<record JSON>"
+-- KEYS[3]  the attempt key: list, where a taken batch is parked
+-- ARGV[1]  most records to take
+-- ARGV[2]  milliseconds a taken batch stays parked
+-- ARGV[3]  most bytes of record JSON to take (at least one record is taken regardless)
+-- returns  {batch as a JSON array, records in it, records left, id of each message that wants an ack...}
+local parked = redis.call('LRANGE', KEYS[3], 0, -1)
+if #parked > 0 then
+  table.insert(parked, 3, redis.call('ZCARD', KEYS[1]))
+  return parked
+end
+
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local want, budget = tonumber(ARGV[1]), tonumber(ARGV[3])
+local out, acks, size, full = {}, {}, 0, false
+
+while #out < want and not full do
+  local ids = redis.call('ZRANGE', KEYS[1], 0, want - #out - 1)
+  if #ids == 0 then break end
+  local values = redis.call('HMGET', KEYS[2], unpack(ids))
+  local done = {}
+  for i = 1, #ids do
+    local expires, flag, json
+    if values[i] then
+      expires, flag, json = string.match(values[i], '^(%d+):(%d):(.*)$')
+    end
+    -- An expired record is dropped here even if Redis has not evicted the inbox yet.
+    if json and tonumber(expires) > now_ms then
+      if #out > 0 and size + #json > budget then
+        full = true
+        break
+      end
+      out[#out + 1] = json
+      size = size + #json + 1
+      if flag == '1' then
+        acks[#acks + 1] = ids[i]
+      end
+    end
+    done[#done + 1] = ids[i]
+  end
+  if #done > 0 then
+    redis.call('ZREM', KEYS[1], unpack(done))
+    redis.call('HDEL', KEYS[2], unpack(done))
+  end
+end
+
+local batch = '[' .. table.concat(out, ',') .. ']'
+if #out > 0 then
+  redis.call('RPUSH', KEYS[3], batch, #out, unpack(acks))
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+return {batch, #out, redis.call('ZCARD', KEYS[1]), unpack(acks)}

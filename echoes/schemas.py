@@ -1,0 +1,80 @@
+"""The spec's JSON schemas: the one source for validating requests and describing responses.
+
+SEND, MSG and ACK are copied from the API description (../shared/spec/echoes-api.txt).
+"""
+
+import functools
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError, validators
+
+# Idempotency keys and attempt tokens share one alphabet, which has no ':' (see records.py).
+TOKEN_PATTERN = "^[A-Za-z0-9\\-_=]{12,64}$"
+TOKEN = {"type": "string", "pattern": TOKEN_PATTERN}
+
+SEND: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "idempotencyKey": TOKEN,
+        "destination": {"type": "array", "items": {"type": "string"}},
+        "body": {},
+        "expectsAck": {"type": "boolean"},
+    },
+    "required": ["idempotencyKey", "destination", "body"],
+}
+
+ACK: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "ack"},
+        "idempotencyKey": TOKEN,
+        "destination": {"type": "string"},
+        "receivedAt": {"type": "string", "format": "date-time"},
+    },
+    "required": ["type", "idempotencyKey", "destination", "receivedAt"],
+}
+
+MSG: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "msg"},
+        "idempotencyKey": TOKEN,
+        "origin": {"type": "string"},
+        "body": {},
+        "expectsAck": {"type": "boolean"},
+        "sentAt": {"type": "string", "format": "date-time"},
+    },
+    "required": ["type", "idempotencyKey", "origin", "body", "expectsAck", "sentAt"],
+}
+
+RECEIVED: dict[str, Any] = {"type": "array", "items": {"oneOf": [MSG, ACK]}}
+
+
+@functools.cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    # JSON Schema patterns are ECMA-262, where '$' matches only at the very end; Python's '$'
+    # also matches before a final newline, which would let "key\n" through.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+_send = Validator(SEND)
+
+
+def send_errors(document: Any, limit: int = 200) -> list[str]:
+    """Every way ``document`` breaks the send schema, as "<JSON path>: <reason>" lines."""
+    errors = sorted(_send.iter_errors(document), key=lambda e: e.json_path)
+    return [f"{e.json_path}: {_short(e.message, limit)}" for e in errors]
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,172 @@
+"""The only code that reads or writes echoes' data in Redis: one call per request.
+
+Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
+inbox touched, plus one more pipelined round when a receive queues acks. Every script
+touches the keys of one inbox only (see keys.py), and every script is safe to run twice,
+because redis-py resends commands after a connection error.
+"""
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import NoScriptError
+
+from . import records
+from .keys import Keys
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message to store, one copy per destination; its origin is the caller."""
+
+    key: str
+    body: Any
+    expects_ack: bool
+    destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Take:
+    """A consume of the caller's inbox: at most ``limit`` records, parked under ``attempt``."""
+
+    limit: int
+    attempt: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records taken from an inbox, already rendered as one JSON array."""
+
+    json: bytes
+    count: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """One script call in a pipeline."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str | int | bytes, ...]
+
+
+class Scripts:
+    """The Lua scripts in lua/, run by EVALSHA inside pipelines, loaded again on NOSCRIPT.
+
+    redis-py's own Script objects send SCRIPT EXISTS before every pipeline that holds one,
+    an extra round trip per request; here scripts are loaded only when Redis lacks them
+    (first use, or after a restart or SCRIPT FLUSH).
+    """
+
+    def __init__(self, *names: str):
+        lua = importlib.resources.files(__package__).joinpath("lua")
+        self.source = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
+
+    async def run(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+        """Run ``calls`` in one pipeline and return their results; raise the first error."""
+        results = await self._pipeline(client, calls)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self.load(client)
+            results = await self._pipeline(client, calls)  # every script is safe to rerun
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    async def load(self, client: aioredis.Redis) -> None:
+        """Load every script into Redis's script cache."""
+        async with client.pipeline(transaction=False) as pipe:
+            for source in self.source.values():
+                pipe.script_load(source)
+            await pipe.execute()
+
+    async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for c in calls:
+                pipe.evalsha(self.sha[c.script], len(c.keys), *c.keys, *c.args)
+            return await pipe.execute(raise_on_error=False)
+
+
+class Store:
+    """Inboxes in Redis: send, take (delete-on-consume) and acks."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        message_ttl: float,
+        attempt_ttl: float,
+        max_batch_bytes: int,
+    ):
+        self.client = client
+        self.keys = keys
+        self.scripts = Scripts("put", "take")
+        self._ttl_ms = int(message_ttl * 1000)
+        self._attempt_ms = int(attempt_ttl * 1000)
+        self._batch_bytes = max_batch_bytes
+
+    async def exchange(
+        self, caller: str, message: Message | None, take: Take | None
+    ) -> tuple[int, Batch | None]:
+        """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
+
+        Returns the number of copies stored and the batch taken.
+        """
+        calls = self._puts(caller, message) if message else []
+        if take:
+            inbox = self.keys.inbox(caller)
+            keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt))
+            calls.append(Call("take", keys, (take.limit, self._attempt_ms, self._batch_bytes)))
+        results = await self.scripts.run(self.client, calls)
+        sent = len(message.destinations) if message else 0
+        if not take:
+            return sent, None
+        batch_json, count, remaining, *wanting_ack = results[-1]
+        if wanting_ack:
+            await self._queue_acks(caller, wanting_ack)
+        return sent, Batch(json=batch_json, count=int(count), remaining=int(remaining))
+
+    def _puts(self, origin: str, message: Message) -> list[Call]:
+        record = records.msg(
+            origin, message.key, message.body, message.expects_ack, records.timestamp()
+        )
+        args = (records.msg_id(origin, message.key), record, int(message.expects_ack), self._ttl_ms)
+        return [self._put(name, args) for name in message.destinations]
+
+    def _put(self, inbox_name: str, args: tuple[str | int | bytes, ...]) -> Call:
+        inbox = self.keys.inbox(inbox_name)
+        return Call("put", (inbox.queue, inbox.records), args)
+
+    async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> None:
+        now = records.timestamp()
+        calls = []
+        for msg_id in msg_ids:
+            key, origin = records.split_msg_id(msg_id)
+            ack = records.ack(key, consumer, now)
+            calls.append(self._put(origin, (records.ack_id(consumer, key), ack, 0, self._ttl_ms)))
+        await self.scripts.run(self.client, calls)
+
+
+def connect(url: str, timeout: float, max_connections: int) -> aioredis.Redis:
+    """A client whose requests queue for one of ``max_connections`` connections.
+
+    redis-py's default pool raises "Too many connections" under a burst; the blocking pool
+    makes requests wait (up to ``timeout``) instead. Retries cover a dropped connection,
+    not an outage: the caller's own deadline bounds them.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
+    )
+    return aioredis.Redis(connection_pool=pool)

@@ -1,0 +1,120 @@
+"""Turn the parts of a request into the store's inputs, or an APIError saying what is wrong."""
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from . import schemas
+from .config import Settings
+from .errors import APIError
+from .store import Message, Take
+
+_token = schemas.Validator(schemas.TOKEN)
+
+
+def name_problem(name: str, max_length: int) -> str | None:
+    """Why ``name`` cannot name an inbox, or None.
+
+    A name is anything that can be sent back in a From header: non-empty, at most
+    ``max_length`` UTF-8 bytes, no control characters, no surrounding white space
+    (HTTP strips it from header values, so such a name could never read its inbox).
+    """
+    if not name:
+        return "is empty"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode"
+    if size > max_length:
+        return f"is longer than {max_length} bytes"
+    if name != name.strip():
+        return "has leading or trailing white space"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "contains a control character"
+    return None
+
+
+def caller(values: Sequence[str], settings: Settings) -> str:
+    """The caller's name from the From header values (Tornado decodes them as Latin-1)."""
+    if not values:
+        raise APIError(400, "the From header is required: it names the caller")
+    if len(values) > 1:
+        raise APIError(400, "send exactly one From header")
+    try:
+        name = values[0].encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise APIError(400, "the From header is not valid UTF-8") from None
+    problem = name_problem(name, settings.max_from_length)
+    if problem:
+        raise APIError(400, f"the From header {problem}")
+    return name
+
+
+def message(body: bytes, settings: Settings) -> Message:
+    """The message a /send or /exchange body describes."""
+    document = parse_json(body)
+    errors = schemas.send_errors(document)
+    if errors:
+        raise APIError(400, *errors)
+    destinations = document["destination"]
+    if len(destinations) > settings.max_destinations:
+        raise APIError(400, f"$.destination: more than {settings.max_destinations} destinations")
+    for i, name in enumerate(destinations):
+        problem = name_problem(name, settings.max_from_length)
+        if problem:
+            raise APIError(400, f"$.destination[{i}]: {problem}")
+    return Message(
+        key=document["idempotencyKey"],
+        body=document["body"],
+        expects_ack=document.get("expectsAck", False),
+        destinations=tuple(dict.fromkeys(destinations)),
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a UTF-8 JSON body; NaN and Infinity are not JSON and are refused."""
+    if not body.strip():
+        raise APIError(400, "a JSON body is required")
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"the body is not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise APIError(
+            400, f"the body is not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except RecursionError:
+        raise APIError(400, "the body nests too deeply") from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise json.JSONDecodeError(f"{name} is not allowed", name, 0)
+
+
+def take(query: Mapping[str, Sequence[bytes]], settings: Settings) -> Take:
+    """What a /receive or /exchange takes, from its query (?limit=N&attempt=TOKEN)."""
+    limit = settings.max_batch
+    raw_limit = _single(query, "limit")
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or int(raw_limit) < 1:
+            raise APIError(400, "limit must be a whole number of at least 1")
+        limit = min(int(raw_limit), settings.max_batch)
+    attempt = _single(query, "attempt")
+    if attempt is None:
+        attempt = secrets.token_urlsafe(16)
+    elif not _token.is_valid(attempt):
+        raise APIError(400, f"attempt must match {schemas.TOKEN_PATTERN}")
+    return Take(limit=limit, attempt=attempt)
+
+
+def _single(query: Mapping[str, Sequence[bytes]], name: str) -> str | None:
+    values = query.get(name, ())
+    if len(values) > 1:
+        raise APIError(400, f"give {name} at most once")
+    if not values:
+        return None
+    try:
+        return values[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise APIError(400, f"{name} must be ASCII") from None

