@@ -9,6 +9,7 @@ import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -120,28 +121,61 @@ def _parser() -> tornado.options.OptionParser:
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Build Settings from argv (argv[0] is the program) and the environment."""
     parser = _parser()
-    try:
-        extra = parser.parse_command_line(list(argv), final=False)
-        if extra:
-            raise ConfigError(f"unexpected argument: {extra[0]!r}")
-        path = parser.config or environ.get(ENV_PREFIX + "CONFIG")
-        if path:
-            parser.parse_config_file(path, final=False)
-        env = [
-            f"--{name}={environ[ENV_PREFIX + name.upper()]}"
-            for name in parser.as_dict()
-            if ENV_PREFIX + name.upper() in environ and name != "config"
-        ]
-        parser.parse_command_line([argv[0], *env], final=False)
-        parser.parse_command_line(list(argv), final=False)
-    except tornado.options.Error as e:
-        raise ConfigError(str(e)) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file: {e}") from None
-    except Exception as e:  # a config file is Python: any error in it is a config error
-        raise ConfigError(f"bad config file {path}: {type(e).__name__}: {e}") from None
+    extra = _parse_args(parser, argv, "command line")
+    if extra:
+        raise ConfigError(f"unexpected argument: {extra[0]!r}")
+    path = parser.config or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        _parse_file(parser, path)
+    env = [
+        f"--{name}={environ[ENV_PREFIX + name.upper()]}"
+        for name in parser.as_dict()
+        if ENV_PREFIX + name.upper() in environ and name != "config"
+    ]
+    _parse_args(parser, [argv[0], *env], "environment")
+    _parse_args(parser, argv, "command line")
     values = {f.name: parser[f.name] for f in dataclasses.fields(Settings)}
     return validate(Settings(**values))
+
+
+def _parse_args(
+    parser: tornado.options.OptionParser, args: Sequence[str], source: str
+) -> list[str]:
+    """Parse one argument at a time, so an error names the argument it is about."""
+    for i, arg in enumerate(args[1:], 1):
+        try:
+            extra = parser.parse_command_line([args[0], arg], final=False)
+        except (tornado.options.Error, ValueError) as e:
+            raise ConfigError(f"{arg} ({source}): {e}") from None
+        if extra:
+            return list(args[i:])
+    return []
+
+
+def _parse_file(parser: tornado.options.OptionParser, path: str) -> None:
+    """Apply a config file (Python, like tornado.options'), refusing names that are no option."""
+    try:
+        source = Path(path).read_text("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e}") from None
+    namespace: dict[str, Any] = {"__file__": str(Path(path).resolve())}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as e:  # the file is Python: any error in it is a configuration error
+        raise ConfigError(f"config file {path}: {type(e).__name__}: {e}") from None
+    known = parser.as_dict()
+    for name, value in namespace.items():
+        if name.startswith("__"):
+            continue
+        if name not in known or name == "config":
+            raise ConfigError(f"config file {path}: {name!r} is not an option")
+        if isinstance(value, str):
+            _parse_args(parser, ["echoes", f"--{name}={value}"], f"config file {path}")
+            continue
+        try:
+            setattr(parser, name, value)
+        except tornado.options.Error as e:
+            raise ConfigError(f"config file {path}: {e}") from None
 
 
 def validate(settings: Settings) -> Settings:
@@ -169,3 +203,14 @@ def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     except ConfigError as e:
         print(f"echoes: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def markdown_table() -> str:
+    """The option table of the README, made from Settings (a test keeps the README in step)."""
+    rows = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = f"`{f.default}`" if f.default != "" else "(empty)"
+        env = f"`{ENV_PREFIX}{f.name.upper()}`"
+        flag = f.name.replace("_", "-")
+        rows.append(f"| `--{flag}` | {env} | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -60,6 +60,13 @@ async def test_resend_with_same_key_replaces_the_waiting_copy(echoes):
     assert [r["body"] for r in records] == ["second", "other origin"]
 
 
+async def test_a_replaced_record_moves_to_the_back_of_the_queue(echoes):
+    await echoes.send("a", "key-000000000001", ["b"], "first")
+    await echoes.send("a", "key-000000000002", ["b"], "second")
+    await echoes.send("a", "key-000000000001", ["b"], "first, again")
+    assert [r["body"] for r in await echoes.receive("b")] == ["second", "first, again"]
+
+
 async def test_resend_after_consumption_is_delivered_again(echoes):
     await echoes.send("a", KEY, ["b"], "once")
     assert len(await echoes.receive("b")) == 1

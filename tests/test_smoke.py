@@ -1,0 +1,112 @@
+"""The installed ``echoes`` command, run the way a user runs it."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from echoes.config import Settings
+
+ECHOES = str(Path(sys.executable).with_name("echoes"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def curl(port, sender, path, data=None):
+    """As `curl -H "From: sender" localhost:port/path [-d data]` sends it."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST")
+    request.add_header("From", sender)
+    if data is not None:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        request.data = data.encode()
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def test_help_lists_every_option():
+    result = subprocess.run([ECHOES, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for name in Settings.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in result.stdout + result.stderr
+
+
+def test_bad_option_exits_2_with_one_line():
+    result = subprocess.run([ECHOES, "--port=x"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("echoes: error:") and result.stderr.count("\n") == 1
+
+
+def test_module_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "echoes", "--port=x"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+
+
+@pytest.fixture
+def running(tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    args = [ECHOES, "--redis-url=embedded", f"--data-dir={data}", f"--port={port}"]
+    log = tmp_path / "echoes.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(args, stderr=stderr)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "echoes did not start"
+            time.sleep(0.1)
+    yield process, port, data
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_the_spec_example_on_the_embedded_redis(running):
+    process, port, data = running
+    sent = curl(
+        port,
+        "olivia",
+        "/exchange",
+        """{
+      "idempotencyKey": "000000000000",
+      "destination": ["maurice", "george"],
+      "body": "Hey there, are you ok?",
+      "expectsAck": true
+    }""",
+    )
+    assert sent == []
+    got = curl(
+        port,
+        "maurice",
+        "/exchange",
+        """{
+      "idempotencyKey": "111111111111",
+      "destination": ["olivia", "george"],
+      "body": {"message": "Yep fine check this loremipsum", "lorem": "ipsum"}
+    }""",
+    )
+    assert [r["body"] for r in got] == ["Hey there, are you ok?"]
+    assert len(curl(port, "george", "/receive")) == 2
+    assert curl(port, "george", "/receive") == []
+    assert [r["type"] for r in curl(port, "olivia", "/receive")] == ["msg", "ack", "ack"]
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    # echoes stopped its redis-server, which removes its socket as it shuts down.
+    assert not (data / "redis.sock").exists()
