@@ -29,7 +29,7 @@ setup(
             "pytest-timeout>=2.3",
             "fakeredis[lua]>=2.26",
         ],
-        "dev": ["ruff>=0.6", "mypy>=1.10"],
+        "dev": ["ruff>=0.6", "mypy>=1.10", "types-jsonschema"],
     },
     entry_points={"console_scripts": ["echoes = echoes.__main__:main"]},
 )
