@@ -68,6 +68,7 @@ class RedisServer:
             "unixsocketperm": "700",
             "dir": str(self.data_dir),
             "logfile": str(self.data_dir / "redis.log"),
+            "pidfile": str(self.data_dir / "redis.pid"),
             "appendonly": "yes",
             "appendfsync": "everysec",
             "save": "",

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import tornado.web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__, validation
@@ -84,7 +84,8 @@ class APIHandler(tornado.web.RequestHandler):
                 )
             raise APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
         except ResponseError as e:
-            if str(e).startswith("OOM"):
+            # Redis 7 answers -OOM (OutOfMemoryError); 6.2 wraps it in a script error.
+            if isinstance(e, OutOfMemoryError) or "OOM command not allowed" in str(e):
                 raise APIError(507, "Redis is out of memory: nothing was stored") from e
             raise
 

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echoes.embedded import RedisServer, find_binary, shipped_binary
 
@@ -200,6 +201,37 @@ async def test_round_trips_do_not_grow_with_destinations_or_records(echoes, monk
     await echoes.send("a", KEY, ["user5"], ack=True)
     await echoes.send("c", KEY, ["user5"], ack=True)
     assert await round_trips("/receive", "user5") == 2  # the take, then the acks
+
+
+async def test_a_connection_lost_mid_take_loses_no_record(echoes, monkeypatch):
+    # The take runs on Redis, the reply is lost, redis-py reconnects and runs it again:
+    # the rerun must replay the parked batch, not take the (now empty) inbox.
+    for i in range(3):
+        await echoes.send("a", f"key-{i:012d}", ["b"], i)
+    await echoes.receive("warm-up")
+    original = AbstractConnection.read_response
+    failures = []
+
+    async def drop_first_reply(self, *args, **kwargs):
+        if not failures:
+            failures.append(1)
+            await original(self, *args, **kwargs)  # the script ran; its reply is lost
+            raise RedisConnectionError("connection lost")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "read_response", drop_first_reply)
+    records = await echoes.receive("b")
+    assert failures and [r["body"] for r in records] == [0, 1, 2]
+
+
+async def test_out_of_memory_is_507_and_stores_nothing(start_echoes, own_redis):
+    echoes = await start_echoes(redis_url=own_redis.url)
+    await echoes.store.client.config_set("maxmemory", 1)
+    body = {"idempotencyKey": KEY, "destination": ["b"], "body": 1}
+    response = await echoes.post("/send", "a", body)
+    await echoes.store.client.config_set("maxmemory", 0)
+    assert response.status == 507 and "out of memory" in response.json["details"][0]
+    assert await echoes.receive("b") == []
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(echoes):

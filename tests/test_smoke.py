@@ -1,6 +1,7 @@
 """The installed ``echoes`` command, run the way a user runs it."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -105,6 +106,22 @@ def test_the_spec_example_on_the_embedded_redis(running):
     assert len(curl(port, "george", "/receive")) == 2
     assert curl(port, "george", "/receive") == []
     assert [r["type"] for r in curl(port, "olivia", "/receive")] == ["msg", "ack", "ack"]
+
+    # The embedded redis-server dies: echoes restarts it, and what it had stored survives.
+    curl(
+        port,
+        "olivia",
+        "/send",
+        '{"idempotencyKey": "222222222222", "destination": ["g"], "body": 1}',
+    )
+    os.kill(int((data / "redis.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert [r["body"] for r in curl(port, "g", "/receive")] == [1]
+            break
+        except urllib.error.HTTPError as e:
+            assert e.code == 503 and time.monotonic() < deadline
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
