@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import tornado.options
 
+from .keys import WAKE_MODES
+
 ENV_PREFIX = "ECHOES_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -73,6 +75,20 @@ class Settings:
     body_timeout: float = option(30.0, "seconds a client has to send its request body", 0.1)
     idle_connection_timeout: float = option(
         65.0, "seconds an idle keep-alive connection stays open", 0.1
+    )
+    max_wait: float = option(
+        50.0, "longest ?wait= served, in seconds; longer ones are served this long", 0, 3600
+    )
+    max_waiters: int = option(
+        10000, "most waiting requests one process holds; beyond it, 503 with Retry-After", 0
+    )
+    wake: str = option(
+        "keyspace",
+        "how waiting requests learn of new records: 'keyspace' (Redis keyspace notifications) or"
+        " 'publish' (echoes publishes; for managed Redis and Redis Cluster)",
+    )
+    recheck_interval: float = option(
+        5.0, "seconds between checks of every waited-on inbox, whatever notifications say", 0.1
     )
     log_level: str = option("info", "one of: " + ", ".join(LOG_LEVELS))
 
@@ -184,6 +200,8 @@ def validate(settings: Settings) -> Settings:
         value, lo, hi = getattr(settings, f.name), f.metadata["lo"], f.metadata["hi"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(f"--{f.name}={value} is out of range {lo}..{hi or ''}")
+    if settings.wake not in WAKE_MODES:
+        raise ConfigError(f"--wake must be one of {', '.join(WAKE_MODES)}")
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log_level must be one of {', '.join(LOG_LEVELS)}")
     if any(c in settings.key_prefix for c in "{}"):

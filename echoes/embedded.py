@@ -17,10 +17,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from .keys import NOTIFY_FLAGS
+
 log = logging.getLogger("echoes.embedded")
 
-# Keyspace events (K) for sorted-set commands (z): a record arriving in an inbox.
-NOTIFY_FLAGS = "Kz"
 _PR_SET_PDEATHSIG = 1
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -13,7 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import __version__, validation
 from .config import Settings
 from .errors import APIError, error_body
-from .store import Store
+from .store import Batch, Message, Store, Take
+from .waiters import Full, Waiter, Waiters
 
 log = logging.getLogger("echoes")
 T = TypeVar("T")
@@ -92,13 +94,20 @@ class APIHandler(tornado.web.RequestHandler):
 
 @tornado.web.stream_request_body
 class InboxHandler(APIHandler):
-    """POST /send, /receive and /exchange: parse, check, one store call, write."""
+    """POST /send, /receive and /exchange: parse, check, one store call, write.
+
+    With ?wait=S and nothing to take, the request waits for a wake-up (see waiters.py), then
+    takes again, until a record comes or S seconds pass. A client that disconnects while
+    waiting is forgotten: nothing is taken on its behalf.
+    """
 
     allow = "POST, OPTIONS"
 
     def initialize(self, sends: bool, receives: bool) -> None:
         self.sends, self.receives = sends, receives
         self.chunks: list[bytes] = []
+        self.waiter: Waiter | None = None
+        self.gone = False
 
     def prepare(self) -> None:
         # The body is not read yet: refuse an oversized one before buffering it.
@@ -109,22 +118,63 @@ class InboxHandler(APIHandler):
     def data_received(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
 
+    def on_connection_close(self) -> None:
+        self.gone = True
+        if self.waiter:
+            self.waiter.wake()
+
     async def post(self) -> None:
         """Store the message (send), then take the caller's records (receive)."""
         caller = validation.caller(self.request.headers.get_list("From"), self.config)
         body = b"".join(self.chunks)
         message = validation.message(body, self.config) if self.sends else None
         take = validation.take(self.request.query_arguments, self.config) if self.receives else None
-        sent, batch = await self.redis(
-            self.store.exchange(caller, message, take), take.attempt if take else None
-        )
+        with self.application.settings["inflight"]:
+            if take and take.wait > 0:
+                sent, batch = await self.wait_for_records(caller, message, take)
+            else:
+                sent, batch = await self.exchange(caller, message, take)
         log.debug("%s: sent %d, took %d", caller, sent, batch.count if batch else 0)
+        if self.gone:
+            return
         if batch is None:
             self.finish({"sent": sent})
             return
         self.set_header(REMAINING_HEADER, str(batch.remaining))
         self.set_header(ATTEMPT_HEADER, take.attempt if take else "")
         self.finish(batch.json)
+
+    async def exchange(
+        self, caller: str, message: Message | None, take: Take | None
+    ) -> tuple[int, Batch | None]:
+        """One store call, within redis_timeout."""
+        return await self.redis(
+            self.store.exchange(caller, message, take), take.attempt if take else None
+        )
+
+    async def wait_for_records(
+        self, caller: str, message: Message | None, take: Take
+    ) -> tuple[int, Batch | None]:
+        """Send, take; while nothing was taken, wait for a wake-up and take again."""
+        waiters: Waiters = self.application.settings["waiters"]
+        deadline = time.monotonic() + take.wait
+        try:
+            self.waiter = waiters.register(caller)  # before the first take: no wake-up is missed
+        except Full as e:
+            raise APIError(503, str(e), headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
+        try:
+            sent, batch = await self.exchange(caller, message, take)
+            while batch and batch.count == 0 and not (self.gone or waiters.closing):
+                left = deadline - time.monotonic()
+                if left <= 0 or not await self.waiter.wait(left):
+                    break
+                if self.gone or waiters.closing:  # answer [] and take nothing
+                    break
+                _, batch = await self.exchange(caller, None, take)
+            return sent, batch
+        finally:
+            waiters.unregister(self.waiter)
+            self.waiter = None
 
 
 class RootHandler(APIHandler):
@@ -145,12 +195,36 @@ class NotFoundHandler(APIHandler):
         raise APIError(404, f"no such endpoint: {self.request.path}")
 
 
-def make_app(config: Settings, store: Store) -> tornado.web.Application:
+class InFlight:
+    """Counts the requests using Redis, so a shutdown can let them finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.count
+
+
+def make_app(
+    config: Settings, store: Store, waiters: Waiters | None = None
+) -> tornado.web.Application:
     """The Tornado application serving the echoes API."""
     return tornado.web.Application(
         routes(),
         config=config,
         store=store,
+        waiters=waiters or Waiters(config.max_waiters),
+        inflight=InFlight(),
         default_handler_class=NotFoundHandler,
         compress_response=False,
     )

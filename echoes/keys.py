@@ -8,10 +8,20 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
     <prefix>{<name>}:q          sorted set: record ids by arrival (microseconds)
     <prefix>{<name>}:r          hash: record id -> "<expires ms>:<ack flag>:<record JSON>"
     <prefix>{<name>}:a:<token>  list: a consumed batch kept for retries under its attempt token
+    <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
+
+Waiting requests are woken by one pattern subscription per process: keyspace events of the
+``:q`` keys (``--wake=keyspace``), or the ``:w`` channels (``--wake=publish``).
 """
 
 import base64
+import re
 from dataclasses import dataclass
+
+WAKE_MODES = ("keyspace", "publish")
+# Keyspace events (K) of sorted-set commands (z); a record's arrival is a "zadd" on its queue.
+NOTIFY_FLAGS = "Kz"
+ARRIVAL_EVENT = b"zadd"
 
 
 def encode_name(name: str) -> str:
@@ -24,12 +34,18 @@ def decode_name(encoded: str) -> str:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
 
 
+def name_in(channel: bytes) -> str:
+    """The inbox name a wake-up channel (or keyspace event channel) is about."""
+    return decode_name(channel[channel.rindex(b"{") + 1 : channel.rindex(b"}")].decode("ascii"))
+
+
 @dataclass(frozen=True)
 class Inbox:
     """The keys of one user's inbox."""
 
     queue: str
     records: str
+    channel: str
     tag: str
 
     def attempt(self, token: str) -> str:
@@ -39,11 +55,18 @@ class Inbox:
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one configurable prefix."""
+    """Key and channel names under one configurable prefix."""
 
     prefix: str
 
     def inbox(self, name: str) -> Inbox:
         """The keys of ``name``'s inbox."""
         tag = f"{self.prefix}{{{encode_name(name)}}}"
-        return Inbox(queue=f"{tag}:q", records=f"{tag}:r", tag=tag)
+        return Inbox(queue=f"{tag}:q", records=f"{tag}:r", channel=f"{tag}:w", tag=tag)
+
+    def wake_pattern(self, wake: str, db: int) -> str:
+        """The one channel pattern a process subscribes to for wake-ups."""
+        prefix = re.sub(r"([\\*?\[\]])", r"\\\1", self.prefix)  # glob-escape the prefix
+        if wake == "publish":
+            return f"{prefix}{{*}}:w"
+        return f"__keyspace@{db}__:{prefix}{{*}}:q"

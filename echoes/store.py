@@ -32,10 +32,14 @@ class Message:
 
 @dataclass(frozen=True)
 class Take:
-    """A consume of the caller's inbox: at most ``limit`` records, parked under ``attempt``."""
+    """A consume of the caller's inbox: at most ``limit`` records, parked under ``attempt``.
+
+    ``wait`` is how long the request may wait for a record to arrive (the handler's business).
+    """
 
     limit: int
     attempt: str
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,10 @@ class Store:
         message_ttl: float,
         attempt_ttl: float,
         max_batch_bytes: int,
+        publish: bool = False,
     ):
         self.client = client
+        self.publish = publish
         self.keys = keys
         self.scripts = Scripts("put", "take")
         self._ttl_ms = int(message_ttl * 1000)
@@ -137,11 +143,15 @@ class Store:
         record = records.msg(
             origin, message.key, message.body, message.expects_ack, records.timestamp()
         )
-        args = (records.msg_id(origin, message.key), record, int(message.expects_ack), self._ttl_ms)
-        return [self._put(name, args) for name in message.destinations]
+        record_id = records.msg_id(origin, message.key)
+        return [
+            self._put(name, record_id, record, message.expects_ack) for name in message.destinations
+        ]
 
-    def _put(self, inbox_name: str, args: tuple[str | int | bytes, ...]) -> Call:
+    def _put(self, inbox_name: str, record_id: str, record: bytes, wants_ack: bool) -> Call:
         inbox = self.keys.inbox(inbox_name)
+        channel = inbox.channel if self.publish else ""
+        args = (record_id, record, int(wants_ack), self._ttl_ms, channel)
         return Call("put", (inbox.queue, inbox.records), args)
 
     async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> None:
@@ -150,8 +160,16 @@ class Store:
         for msg_id in msg_ids:
             key, origin = records.split_msg_id(msg_id)
             ack = records.ack(key, consumer, now)
-            calls.append(self._put(origin, (records.ack_id(consumer, key), ack, 0, self._ttl_ms)))
+            calls.append(self._put(origin, records.ack_id(consumer, key), ack, False))
         await self.scripts.run(self.client, calls)
+
+    async def holding_records(self, names: list[str]) -> list[str]:
+        """Those of ``names`` whose inbox holds records (maybe expired): one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.inbox(name).queue)
+            found = await pipe.execute()
+        return [name for name, exists in zip(names, found, strict=True) if exists]
 
 
 def connect(url: str, timeout: float, max_connections: int) -> aioredis.Redis:

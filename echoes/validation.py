@@ -1,6 +1,7 @@
 """Turn the parts of a request into the store's inputs, or an APIError saying what is wrong."""
 
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -11,6 +12,7 @@ from .errors import APIError
 from .store import Message, Take
 
 _token = schemas.Validator(schemas.TOKEN)
+_SECONDS = re.compile(r"\d{1,9}(\.\d*)?|\.\d+")
 
 
 def name_problem(name: str, max_length: int) -> str | None:
@@ -93,7 +95,7 @@ def _no_constant(name: str) -> NoReturn:
 
 
 def take(query: Mapping[str, Sequence[bytes]], settings: Settings) -> Take:
-    """What a /receive or /exchange takes, from its query (?limit=N&attempt=TOKEN)."""
+    """What a /receive or /exchange takes, from its query (?limit=N&attempt=TOKEN&wait=S)."""
     limit = settings.max_batch
     raw_limit = _single(query, "limit")
     if raw_limit is not None:
@@ -105,7 +107,16 @@ def take(query: Mapping[str, Sequence[bytes]], settings: Settings) -> Take:
         attempt = secrets.token_urlsafe(16)
     elif not _token.is_valid(attempt):
         raise APIError(400, f"attempt must match {schemas.TOKEN_PATTERN}")
-    return Take(limit=limit, attempt=attempt)
+    return Take(limit=limit, attempt=attempt, wait=wait(_single(query, "wait"), settings))
+
+
+def wait(raw: str | None, settings: Settings) -> float:
+    """Seconds to wait for a record: >= 0, decimals allowed, served up to max_wait."""
+    if raw is None:
+        return 0.0
+    if not _SECONDS.fullmatch(raw):
+        raise APIError(400, "wait must be a number of seconds, at least 0 (like 30 or 2.5)")
+    return min(float(raw), settings.max_wait)
 
 
 def _single(query: Mapping[str, Sequence[bytes]], name: str) -> str | None:

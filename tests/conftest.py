@@ -9,9 +9,11 @@
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
 """
 
+import asyncio
 import dataclasses
 import itertools
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,7 @@ import tornado.netutil
 
 from echoes.config import Settings
 from echoes.embedded import RedisServer
-from echoes.handlers import make_app
-from echoes.server import make_server, make_store
-from echoes.store import Store
+from echoes.server import Echoes
 
 _prefixes = itertools.count()
 
@@ -47,10 +47,11 @@ class Response:
 class Client:
     """A small HTTP client for one echoes server."""
 
-    def __init__(self, base_url: str, store: Store, settings: Settings):
+    def __init__(self, base_url: str, echoes: Echoes):
         self.base_url = base_url
-        self.store = store
-        self.settings = settings
+        self.echoes = echoes
+        self.store = echoes.store
+        self.settings = echoes.settings
         self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=1000)
 
     async def request(
@@ -132,24 +133,24 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def start_echoes(settings: Settings) -> AsyncIterator[StartEchoes]:
-    started: list[tuple[Any, Client]] = []
+    started: list[Client] = []
 
-    async def start(client: aioredis.Redis | None = None, **overrides: Any) -> Client:
-        config = dataclasses.replace(settings, **overrides)
-        store = make_store(config, client)
-        server = make_server(make_app(config, store), config)
-        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=2)
-        server.add_sockets([sock])
-        echoes = Client(f"http://127.0.0.1:{sock.getsockname()[1]}", store, config)
-        started.append((server, echoes))
-        return echoes
+    async def start(
+        client: aioredis.Redis | None = None, subscribed: bool = True, **overrides: Any
+    ) -> Client:
+        """Start echoes; unless told otherwise, wait until its wake-up listener subscribed."""
+        echoes = Echoes(dataclasses.replace(settings, **overrides), client)
+        [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+        echoes.start([sock])
+        if subscribed:
+            await asyncio.wait_for(echoes.listener.subscribed.wait(), 10)
+        started.append(Client(f"http://127.0.0.1:{sock.getsockname()[1]}", echoes))
+        return started[-1]
 
     yield start
-    for server, echoes in started:
-        server.stop()
-        await server.close_all_connections()
-        echoes.http.close()
-        await echoes.store.client.aclose()
+    for client in started:
+        await client.echoes.stop()
+        client.http.close()
 
 
 @pytest.fixture

@@ -254,7 +254,9 @@ async def test_redis_down_is_503_and_the_server_recovers(start_echoes, own_redis
 
 
 async def test_the_503_detail_never_shows_the_redis_password(start_echoes):
-    echoes = await start_echoes(redis_url="redis://echoes:s3cret@127.0.0.1:1/0", redis_timeout=1)
+    echoes = await start_echoes(
+        redis_url="redis://echoes:s3cret@127.0.0.1:1/0", redis_timeout=1, subscribed=False
+    )
     response = await echoes.post("/receive", "b")
     assert response.status == 503
     assert "s3cret" not in response.body.decode() and "127.0.0.1:1" in response.body.decode()

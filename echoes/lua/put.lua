@@ -5,6 +5,7 @@
 -- ARGV[2]  record JSON
 -- ARGV[3]  ack flag: "1" if consuming this record queues an ack for its origin, else "0"
 -- ARGV[4]  time to live, in milliseconds
+-- ARGV[5]  channel to announce the arrival on (--wake=publish), or "" (keyspace events do it)
 -- returns  1
 -- Safe to run twice (redis-py retries after a connection error): the rerun rewrites the record.
 local t = redis.call('TIME')
@@ -24,5 +25,8 @@ redis.call('ZADD', KEYS[1], string.format('%.0f', arrival), ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
+end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], '1')
 end
 return 1

@@ -1,0 +1,165 @@
+"""The one wake-up task per process: a pattern subscription, and a periodic sweep.
+
+Notifications are hints and can be lost: redis-py drops what was published while a pub/sub
+connection was down, and ``notify-keyspace-events`` is server-global, not persisted by
+CONFIG SET and forbidden on managed Redis. So after every (re)subscription, and every
+``recheck_interval`` seconds whatever the notifications say, one pipelined sweep asks which
+waited-on inboxes hold records and wakes only those: one round trip, not one per waiter.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from .keys import ARRIVAL_EVENT, NOTIFY_FLAGS, name_in
+from .store import Store
+from .waiters import Waiters
+
+log = logging.getLogger("echoes.listener")
+
+MAX_BACKOFF = 5.0
+HEALTH_CHECK_SECONDS = 30
+
+
+@dataclass
+class ListenerState:
+    """What /health and /metrics report about wake-ups."""
+
+    mode: str
+    connected: bool = False
+    notifications: bool = False
+    reconnects: int = 0
+    wakeups: int = 0
+    sweeps: int = 0
+
+
+class Listener:
+    """Routes arrivals in Redis to this process's waiters."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        store: Store,
+        waiters: Waiters,
+        wake: str,
+        recheck_interval: float,
+    ):
+        self.client = client  # its own connection: a subscribed connection does nothing else
+        self.store = store
+        self.waiters = waiters
+        self.recheck_interval = recheck_interval
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        self.pattern = store.keys.wake_pattern(wake, db)
+        self.state = ListenerState(mode=wake)
+        self._sweep_now = asyncio.Event()
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Subscribe, dispatch and sweep until cancelled."""
+        sweeper = asyncio.create_task(self._sweep_forever())
+        try:
+            await self._listen_forever()
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                if self.state.mode == "keyspace":
+                    self.state.notifications = await enable_notifications(self.store.client)
+                await pubsub.psubscribe(self.pattern)
+                backoff = 0.1
+                await self._dispatch(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as e:
+                self.state.reconnects += 1
+                log.warning("wake-up listener lost Redis (%s); again in %.1fs", e, backoff)
+            finally:
+                self.state.connected = False
+                self.subscribed.clear()
+                await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _dispatch(self, pubsub: aioredis.client.PubSub) -> None:
+        """Read messages with a timeout, never awaiting a Redis command in between."""
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "pmessage":
+                if self.state.mode == "publish" or message["data"] == ARRIVAL_EVENT:
+                    self.state.wakeups += self.waiters.wake(name_in(message["channel"]))
+            elif kind == "psubscribe":
+                # Subscribed, or subscribed again: anything may have been missed meanwhile.
+                self.state.connected = True
+                self.subscribed.set()
+                self._sweep_now.set()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.recheck_interval):
+                    await self._sweep_now.wait()
+            except TimeoutError:
+                pass
+            self._sweep_now.clear()
+            try:
+                await self.sweep()
+            except (RedisError, OSError, TimeoutError) as e:
+                log.debug("sweep failed: %s", e)
+
+    async def sweep(self) -> None:
+        """Wake the waiters of every waited-on inbox that holds records."""
+        names = self.waiters.names()
+        if not names:
+            return
+        self.state.sweeps += 1
+        async with asyncio.timeout(self.recheck_interval):
+            for name in await self.store.holding_records(names):
+                self.waiters.wake(name)
+
+
+async def enable_notifications(client: aioredis.Redis) -> bool:
+    """Add the keyspace-event flags echoes needs to Redis's (never remove any); True if on."""
+    try:
+        reply = await client.config_get("notify-keyspace-events")  # keys and values: str
+        current = str(reply.get("notify-keyspace-events", ""))
+        missing = [
+            f for f in NOTIFY_FLAGS if f not in current and not (f == "z" and "A" in current)
+        ]
+        if not missing:
+            return True
+        wanted = current + "".join(missing)
+        await client.config_set("notify-keyspace-events", wanted)
+    except ResponseError as e:
+        log.error(
+            "cannot check or enable keyspace notifications (%s): make sure Redis's"
+            " notify-keyspace-events includes %r, or run echoes with --wake=publish; without"
+            " them waiting requests see new records only every --recheck-interval",
+            e,
+            NOTIFY_FLAGS,
+        )
+        return False
+    log.info("notify-keyspace-events was %r; set it to %r", current, wanted)
+    return True
+
+
+def connect(url: str, timeout: float) -> aioredis.Redis:
+    """A client for the subscription alone, without silent retries: the listener reconnects."""
+    return aioredis.Redis.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=timeout,
+        health_check_interval=HEALTH_CHECK_SECONDS,
+    )

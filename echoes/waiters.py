@@ -1,0 +1,86 @@
+"""Waiting requests of this process, by inbox: the registry that wake-ups are routed through.
+
+It knows nothing of Redis: the listener calls ``wake(name)`` for notifications, the sweep
+calls it for inboxes found non-empty. A wake-up is only a hint: the waiter re-reads its
+inbox and goes back to waiting if another waiter got there first. Kept behind this small
+interface so per-inbox subscriptions can later replace the one pattern subscription.
+"""
+
+import asyncio
+
+
+class Full(Exception):
+    """This process already holds its maximum of waiting requests."""
+
+
+class Waiter:
+    """One waiting request."""
+
+    __slots__ = ("_event", "name")
+
+    def __init__(self, name: str):
+        self.name = name
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        """Make the current or next wait() return."""
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up; False if ``timeout`` seconds passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class Waiters:
+    """Inbox name -> the requests of this process waiting on it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.closing = False
+        self._by_name: dict[str, set[Waiter]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def register(self, name: str) -> Waiter:
+        """A new waiter on ``name``; unregister it when the request ends."""
+        if self._count >= self.limit:
+            raise Full(f"{self.limit} requests are already waiting in this process")
+        waiter = Waiter(name)
+        self._by_name.setdefault(name, set()).add(waiter)
+        self._count += 1
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        """Forget ``waiter``."""
+        group = self._by_name.get(waiter.name)
+        if group is None or waiter not in group:
+            return
+        group.discard(waiter)
+        self._count -= 1
+        if not group:
+            del self._by_name[waiter.name]
+
+    def wake(self, name: str) -> int:
+        """Wake every waiter on ``name``; how many there were."""
+        group = self._by_name.get(name, ())
+        for waiter in group:
+            waiter.wake()
+        return len(group)
+
+    def names(self) -> list[str]:
+        """Every inbox with a waiter."""
+        return list(self._by_name)
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter, to answer at once without consuming."""
+        self.closing = True
+        for name in self.names():
+            self.wake(name)
