@@ -223,7 +223,7 @@ def make_app(
         routes(),
         config=config,
         store=store,
-        waiters=waiters or Waiters(config.max_waiters),
+        waiters=Waiters(config.max_waiters) if waiters is None else waiters,
         inflight=InFlight(),
         default_handler_class=NotFoundHandler,
         compress_response=False,

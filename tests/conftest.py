@@ -7,6 +7,8 @@
 - ``fake_echoes``: the same against fakeredis (fast; no notifications, no restarts).
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
+- ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
+  ``Process`` with its port and log.
 """
 
 import asyncio
@@ -14,6 +16,10 @@ import dataclasses
 import itertools
 import json
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +114,54 @@ class Client:
 
 
 StartEchoes = Callable[..., Awaitable[Client]]
+ECHOES = str(Path(sys.executable).with_name("echoes"))
+
+
+@dataclasses.dataclass
+class Process:
+    """An echoes process started by spawn_echoes."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def spawn_echoes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    processes: list[Process] = []
+
+    def spawn(*args: str) -> Process:
+        port = free_port()
+        log = tmp_path / f"echoes-{port}.log"
+        with log.open("w") as stderr:
+            popen = subprocess.Popen([ECHOES, f"--port={port}", *args], stderr=stderr)
+        process = Process(popen, port, log)
+        processes.append(process)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(process.url, timeout=1).close()
+                return process
+            except OSError:
+                assert popen.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "echoes did not start"
+                time.sleep(0.05)
+
+    yield spawn
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,15 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-import pytest
+from conftest import ECHOES
 
 from echoes.config import Settings
-
-ECHOES = str(Path(sys.executable).with_name("echoes"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def curl(port, sender, path, data=None):
@@ -55,31 +45,10 @@ def test_module_entry_point():
     assert result.returncode == 2
 
 
-@pytest.fixture
-def running(tmp_path):
-    port = free_port()
+def test_the_spec_example_on_the_embedded_redis(spawn_echoes, tmp_path):
     data = tmp_path / "data"
-    args = [ECHOES, "--redis-url=embedded", f"--data-dir={data}", f"--port={port}"]
-    log = tmp_path / "echoes.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(args, stderr=stderr)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "echoes did not start"
-            time.sleep(0.1)
-    yield process, port, data
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
-def test_the_spec_example_on_the_embedded_redis(running):
-    process, port, data = running
+    echoes = spawn_echoes("--redis-url=embedded", f"--data-dir={data}")
+    process, port = echoes.popen, echoes.port
     sent = curl(
         port,
         "olivia",

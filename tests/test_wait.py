@@ -1,0 +1,287 @@
+"""Long-poll receive (?wait=): waking, racing, disconnecting, failing over, shutting down.
+
+Bounds here are functional ("woken long before the safety sweep would have run"), never
+benchmarks: recheck_interval is set far above them wherever a test is about notifications.
+"""
+
+import asyncio
+import json
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+import redis.asyncio as aioredis
+
+from echoes.embedded import RedisServer
+from echoes.keys import Keys, name_in
+from echoes.waiters import Full, Waiters
+
+KEY = "key-000000000001"
+SLOW_SWEEP = {"recheck_interval": 60.0}
+WOKEN_WITHIN = 5.0
+
+
+async def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+def waiting(echoes, name, query="?wait=30", path="/receive", body=None):
+    """Start a long-poll as a task; return it once its waiter is registered."""
+
+    async def start():
+        before = len(echoes.echoes.waiters)
+        task = asyncio.create_task(echoes.post(f"{path}{query}", name, body))
+        await wait_until(lambda: len(echoes.echoes.waiters) > before or task.done())
+        assert not task.done(), task.result().body
+        return task
+
+    return start()
+
+
+async def bodies(task, timeout=WOKEN_WITHIN):
+    response = await asyncio.wait_for(task, timeout)
+    assert response.status == 200, response.body
+    return [r["body"] for r in response.json]
+
+
+# --- the registry and parsing, without Redis ------------------------------------------------
+
+
+async def test_registry_wakes_only_the_named_inbox_and_forgets_unregistered_waiters():
+    waiters = Waiters(limit=3)
+    a, b = waiters.register("a"), waiters.register("b")
+    assert waiters.wake("a") == 1 and await a.wait(1) is True
+    assert await b.wait(0.01) is False
+    waiters.unregister(a)
+    waiters.unregister(a)
+    assert waiters.wake("a") == 0 and len(waiters) == 1 and waiters.names() == ["b"]
+
+
+async def test_registry_refuses_past_its_limit_and_close_wakes_everyone():
+    waiters = Waiters(limit=2)
+    first, second = waiters.register("a"), waiters.register("a")
+    with pytest.raises(Full):
+        waiters.register("b")
+    waiters.close()
+    assert waiters.closing and await first.wait(1) and await second.wait(1)
+
+
+def test_channels_name_their_inbox():
+    keys = Keys("p:")
+    inbox = keys.inbox("jo:sé {*}")
+    assert name_in(b"__keyspace@3__:" + inbox.queue.encode()) == "jo:sé {*}"
+    assert name_in(inbox.channel.encode()) == "jo:sé {*}"
+    assert keys.wake_pattern("keyspace", 3) == "__keyspace@3__:p:{*}:q"
+    assert Keys("a*[b]?:").wake_pattern("publish", 0) == r"a\*\[b\]\?:{*}:w"
+
+
+# --- on fakeredis: the handler's logic ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query", ["?wait=-1", "?wait=x", "?wait=1e3", "?wait=nan", "?wait=1&wait=2"]
+)
+async def test_bad_wait_is_400(fake_echoes, query):
+    response = await fake_echoes.post("/receive" + query, "b")
+    assert response.status == 400 and "wait" in response.json["details"][0]
+
+
+async def test_fake_redis_wait_is_woken_by_a_send(fake_echoes):
+    task = await waiting(fake_echoes, "b")
+    await fake_echoes.send("a", KEY, ["b"], "hello")
+    assert await bodies(task) == ["hello"]
+
+
+async def test_waiting_records_are_answered_at_once(fake_echoes):
+    await fake_echoes.send("a", KEY, ["b"], "ready")
+    started = time.monotonic()
+    assert [r["body"] for r in await fake_echoes.receive("b", "?wait=30")] == ["ready"]
+    assert time.monotonic() - started < WOKEN_WITHIN
+
+
+async def test_an_empty_wait_answers_empty_at_its_deadline(fake_echoes):
+    started = time.monotonic()
+    response = await fake_echoes.post("/receive?wait=0.3", "b")
+    assert response.status == 200 and response.json == []
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_wait_is_capped_at_max_wait(start_echoes):
+    import fakeredis
+
+    echoes = await start_echoes(client=fakeredis.FakeAsyncRedis(), max_wait=0.2)
+    started = time.monotonic()
+    assert await echoes.receive("b", "?wait=45") == []
+    assert time.monotonic() - started < 30
+
+
+async def test_max_waiters_answers_503_with_retry_after(start_echoes):
+    import fakeredis
+
+    echoes = await start_echoes(client=fakeredis.FakeAsyncRedis(), max_waiters=1)
+    task = await waiting(echoes, "a")
+    response = await echoes.post("/receive?wait=30", "b")
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert "already waiting" in response.json["details"][0]
+    await echoes.send("x", KEY, ["a"], 1)
+    assert await bodies(task) == [1]
+
+
+# --- on a real redis-server ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_a_send_wakes_the_waiter(start_echoes, wake):
+    echoes = await start_echoes(wake=wake, **SLOW_SWEEP)
+    task = await waiting(echoes, "b")
+    await echoes.send("a", KEY, ["b"], "hello", ack=True)
+    assert await bodies(task) == ["hello"]
+    assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
+
+
+async def test_exchange_sends_first_then_waits(start_echoes):
+    echoes = await start_echoes(**SLOW_SWEEP)
+    message = {"idempotencyKey": KEY, "destination": ["b"], "body": "from a"}
+    task = await waiting(echoes, "a", path="/exchange", body=message)
+    assert [r["body"] for r in await echoes.receive("b")] == ["from a"]
+    await echoes.send("b", KEY, ["a"], "reply")
+    assert await bodies(task) == ["reply"]
+
+
+async def test_two_waiters_two_records_one_each(start_echoes):
+    echoes = await start_echoes(**SLOW_SWEEP)
+    first = await waiting(echoes, "b")
+    second = await waiting(echoes, "b")
+    await echoes.send("a", "key-000000000001", ["b"], 1)
+    done, pending = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+    [winner] = done
+    assert await bodies(winner) == [1]
+    await asyncio.sleep(0.2)
+    assert not pending.pop().done()  # the loser keeps waiting, it does not answer [] early
+    await echoes.send("a", "key-000000000002", ["b"], 2)
+    loser = second if winner is first else first
+    assert await bodies(loser) == [2]
+
+
+async def test_a_disconnected_waiter_is_forgotten_and_consumes_nothing(start_echoes):
+    echoes = await start_echoes(**SLOW_SWEEP)
+    port = int(echoes.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /receive?wait=30 HTTP/1.1\r\nHost: x\r\nFrom: b\r\nContent-Length: 0\r\n\r\n"
+        )
+        await wait_until(lambda: len(echoes.echoes.waiters) == 1)
+    await wait_until(lambda: len(echoes.echoes.waiters) == 0)
+    await echoes.send("a", KEY, ["b"], "kept")
+    assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
+
+
+async def test_a_wait_outlasts_the_idle_connection_timeout(start_echoes):
+    echoes = await start_echoes(idle_connection_timeout=0.2, body_timeout=0.2, **SLOW_SWEEP)
+    task = await waiting(echoes, "b")
+    await asyncio.sleep(0.6)
+    await echoes.send("a", KEY, ["b"], "late")
+    assert await bodies(task) == ["late"]
+
+
+async def test_a_waiter_on_one_process_is_woken_by_a_send_on_another(spawn_echoes, settings):
+    common = [f"--redis-url={settings.redis_url}", f"--key-prefix={settings.key_prefix}"]
+    common.append("--recheck-interval=60")
+    waiter, sender = spawn_echoes(*common), spawn_echoes(*common)
+    loop = asyncio.get_running_loop()
+    task = loop.run_in_executor(None, post, waiter.url + "/receive?wait=30", "b", None)
+    await asyncio.sleep(0.5)  # let the waiter register: it is in another process
+    assert not task.done()
+    body = {"idempotencyKey": KEY, "destination": ["b"], "body": "across"}
+    assert post(sender.url + "/send", "a", body) == {"sent": 1}
+    assert [r["body"] for r in await asyncio.wait_for(task, WOKEN_WITHIN)] == ["across"]
+
+
+def post(url, sender, body):
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(url, data=data, method="POST", headers={"From": sender})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
+    # A restart loses CONFIG SET: start without notifications, so echoes must turn them on
+    # again after it reconnects, or this waiter would only be found by the (slow) sweep.
+    own_redis.options["notify-keyspace-events"] = ""
+    own_redis.stop()
+    own_redis.start()
+    echoes = await start_echoes(redis_url=own_redis.url, **SLOW_SWEEP)
+    assert echoes.echoes.listener.state.notifications
+    task = await waiting(echoes, "b")
+    own_redis.stop()
+    own_redis.start()
+    state = echoes.echoes.listener.state
+    await wait_until(lambda: state.reconnects >= 1 and state.connected)
+    await echoes.send("a", KEY, ["b"], "after restart")
+    assert await bodies(task) == ["after restart"]
+
+
+async def test_the_subscription_killed_repeatedly_sleeps_past_no_record(start_echoes):
+    echoes = await start_echoes(**SLOW_SWEEP)
+    for i in range(3):
+        task = await waiting(echoes, "b")
+        await echoes.store.client.client_kill_filter(_type="pubsub")
+        await echoes.send("a", f"key-{i:012d}", ["b"], i)
+        assert await bodies(task) == [i]
+
+
+async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_redis):
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("notify-keyspace-events", "")
+    await admin.acl_setuser(
+        "echoes",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-config"],
+    )
+    url = f"unix://echoes:pw@{own_redis.socket}"
+    echoes = await start_echoes(redis_url=url, recheck_interval=0.3)
+    assert echoes.echoes.listener.state.notifications is False
+    task = await waiting(echoes, "b")
+    await echoes.send("a", KEY, ["b"], "found by the sweep")
+    assert await bodies(task) == ["found by the sweep"]
+    await admin.aclose()
+
+
+async def test_shutdown_answers_waiters_at_once_and_consumes_nothing(start_echoes):
+    echoes = await start_echoes(**SLOW_SWEEP)
+    task = await waiting(echoes, "b")
+    started = time.monotonic()
+    await echoes.echoes.stop()
+    assert await bodies(task) == []
+    assert time.monotonic() - started < WOKEN_WITHIN
+
+
+def test_sigterm_with_a_waiter_exits_0_promptly(spawn_echoes, settings, tmp_path):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}", f"--key-prefix={settings.key_prefix}"
+    )
+    sock = socket.create_connection(("127.0.0.1", echoes.port))
+    sock.sendall(
+        b"POST /receive?wait=30 HTTP/1.1\r\nHost: x\r\nFrom: b\r\nContent-Length: 0\r\n\r\n"
+    )
+    time.sleep(0.5)
+    started = time.monotonic()
+    echoes.popen.send_signal(signal.SIGTERM)
+    assert echoes.popen.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    sock.settimeout(5)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.close()
+
+
+def test_embedded_redis_has_notifications_on(tmp_path):
+    server = RedisServer(tmp_path / "r")
+    assert server.options["notify-keyspace-events"] == "Kz"
