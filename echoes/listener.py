@@ -83,6 +83,9 @@ class Listener:
             except (RedisError, OSError) as e:
                 self.state.reconnects += 1
                 log.warning("wake-up listener lost Redis (%s); again in %.1fs", e, backoff)
+            except Exception:  # a bug must not end wake-ups for good: log it and start over
+                self.state.reconnects += 1
+                log.exception("wake-up listener failed; again in %.1fs", backoff)
             finally:
                 self.state.connected = False
                 self.subscribed.clear()
@@ -99,12 +102,20 @@ class Listener:
             kind = message["type"]
             if kind == "pmessage":
                 if self.state.mode == "publish" or message["data"] == ARRIVAL_EVENT:
-                    self.state.wakeups += self.waiters.wake(name_in(message["channel"]))
+                    self._wake(message["channel"])
             elif kind == "psubscribe":
                 # Subscribed, or subscribed again: anything may have been missed meanwhile.
                 self.state.connected = True
                 self.subscribed.set()
                 self._sweep_now.set()
+
+    def _wake(self, channel: bytes) -> None:
+        try:
+            name = name_in(channel)
+        except ValueError:  # not a channel echoes publishes on (bad base64 or UTF-8)
+            log.debug("ignored a notification on %r", channel)
+            return
+        self.state.wakeups += self.waiters.wake(name)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -7,6 +7,7 @@ import pytest
 
 from echoes import config
 from echoes.config import ConfigError, Settings, display_url
+from echoes.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +102,11 @@ def test_example_config_sets_every_option_and_loads():
 
 def test_readme_option_table_is_current():
     assert config.markdown_table() in (ROOT / "README.md").read_text()
+
+
+def test_the_embedded_redis_is_configured_as_conf_redis_conf_says(tmp_path):
+    options = RedisServer(tmp_path).options
+    for line in (ROOT / "conf" / "redis.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, value = line.split(None, 1)
+            assert options[name] == value, name

@@ -226,6 +226,17 @@ async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
     assert await bodies(task) == ["after restart"]
 
 
+async def test_a_stray_publish_on_an_inbox_channel_is_ignored(start_echoes):
+    echoes = await start_echoes(wake="publish", **SLOW_SWEEP)
+    prefix = echoes.settings.key_prefix
+    await echoes.store.client.publish(f"{prefix}{{not base64!}}:w", "1")
+    await echoes.store.client.publish(f"{prefix}{{_w}}:w", "1")  # base64 of invalid UTF-8
+    task = await waiting(echoes, "b")
+    await echoes.send("a", KEY, ["b"], "still listening")
+    assert await bodies(task) == ["still listening"]
+    assert echoes.echoes.listener.state.reconnects == 0
+
+
 async def test_the_subscription_killed_repeatedly_sleeps_past_no_record(start_echoes):
     echoes = await start_echoes(**SLOW_SWEEP)
     for i in range(3):
