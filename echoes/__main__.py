@@ -1,29 +1,35 @@
 """Entry point: ``echoes [--option=value ...]`` or ``python -m echoes``."""
 
-import asyncio
-import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from . import config
+from . import config, logs
 from .embedded import EmbeddedError
-from .server import serve
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the configuration and serve until stopped."""
     settings = config.load_or_exit(sys.argv if argv is None else argv, os.environ)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    metrics_dir = None
+    if settings.processes != 1:
+        # Workers sum their metrics through files; prometheus_client reads this variable
+        # when it is first imported, so it is set before the server (and metrics) import.
+        metrics_dir = tempfile.mkdtemp(prefix="echoes-metrics-")
+        os.environ[config.METRICS_DIR_ENV] = metrics_dir
+    from .server import run
+
     try:
-        asyncio.run(serve(settings))
+        raise SystemExit(run(settings))
     except EmbeddedError as e:
         print(f"echoes: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ from .keys import WAKE_MODES
 
 ENV_PREFIX = "ECHOES_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 EMBEDDED = "embedded"
+# prometheus_client's multiprocess mode (--processes): set before its first import.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Lua's unpack() in a script handles a few thousand values; a batch stays well under that.
 MAX_BATCH_CEILING = 5000
 
@@ -36,6 +39,12 @@ class Settings:
 
     address: str = option("127.0.0.1", "address to listen on")
     port: int = option(8000, "TCP port to listen on", 0, 65535)
+    processes: int = option(
+        1,
+        "worker processes sharing the port (0: one per CPU), each with its own Redis clients",
+        0,
+        512,
+    )
     redis_url: str = option(
         "redis://127.0.0.1:6379/0",
         "Redis to use: redis://, rediss:// or unix:// URL, or 'embedded' to run a private "
@@ -91,6 +100,7 @@ class Settings:
         5.0, "seconds between checks of every waited-on inbox, whatever notifications say", 0.1
     )
     log_level: str = option("info", "one of: " + ", ".join(LOG_LEVELS))
+    log_format: str = option("text", "log lines as 'text' or 'json' (one object per line)")
 
     @property
     def redis_display(self) -> str:
@@ -202,6 +212,8 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"--{f.name}={value} is out of range {lo}..{hi or ''}")
     if settings.wake not in WAKE_MODES:
         raise ConfigError(f"--wake must be one of {', '.join(WAKE_MODES)}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log_format must be one of {', '.join(LOG_FORMATS)}")
     if settings.log_level not in LOG_LEVELS:
         raise ConfigError(f"--log_level must be one of {', '.join(LOG_LEVELS)}")
     if any(c in settings.key_prefix for c in "{}"):

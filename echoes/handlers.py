@@ -1,7 +1,8 @@
-"""HTTP endpoints, the base handler they share, and make_app()."""
+"""HTTP endpoints, the base handler they share, the access log, and make_app()."""
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -11,13 +12,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, validation
+from . import __version__, metrics, validation
 from .config import Settings
 from .errors import APIError, error_body
+from .listener import ListenerState
+from .metrics import Metrics
 from .store import Batch, Message, Store, Take
 from .waiters import Full, Waiter, Waiters
 
 log = logging.getLogger("echoes")
+access_log = logging.getLogger("echoes.access")
 T = TypeVar("T")
 
 REMAINING_HEADER = "Echoes-Remaining"
@@ -31,10 +35,14 @@ class APIHandler(tornado.web.RequestHandler):
     Every response is JSON. Every error, including Tornado's own 404 and 405, has the body
     ``{"error": <reason phrase>, "status": <code>, "details": [<what to fix>, ...]}``;
     a client mistake is a 4xx and never a stack trace, Redis unavailable is a 503.
-    Handlers reach the configuration and the store through the application settings.
+    Handlers reach the configuration, store, waiters, listener state and metrics through
+    the application settings (see make_app).
     """
 
     allow = "OPTIONS"
+    # What the access log reports: message copies stored, records taken, waited or not.
+    sent = taken = 0
+    waited = False
 
     @property
     def config(self) -> Settings:
@@ -43,6 +51,10 @@ class APIHandler(tornado.web.RequestHandler):
     @property
     def store(self) -> Store:
         return self.application.settings["store"]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.application.settings["metrics"]
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -73,12 +85,18 @@ class APIHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         self.finish(error_body(status_code, details))
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            return  # answered in the error shape, and logged once by the access log
+        super().log_exception(typ, value, tb)
+
     async def redis(self, work: Awaitable[T], attempt: str | None = None) -> T:
         """Await store work within redis_timeout, turning Redis trouble into 503/507."""
         try:
             async with asyncio.timeout(self.config.redis_timeout):
                 return await work
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, ReadOnlyError) as e:
+            self.metrics.redis_errors.labels(type(e).__name__).inc()
             details = [f"Redis at {self.config.redis_display} is unavailable ({type(e).__name__})"]
             if attempt:
                 details.append(
@@ -86,6 +104,7 @@ class APIHandler(tornado.web.RequestHandler):
                 )
             raise APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
         except ResponseError as e:
+            self.metrics.redis_errors.labels(type(e).__name__).inc()
             # Redis 7 answers -OOM (OutOfMemoryError); 6.2 wraps it in a script error.
             if isinstance(e, OutOfMemoryError) or "OOM command not allowed" in str(e):
                 raise APIError(507, "Redis is out of memory: nothing was stored") from e
@@ -108,6 +127,7 @@ class InboxHandler(APIHandler):
         self.chunks: list[bytes] = []
         self.waiter: Waiter | None = None
         self.gone = False
+        self.caller = ""
 
     def prepare(self) -> None:
         # The body is not read yet: refuse an oversized one before buffering it.
@@ -125,20 +145,22 @@ class InboxHandler(APIHandler):
 
     async def post(self) -> None:
         """Store the message (send), then take the caller's records (receive)."""
-        caller = validation.caller(self.request.headers.get_list("From"), self.config)
+        self.caller = validation.caller(self.request.headers.get_list("From"), self.config)
         body = b"".join(self.chunks)
         message = validation.message(body, self.config) if self.sends else None
         take = validation.take(self.request.query_arguments, self.config) if self.receives else None
         with self.application.settings["inflight"]:
             if take and take.wait > 0:
-                sent, batch = await self.wait_for_records(caller, message, take)
+                self.sent, batch = await self.wait_for_records(self.caller, message, take)
             else:
-                sent, batch = await self.exchange(caller, message, take)
-        log.debug("%s: sent %d, took %d", caller, sent, batch.count if batch else 0)
+                self.sent, batch = await self.exchange(self.caller, message, take)
+        if batch:
+            self.taken = batch.count
+            self.metrics.acked.inc(batch.acks)
         if self.gone:
             return
         if batch is None:
-            self.finish({"sent": sent})
+            self.finish({"sent": self.sent})
             return
         self.set_header(REMAINING_HEADER, str(batch.remaining))
         self.set_header(ATTEMPT_HEADER, take.attempt if take else "")
@@ -162,6 +184,8 @@ class InboxHandler(APIHandler):
             self.waiter = waiters.register(caller)  # before the first take: no wake-up is missed
         except Full as e:
             raise APIError(503, str(e), headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
+        self.waited = True
+        self.metrics.waiters.inc()
         try:
             sent, batch = await self.exchange(caller, message, take)
             while batch and batch.count == 0 and not (self.gone or waiters.closing):
@@ -173,6 +197,7 @@ class InboxHandler(APIHandler):
                 _, batch = await self.exchange(caller, None, take)
             return sent, batch
         finally:
+            self.metrics.waiters.dec()
             waiters.unregister(self.waiter)
             self.waiter = None
 
@@ -186,6 +211,46 @@ class RootHandler(APIHandler):
         self.finish({"name": "echoes", "version": __version__})
 
     head = get
+
+
+class HealthHandler(APIHandler):
+    """GET /health: 200 when Redis answers and the wake-up listener is subscribed, else 503."""
+
+    allow = "GET, HEAD, OPTIONS"
+
+    async def get(self) -> None:
+        listener: ListenerState = self.application.settings["listener"]
+        problems = []
+        try:
+            await self.redis(self.store.client.ping())
+        except APIError as e:
+            problems += e.details
+        if not listener.connected:
+            problems.append("the wake-up listener is not subscribed")
+        if problems:
+            raise APIError(503, *problems, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        self.finish(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "wake": listener.mode,
+                "notifications": listener.notifications,
+                "waiters": len(self.application.settings["waiters"]),
+            }
+        )
+
+    head = get
+
+
+class MetricsHandler(APIHandler):
+    """GET /metrics: Prometheus text format."""
+
+    allow = "GET, OPTIONS"
+
+    def get(self) -> None:
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.finish(self.metrics.exposition())
 
 
 class NotFoundHandler(APIHandler):
@@ -215,17 +280,46 @@ class InFlight:
         return not self.count
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log line and the request metrics, once per request."""
+    request, status = handler.request, handler.get_status()
+    duration = request.request_time()
+    sent, taken = getattr(handler, "sent", 0), getattr(handler, "taken", 0)
+    waited = getattr(handler, "waited", False)
+    # Label by route, never by an arbitrary path: unknown paths would grow the series forever.
+    routed = isinstance(handler, APIHandler) and not isinstance(handler, NotFoundHandler)
+    endpoint = request.path if routed else "other"
+    m: Metrics = handler.application.settings["metrics"]
+    m.requests.labels(endpoint, str(status)).inc()
+    m.latency.labels(endpoint, "yes" if waited else "no").observe(duration)
+    m.sent.inc(sent)
+    m.received.inc(taken)
+    fields = {"method": request.method, "path": request.path, "status": status}
+    fields |= {"duration_ms": round(duration * 1000, 2), "sent": sent, "taken": taken}
+    if access_log.isEnabledFor(logging.DEBUG):
+        fields["from"] = getattr(handler, "caller", "")
+    level = logging.INFO if status < 500 else logging.ERROR
+    access_log.log(level, " ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+
+
 def make_app(
-    config: Settings, store: Store, waiters: Waiters | None = None
+    config: Settings,
+    store: Store,
+    waiters: Waiters,
+    listener: ListenerState,
+    metrics: Metrics,
 ) -> tornado.web.Application:
     """The Tornado application serving the echoes API."""
     return tornado.web.Application(
         routes(),
         config=config,
         store=store,
-        waiters=Waiters(config.max_waiters) if waiters is None else waiters,
+        waiters=waiters,
+        listener=listener,
+        metrics=metrics,
         inflight=InFlight(),
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
         compress_response=False,
     )
 
@@ -237,4 +331,6 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]
         (r"/send", InboxHandler, {"sends": True, "receives": False}),
         (r"/receive", InboxHandler, {"sends": False, "receives": True}),
         (r"/exchange", InboxHandler, {"sends": True, "receives": True}),
+        (r"/health", HealthHandler, {}),
+        (r"/metrics", MetricsHandler, {}),
     ]

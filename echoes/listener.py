@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from .keys import ARRIVAL_EVENT, NOTIFY_FLAGS, name_in
+from .keys import ARRIVAL_EVENT, name_in
+from .metrics import Metrics
+from .redisconfig import enable_notifications
 from .store import Store
 from .waiters import Waiters
 
@@ -33,9 +35,6 @@ class ListenerState:
     mode: str
     connected: bool = False
     notifications: bool = False
-    reconnects: int = 0
-    wakeups: int = 0
-    sweeps: int = 0
 
 
 class Listener:
@@ -48,11 +47,13 @@ class Listener:
         waiters: Waiters,
         wake: str,
         recheck_interval: float,
+        metrics: Metrics,
     ):
         self.client = client  # its own connection: a subscribed connection does nothing else
         self.store = store
         self.waiters = waiters
         self.recheck_interval = recheck_interval
+        self.metrics = metrics
         db = client.connection_pool.connection_kwargs.get("db", 0)
         self.pattern = store.keys.wake_pattern(wake, db)
         self.state = ListenerState(mode=wake)
@@ -81,14 +82,13 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:
-                self.state.reconnects += 1
+                self.metrics.reconnects.inc()
                 log.warning("wake-up listener lost Redis (%s); again in %.1fs", e, backoff)
             except Exception:  # a bug must not end wake-ups for good: log it and start over
-                self.state.reconnects += 1
+                self.metrics.reconnects.inc()
                 log.exception("wake-up listener failed; again in %.1fs", backoff)
             finally:
-                self.state.connected = False
-                self.subscribed.clear()
+                self._connected(False)
                 await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
@@ -105,9 +105,16 @@ class Listener:
                     self._wake(message["channel"])
             elif kind == "psubscribe":
                 # Subscribed, or subscribed again: anything may have been missed meanwhile.
-                self.state.connected = True
-                self.subscribed.set()
+                self._connected(True)
                 self._sweep_now.set()
+
+    def _connected(self, connected: bool) -> None:
+        self.state.connected = connected
+        self.metrics.listener_connected.set(int(connected))
+        if connected:
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
 
     def _wake(self, channel: bytes) -> None:
         try:
@@ -115,7 +122,7 @@ class Listener:
         except ValueError:  # not a channel echoes publishes on (bad base64 or UTF-8)
             log.debug("ignored a notification on %r", channel)
             return
-        self.state.wakeups += self.waiters.wake(name)
+        self.metrics.wakeups.inc(self.waiters.wake(name))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -135,35 +142,9 @@ class Listener:
         names = self.waiters.names()
         if not names:
             return
-        self.state.sweeps += 1
         async with asyncio.timeout(self.recheck_interval):
             for name in await self.store.holding_records(names):
-                self.waiters.wake(name)
-
-
-async def enable_notifications(client: aioredis.Redis) -> bool:
-    """Add the keyspace-event flags echoes needs to Redis's (never remove any); True if on."""
-    try:
-        reply = await client.config_get("notify-keyspace-events")  # keys and values: str
-        current = str(reply.get("notify-keyspace-events", ""))
-        missing = [
-            f for f in NOTIFY_FLAGS if f not in current and not (f == "z" and "A" in current)
-        ]
-        if not missing:
-            return True
-        wanted = current + "".join(missing)
-        await client.config_set("notify-keyspace-events", wanted)
-    except ResponseError as e:
-        log.error(
-            "cannot check or enable keyspace notifications (%s): make sure Redis's"
-            " notify-keyspace-events includes %r, or run echoes with --wake=publish; without"
-            " them waiting requests see new records only every --recheck-interval",
-            e,
-            NOTIFY_FLAGS,
-        )
-        return False
-    log.info("notify-keyspace-events was %r; set it to %r", current, wanted)
-    return True
+                self.metrics.wakeups.inc(self.waiters.wake(name))
 
 
 def connect(url: str, timeout: float) -> aioredis.Redis:

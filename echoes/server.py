@@ -1,8 +1,9 @@
-"""One echoes process: its parts, how they start, and the orderly shutdown."""
+"""One echoes process or several: their parts, start-up, readiness and orderly shutdown."""
 
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 
@@ -11,11 +12,12 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import listener
+from . import listener, metrics, processes, systemd
 from .config import EMBEDDED, Settings
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
+from .redisconfig import warn_if_evicting
 from .store import Store, connect
 from .waiters import Waiters
 
@@ -52,13 +54,14 @@ def make_server(app: tornado.web.Application, settings: Settings) -> tornado.htt
 
 
 class Echoes:
-    """The parts of one process: store, waiters, wake-up listener, application, HTTP server.
+    """The parts of one process: store, waiters, wake-up listener, metrics, app, HTTP server.
 
     ``client`` replaces the Redis connections (tests pass fakeredis).
     """
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
+        self.metrics = metrics.Metrics(settings.wake)
         self.store = make_store(settings, client)
         self.waiters = Waiters(settings.max_waiters)
         self.listener = listener.Listener(
@@ -67,8 +70,9 @@ class Echoes:
             self.waiters,
             settings.wake,
             settings.recheck_interval,
+            self.metrics,
         )
-        self.app = make_app(settings, self.store, self.waiters)
+        self.app = make_app(settings, self.store, self.waiters, self.listener.state, self.metrics)
         self.inflight: InFlight = self.app.settings["inflight"]
         self.server = make_server(self.app, settings)
         self._listening: asyncio.Task[None] | None = None
@@ -77,6 +81,11 @@ class Echoes:
         """Serve on ``sockets`` and start the wake-up listener."""
         self._listening = asyncio.create_task(self.listener.run())
         self.server.add_sockets(sockets)
+
+    async def ready(self) -> None:
+        """Return once Redis answered and the wake-up listener is subscribed."""
+        await self.listener.subscribed.wait()
+        await warn_if_evicting(self.store.client)
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""
@@ -92,33 +101,93 @@ class Echoes:
         await self.store.client.aclose()
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT."""
+async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Serve on ``sockets`` until SIGTERM or SIGINT; tell systemd how it goes."""
+    echoes = Echoes(settings)
+    echoes.start(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    helpers = [asyncio.create_task(announce_ready(echoes))]
+    interval = systemd.watchdog_interval()
+    if interval:
+        helpers.append(asyncio.create_task(watchdog(interval)))
+    await stop.wait()
+    systemd.notify("STOPPING=1")
+    log.info("stopping")
+    for task in helpers:
+        task.cancel()
+    await echoes.stop()
+
+
+async def announce_ready(echoes: Echoes) -> None:
+    """READY=1 to systemd once Redis answered and wake-ups are armed."""
+    await echoes.ready()
+    systemd.notify("READY=1")
+    log.info("ready: Redis answers and the wake-up listener is subscribed")
+
+
+async def watchdog(interval: float) -> None:
+    """WATCHDOG=1 while the event loop runs."""
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def run(settings: Settings) -> int:
+    """Start the embedded Redis if asked, bind, and serve in one process or several."""
     embedded = None
     if settings.redis_url == EMBEDDED:
         embedded = RedisServer(settings.data_dir)
         embedded.start()
         settings = dataclasses.replace(settings, redis_url=embedded.url)
-    echoes = Echoes(settings)
-    echoes.start(tornado.netutil.bind_sockets(settings.port, settings.address))
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.address)
+    count = settings.processes or os.cpu_count() or 1
     log.info(
-        "echoes listening on http://%s:%d, Redis at %s, wake-ups by %s",
+        "echoes listening on http://%s:%d (%d process%s), Redis at %s, wake-ups by %s",
         settings.address,
         settings.port,
+        count,
+        "" if count == 1 else "es",
         settings.redis_display,
         settings.wake,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    try:
+        if count == 1:
+            asyncio.run(serve_with(settings, sockets, embedded))
+            return 0
+        return run_workers(count, settings, sockets, embedded)
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+async def serve_with(
+    settings: Settings, sockets: list[socket.socket], embedded: RedisServer | None
+) -> None:
+    """serve(), restarting the embedded Redis whenever it dies."""
     supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
     try:
-        await stop.wait()
-        log.info("stopping")
-        await echoes.stop()
+        await serve(settings, sockets)
     finally:
         if supervisor:
             supervisor.cancel()
-        if embedded:
-            embedded.stop()
+
+
+def run_workers(
+    count: int, settings: Settings, sockets: list[socket.socket], embedded: RedisServer | None
+) -> int:
+    """``count`` worker processes on the same sockets (metrics: see __main__)."""
+
+    def reaped(pid: int) -> None:
+        metrics.mark_process_dead(pid)
+        if embedded and not embedded.running:
+            log.error("embedded redis-server exited; restarting it")
+            embedded.start()
+
+    def work() -> int:
+        asyncio.run(serve(settings, sockets))
+        return 0
+
+    return processes.supervise(count, work, reaped)

@@ -49,6 +49,7 @@ class Batch:
     json: bytes
     count: int
     remaining: int
+    acks: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ class Store:
         batch_json, count, remaining, *wanting_ack = results[-1]
         if wanting_ack:
             await self._queue_acks(caller, wanting_ack)
-        return sent, Batch(json=batch_json, count=int(count), remaining=int(remaining))
+        batch = Batch(batch_json, int(count), int(remaining), acks=len(wanting_ack))
+        return sent, batch
 
     def _puts(self, origin: str, message: Message) -> list[Call]:
         record = records.msg(

@@ -1,0 +1,79 @@
+"""Prometheus metrics (prometheus-client), served at GET /metrics.
+
+With --processes, __main__ points PROMETHEUS_MULTIPROC_DIR at a fresh directory before
+prometheus_client is first imported; every worker writes its values there, and whichever worker
+answers a scrape reports the sum over all of them (waiters: over the live ones).
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from .config import METRICS_DIR_ENV
+
+__all__ = ["Metrics", "mark_process_dead"]
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The metrics of one echoes process."""
+
+    def __init__(self, wake_mode: str) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "echoes_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "echoes_request_duration_seconds",
+            "Time to answer a request; long polls (?wait=) apart, as waited=yes",
+            ["endpoint", "waited"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sent = Counter("echoes_records_sent", "Message copies stored", registry=r)
+        self.received = Counter("echoes_records_received", "Records handed to readers", registry=r)
+        self.acked = Counter("echoes_acks_queued", "Acks queued for senders", registry=r)
+        self.redis_errors = Counter(
+            "echoes_redis_errors", "Requests that failed on Redis", ["kind"], registry=r
+        )
+        self.waiters = Gauge(
+            "echoes_waiters",
+            "Requests waiting for a record",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.wakeups = Counter("echoes_wakeups", "Waiting requests woken", registry=r)
+        self.reconnects = Counter(
+            "echoes_listener_reconnects", "Times the wake-up listener lost Redis", registry=r
+        )
+        self.listener_connected = Gauge(
+            "echoes_listener_connected",
+            "1 while the wake-up listener is subscribed (with processes: the least of them)",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.wake_mode = Gauge(
+            "echoes_wake_mode",
+            "How waiting requests are woken",
+            ["mode"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.wake_mode.labels(wake_mode).set(1)
+
+    def exposition(self) -> bytes:
+        """The text format of every metric, summed over processes when there are several."""
+        if os.environ.get(METRICS_DIR_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
