@@ -7,6 +7,7 @@
 - ``fake_echoes``: the same against fakeredis (fast; no notifications, no restarts).
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
+- ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
   ``Process`` with its port and log.
 """
@@ -15,6 +16,8 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,6 +117,14 @@ class Client:
 
 
 StartEchoes = Callable[..., Awaitable[Client]]
+
+
+def needs(tool: str) -> pytest.MarkDecorator:
+    """Skip where ``tool`` is not installed, except in CI (CI=true), which installs it."""
+    missing = shutil.which(tool) is None and not os.environ.get("CI")
+    return pytest.mark.skipif(missing, reason=f"{tool} is not installed (.ci/run installs it)")
+
+
 ECHOES = str(Path(sys.executable).with_name("echoes"))
 
 

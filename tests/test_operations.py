@@ -1,0 +1,353 @@
+"""Running echoes in production: systemd, health, metrics, logs, processes, ACL, the proxy."""
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from conftest import free_port, needs
+from redis.exceptions import NoPermissionError
+
+from echoes import logs, systemd
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "key-000000000001"
+needs_systemd_analyze = needs("systemd-analyze")
+
+
+def get(url, headers=None):
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def post(url, sender, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
+    if sender:
+        request.add_header("From", sender)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw.startswith(b"{") else raw
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+@needs_systemd_analyze
+def test_unit_is_hardened_to_ok_exposure():
+    unit = ROOT / "systemd" / "echoes.service"
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for echoes.service: ([\d.]+) (\w+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 1.5 and match.group(2) == "OK"
+
+
+@needs_systemd_analyze
+def test_unit_verifies(tmp_path):
+    # verify also checks that ExecStart exists: point it at the echoes under test.
+    echoes = shutil.which("echoes", path=os.path.dirname(sys.executable))
+    text = (ROOT / "systemd" / "echoes.service").read_text()
+    assert "ExecStart=/opt/echoes/bin/echoes --config=/etc/echoes/echoes.conf" in text
+    unit = tmp_path / "echoes.service"
+    unit.write_text(text.replace("/opt/echoes/bin/echoes", echoes))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "echoes.service" not in result.stderr, result.stderr
+
+
+def test_notify_sends_datagrams_to_path_and_abstract_sockets(tmp_path):
+    for address in (str(tmp_path / "notify"), "@echoes-test-notify"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(address.replace("@", "\0", 1))
+            assert systemd.notify("READY=1", {"NOTIFY_SOCKET": address})
+            assert sock.recv(64) == b"READY=1"
+    assert not systemd.notify("READY=1", {})
+    assert systemd.watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
+    assert systemd.watchdog_interval({}) is None
+
+
+def test_sd_notify_ready_watchdog_stopping(spawn_echoes, settings, tmp_path, monkeypatch):
+    address = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}", f"--key-prefix={settings.key_prefix}"
+    )
+    messages = []
+    while "READY=1" not in messages:
+        messages.append(sock.recv(64).decode())
+    # Ready means listening, Redis answering and the listener subscribed: /health agrees.
+    assert get(echoes.url + "/health")[0] == 200
+    while messages.count("WATCHDOG=1") < 2:
+        messages.append(sock.recv(64).decode())
+    echoes.popen.send_signal(signal.SIGTERM)
+    while "STOPPING=1" not in messages:
+        messages.append(sock.recv(64).decode())
+    assert echoes.popen.wait(10) == 0
+    sock.close()
+
+
+# --- health, metrics, logs ------------------------------------------------------------------
+
+
+async def test_health_follows_redis(start_echoes, own_redis):
+    echoes = await start_echoes(redis_url=own_redis.url, redis_timeout=1)
+    response = await echoes.request("GET", "/health")
+    assert response.status == 200 and response.json["status"] == "ok"
+    assert response.json["wake"] == "keyspace" and response.json["notifications"] is True
+    own_redis.stop()
+    response = await echoes.request("GET", "/health")
+    assert response.status == 503 and response.json["error"] == "Service Unavailable"
+    assert any("Redis" in d for d in response.json["details"])
+    own_redis.start()
+    deadline = time.monotonic() + 15
+    while (await echoes.request("GET", "/health")).status != 200:
+        assert time.monotonic() < deadline, "health never recovered"
+        await asyncio.sleep(0.1)
+
+
+async def test_metrics_move(echoes):
+    def value(name, **labels):
+        return echoes.echoes.metrics.registry.get_sample_value(name, labels) or 0
+
+    await echoes.send("a", KEY, ["b", "c"], ack=True)
+    await echoes.receive("b")
+    task = asyncio.create_task(echoes.post("/receive?wait=30", "d"))
+    while value("echoes_waiters") != 1:
+        await asyncio.sleep(0.01)
+    await echoes.send("a", KEY, ["d"])
+    assert (await task).status == 200
+    response = await echoes.request("GET", "/metrics")
+    text = response.body.decode()
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert 'echoes_requests_total{endpoint="/send",status="200"} 2.0' in text
+    assert value("echoes_records_sent_total") == 3
+    assert value("echoes_records_received_total") == 2
+    assert value("echoes_acks_queued_total") == 1
+    assert value("echoes_wakeups_total") >= 1 and value("echoes_waiters") == 0
+    assert value("echoes_wake_mode", mode="keyspace") == 1
+    assert value("echoes_listener_connected") == 1
+    assert value("echoes_request_duration_seconds_count", endpoint="/receive", waited="yes") == 1
+    await echoes.request("GET", "/no/such/path/1")
+    assert value("echoes_requests_total", endpoint="other", status="404") == 1
+
+
+async def test_one_access_line_per_request_with_from_only_at_debug(echoes, caplog):
+    caplog.set_level(logging.INFO, logger="echoes.access")
+    await echoes.send("josé", KEY, ["b"])
+    [line] = [r for r in caplog.records if r.name == "echoes.access"]
+    assert line.method == "POST" and line.path == "/send" and line.status == 200
+    assert line.sent == 1 and line.taken == 0 and line.duration_ms >= 0
+    assert "josé" not in line.getMessage() and not hasattr(line, "from")
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="echoes.access")
+    await echoes.receive("b")
+    [line] = [r for r in caplog.records if r.name == "echoes.access"]
+    assert getattr(line, "from") == "b" and line.taken == 1
+
+
+def test_json_log_lines_carry_the_extra_fields():
+    record = logging.LogRecord("echoes.access", logging.INFO, "", 0, "hello %s", ("you",), None)
+    record.status = 200
+    entry = json.loads(logs.JsonFormatter().format(record))
+    assert entry["message"] == "hello you" and entry["status"] == 200
+    assert entry["level"] == "info" and entry["logger"] == "echoes.access"
+
+
+async def test_an_evicting_redis_is_warned_about(start_echoes, own_redis, caplog):
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("maxmemory-policy", "allkeys-lru")
+    await admin.aclose()
+    echoes = await start_echoes(redis_url=own_redis.url)
+    await echoes.echoes.ready()
+    assert any("allkeys-lru" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+# --- several processes ----------------------------------------------------------------------
+
+
+def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        "--processes=2",
+        "--recheck-interval=60",
+    )
+    pids = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 2:  # each request is a new connection: the kernel spreads them
+        status, body = get(echoes.url + "/health")
+        if status == 200:
+            pids.add(json.loads(body)["pid"])
+        assert time.monotonic() < deadline, f"only {pids} answered"
+    assert echoes.popen.pid not in pids
+
+    # Waiters spread over both workers; sends through either wake every one of them.
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"user{i}" for i in range(20)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        waits = [pool.submit(post, echoes.url + "/receive?wait=30", n) for n in names]
+        while "echoes_waiters 20.0" not in get(echoes.url + "/metrics")[1].decode():
+            time.sleep(0.05)
+        for i, name in enumerate(names):
+            body = {"idempotencyKey": f"key-{i:012d}", "destination": [name], "body": i}
+            assert post(echoes.url + "/send", "sender", body) == (200, {"sent": 1})
+        results = [w.result(timeout=10) for w in waits]
+    assert [r[1][0]["body"] for r in results] == list(range(20))
+
+    # A worker killed outright is replaced.
+    victim = pids.pop()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    seen = set()
+    while not (seen - {victim} - pids):
+        status, body = get(echoes.url + "/health")
+        if status == 200:
+            seen.add(json.loads(body)["pid"])
+        assert time.monotonic() < deadline, "no new worker"
+    echoes.popen.send_signal(signal.SIGTERM)
+    assert echoes.popen.wait(10) == 0
+
+
+# --- the least-privilege Redis user of conf/redis.conf --------------------------------------
+
+
+def acl_rules(prefix):
+    """The ACL rules of conf/redis.conf's echoes user, with this test's key prefix."""
+    [line] = [
+        x for x in (ROOT / "conf" / "redis.conf").read_text().splitlines() if x.startswith("user ")
+    ]
+    rules = line.split()[2:]
+    return [r.replace("echoes:", prefix).replace(">CHANGE-ME", ">pw") for r in rules]
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, settings, wake):
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "echoes", *acl_rules(settings.key_prefix))
+    url = f"unix://echoes:pw@{own_redis.socket}"
+    echoes = await start_echoes(redis_url=url, wake=wake, recheck_interval=60)
+    await admin.script_flush()  # the echoes user must load its scripts itself
+    await echoes.send("olivia", KEY, ["maurice"], "hi", ack=True)
+    task = asyncio.create_task(echoes.post("/receive?wait=30", "george"))
+    await asyncio.sleep(0.2)
+    await echoes.send("maurice", KEY, ["george"], "hello")
+    assert [r["body"] for r in (await asyncio.wait_for(task, 5)).json] == ["hello"]
+    assert [r["type"] for r in await echoes.receive("maurice")] == ["msg"]
+    assert [r["type"] for r in await echoes.receive("olivia")] == ["ack"]
+    assert (await echoes.request("GET", "/health")).status == 200
+    # ...and the user can touch nothing else.
+    other = aioredis.Redis.from_url(url)
+    with pytest.raises(NoPermissionError):
+        await other.get("unrelated")
+    await other.aclose()
+    await admin.aclose()
+
+
+# --- the proxy of conf/nginx.conf -----------------------------------------------------------
+
+
+@needs("nginx")
+def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, tmp_path):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}", f"--key-prefix={settings.key_prefix}"
+    )
+    digest = base64.b64encode(hashlib.sha1(b"secret").digest()).decode()
+    (tmp_path / "htpasswd").write_text(f"olivia:{{SHA}}{digest}\nmaurice:{{SHA}}{digest}\n")
+    port = free_port()
+    site = (ROOT / "conf" / "nginx.conf").read_text()
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = site.replace("127.0.0.1:8000", f"127.0.0.1:{echoes.port}")
+    site = site.replace("/etc/nginx/echoes.htpasswd", str(tmp_path / "htpasswd"))
+    (tmp_path / "site.conf").write_text(site)
+    # As root, nginx's workers drop to a user who cannot read pytest's private tmp_path.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (tmp_path / "nginx.conf").write_text(
+        f"{user}pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; daemon off;\n"
+        f"events {{}}\nhttp {{ access_log off; client_body_temp_path {tmp_path};"
+        f" proxy_temp_path {tmp_path}; include {tmp_path}/site.conf; }}\n"
+    )
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if get(url + "/health")[0] == 200:
+                    break
+            except urllib.error.URLError:
+                pass  # nginx is not listening yet
+            assert nginx.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+
+        def auth(user):
+            token = base64.b64encode(f"{user}:secret".encode()).decode()
+            return {"Authorization": f"Basic {token}"}
+
+        body = {"idempotencyKey": KEY, "destination": ["maurice"], "body": "hi"}
+        # The client claims to be mallory; nginx sends the authenticated name instead.
+        assert post(url + "/send", "mallory", body, auth("olivia")) == (200, {"sent": 1})
+        status, records = post(url + "/receive", "olivia", None, auth("maurice"))
+        assert status == 200 and [r["origin"] for r in records] == ["olivia"]
+        assert post(url + "/receive", "maurice", None, {})[0] == 401
+        # A long poll is answered as soon as the record arrives, through the proxy.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            wait = pool.submit(post, url + "/receive?wait=30", None, None, auth("maurice"))
+            time.sleep(0.5)
+            post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
+            status, records = wait.result(timeout=10)
+        assert status == 200 and [r["body"] for r in records] == ["later"]
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+
+
+def test_install_script_lays_out_a_working_service(tmp_path):
+    env = dict(os.environ, ROOT=str(tmp_path))
+    subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
+    unit = (tmp_path / "etc/systemd/system/echoes.service").read_text()
+    assert unit == (ROOT / "systemd" / "echoes.service").read_text()
+    conf = tmp_path / "etc/echoes/echoes.conf"
+    assert conf.read_text() == (ROOT / "conf" / "echoes.conf").read_text()
+    installed = tmp_path / "opt/echoes/bin/echoes"
+    result = subprocess.run(
+        [str(installed), "--help", f"--config={conf}"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "--redis-url" in result.stdout + result.stderr
+    # A second run keeps the configuration an operator edited.
+    conf.write_text(conf.read_text() + "\nport = 9000\n")
+    subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
+    assert "port = 9000" in conf.read_text()
