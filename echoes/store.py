@@ -126,7 +126,7 @@ class Store:
 
         Returns the number of copies stored and the batch taken.
         """
-        calls = self._puts(caller, message) if message else []
+        calls = self.puts(caller, message) if message else []
         if take:
             inbox = self.keys.inbox(caller)
             keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt))
@@ -141,7 +141,8 @@ class Store:
         batch = Batch(batch_json, int(count), int(remaining), acks=len(wanting_ack))
         return sent, batch
 
-    def _puts(self, origin: str, message: Message) -> list[Call]:
+    def puts(self, origin: str, message: Message) -> list[Call]:
+        """The script calls that store one copy of ``message`` per destination."""
         record = records.msg(
             origin, message.key, message.body, message.expects_ack, records.timestamp()
         )

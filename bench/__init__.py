@@ -1,0 +1,1 @@
+"""echoes benchmarks: ``python -m bench [--quick]`` (see BENCHMARKS.md)."""

@@ -1,0 +1,211 @@
+"""Each figure of the benchmark, measured beside its baseline in the same run."""
+
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from echoes.keys import Keys
+from echoes.store import Call, Message, Store, Take
+
+from . import original
+from .httpclient import Connection
+from .services import HERE, Service, worker_pid
+
+Row = dict[str, Any]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+
+
+# --- 1 and 6: throughput of /exchange --------------------------------------------------------
+
+
+def wrk(url: str, seconds: float, connections: int = 32) -> Row:
+    """wrk -t1 -c32 on POST /exchange with bench/exchange.lua: req/s, p50, p99 in ms."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(HERE / "exchange.lua")]
+    out = subprocess.run(
+        [*command, url + "/exchange"], capture_output=True, text=True, check=True
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["errors"] == 0 and result["non2xx"] == 0, result
+    return {
+        "rps": result["requests"] / (result["duration_us"] / 1e6),
+        "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+    }
+
+
+def throughput(targets: dict[str, Service], rounds: int, seconds: float) -> dict[str, Row]:
+    """Each target in turn, round after round (interleaved); medians over the rounds."""
+    runs: dict[str, list[Row]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, service in targets.items():
+            runs[name].append(wrk(service.url, seconds))
+    return {
+        name: {key: median([r[key] for r in rows]) for key in rows[0]}
+        for name, rows in runs.items()
+    }
+
+
+# --- 2: receive cost against stored volume --------------------------------------------------
+
+
+async def fill(store: Store, start: int, stop: int, users: int) -> None:
+    """Store records start..stop-1 for ``users`` other users, pipelined 1000 at a time."""
+    for base in range(start, stop, 1000):
+        calls = []
+        for i in range(base, min(base + 1000, stop)):
+            body = {"n": i, "text": "x" * 60}
+            message = Message(f"fill-{i:012d}", body, False, (f"user{i % users}",))
+            calls += store.puts(f"sender{i % 7}", message)
+        await store.scripts.run(store.client, calls)
+
+
+async def receive_cost(
+    redis_url: str, echoes: Service, sizes: list[int], repeats: int, slow_repeats: int
+) -> list[Row]:
+    """Median time to take one waiting record, with ``sizes`` records stored for others."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = Store(client, Keys("echoes:"), 3600, 300, 8 << 20)
+    legacy = original.Original(aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1"))
+    http = await Connection.open("127.0.0.1", echoes.port)
+    rows, stored = [], 0
+    probe = Message("probe-000000", "ping", False, ("probe",))
+    for size in sizes:
+        await fill(store, stored, size, users=max(1, size // 10))
+        await legacy.fill(stored, size, users=max(1, size // 10))
+        stored = size
+        store_ms, http_ms, legacy_ms = [], [], []
+        for i in range(repeats):
+            await store.exchange("bench", probe, None)
+            started = time.perf_counter()
+            _, batch = await store.exchange("probe", None, Take(10, f"attempt-{size}-{i:06d}"))
+            store_ms.append((time.perf_counter() - started) * 1000)
+            assert batch and batch.count == 1
+            await store.exchange("bench", probe, None)
+            started = time.perf_counter()
+            status, body, _ = await http.request("POST", "/receive", {"From": "probe"})
+            http_ms.append((time.perf_counter() - started) * 1000)
+            assert status == 200 and body.count(b'"msg"') == 1
+        for i in range(slow_repeats):
+            await legacy.send("probe", f"probe-{i:08d}", b"ping")
+            started = time.perf_counter()
+            assert len(await legacy.receive("probe")) == 1
+            legacy_ms.append((time.perf_counter() - started) * 1000)
+        rows.append(
+            {
+                "stored": size,
+                "echoes_store_ms": median(store_ms),
+                "echoes_http_ms": median(http_ms),
+                "original_ms": median(legacy_ms),
+            }
+        )
+    http.close()
+    await client.aclose()
+    await legacy.client.aclose()
+    return rows
+
+
+# --- 3 and 4: wake-up latency, and the memory of idle waiters --------------------------------
+
+
+async def wakeups(
+    kind: str, waiter: Service, sender: Service, count: int, samples: int, tag: str
+) -> Row:
+    """Hold ``count`` long polls on ``waiter``; send to random ones through ``sender``.
+
+    Latency: the waiting response received minus the send's response received, one send
+    at a time. Also the RSS of the process holding the waiters (Nchan: its worker).
+    """
+    names = [f"{tag}{i}" for i in range(count)]
+    conns = await asyncio.gather(*(Connection.open("127.0.0.1", waiter.port) for _ in names))
+    for conn, name in zip(conns, names, strict=True):
+        if kind == "echoes":
+            conn.send("POST", "/receive?wait=45", {"From": name})
+        else:
+            conn.send("GET", f"/sub/{name}", {})
+    answers = [asyncio.ensure_future(conn.response()) for conn in conns]
+    await held(kind, waiter, count)
+    pid = waiter.popen.pid if kind == "echoes" else worker_pid(waiter.popen.pid)
+    rss = waiter.rss_mb(pid)
+    sending = await Connection.open("127.0.0.1", sender.port)
+    latencies = []
+    for n, i in enumerate(random.sample(range(count), samples)):
+        if kind == "echoes":
+            body = json.dumps({"idempotencyKey": f"wake-{n:08d}", "destination": [names[i]], "body": n})
+            status, _, sent_at = await sending.request("POST", "/send", {"From": "sender"}, body.encode())
+        else:
+            status, _, sent_at = await sending.request("POST", f"/pub/{names[i]}", {}, str(n).encode())
+        assert status in (200, 201, 202), status
+        got, body, received_at = await asyncio.wait_for(answers[i], 10)
+        assert got == 200 and str(n).encode() in body, (got, body)
+        latencies.append((received_at - sent_at) * 1000)
+    sending.close()
+    for conn in conns:
+        conn.close()
+    for answer in answers:
+        answer.cancel()
+    await asyncio.gather(*answers, return_exceptions=True)
+    return {
+        "waiters": count,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "rss_mb": rss,
+    }
+
+
+async def held(kind: str, waiter: Service, count: int, timeout: float = 60) -> None:
+    """Until the server holds ``count`` waiting requests."""
+    deadline = time.monotonic() + timeout
+    conn = await Connection.open("127.0.0.1", waiter.port)
+    try:
+        while time.monotonic() < deadline:
+            if kind == "echoes":
+                _, body, _ = await conn.request("GET", "/health", {})
+                if json.loads(body)["waiters"] >= count:
+                    return
+            else:
+                _, body, _ = await conn.request("GET", "/", {})  # Nchan holds them on accept
+                await asyncio.sleep(0.5)
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"{kind} never held {count} waiters")
+    finally:
+        conn.close()
+
+
+# --- 5: Redis memory per stored record -------------------------------------------------------
+
+
+async def memory_per_record(redis_url: str, records: int) -> Row:
+    """INFO used_memory growth per record of a 100-byte body, in a fresh database."""
+    client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")
+    store = Store(client, Keys("mem:"), 3600, 300, 8 << 20)
+    before = (await client.info("memory"))["used_memory"]
+    for base in range(0, records, 1000):
+        calls: list[Call] = []
+        for i in range(base, min(base + 1000, records)):
+            message = Message(f"mem-{i:012d}", "x" * 100, False, (f"user{i % 1000}",))
+            calls += store.puts("sender", message)
+        await store.scripts.run(client, calls)
+    after = (await client.info("memory"))["used_memory"]
+    await client.flushdb()
+    await client.aclose()
+    return {"records": records, "bytes_per_record": (after - before) / records, "payload": 100}
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
