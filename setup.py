@@ -18,6 +18,8 @@ setup(
         "tornado>=6.4",
         "redis[hiredis]>=8.1",
         "jsonschema>=4.20",
+        # Compiles the send schema for the hot path; jsonschema still reports the errors.
+        "fastjsonschema>=2.19",
         "prometheus-client>=0.20",
     ],
     extras_require={

@@ -145,10 +145,16 @@ async def wakeups(
     latencies = []
     for n, i in enumerate(random.sample(range(count), samples)):
         if kind == "echoes":
-            body = json.dumps({"idempotencyKey": f"wake-{n:08d}", "destination": [names[i]], "body": n})
-            status, _, sent_at = await sending.request("POST", "/send", {"From": "sender"}, body.encode())
+            body = json.dumps(
+                {"idempotencyKey": f"wake-{n:08d}", "destination": [names[i]], "body": n}
+            )
+            status, _, sent_at = await sending.request(
+                "POST", "/send", {"From": "sender"}, body.encode()
+            )
         else:
-            status, _, sent_at = await sending.request("POST", f"/pub/{names[i]}", {}, str(n).encode())
+            status, _, sent_at = await sending.request(
+                "POST", f"/pub/{names[i]}", {}, str(n).encode()
+            )
         assert status in (200, 201, 202), status
         got, body, received_at = await asyncio.wait_for(answers[i], 10)
         assert got == 200 and str(n).encode() in body, (got, body)

@@ -19,7 +19,7 @@ NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
 def raise_file_limit() -> int:
     """Raise this process's (and its children's) open-file limit to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 

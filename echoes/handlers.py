@@ -283,6 +283,7 @@ class InFlight:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """The access log line and the request metrics, once per request."""
     request, status = handler.request, handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
     duration = request.request_time()
     sent, taken = getattr(handler, "sent", 0), getattr(handler, "taken", 0)
     waited = getattr(handler, "waited", False)
@@ -294,11 +295,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     m.latency.labels(endpoint, "yes" if waited else "no").observe(duration)
     m.sent.inc(sent)
     m.received.inc(taken)
+    if not access_log.isEnabledFor(level):
+        return
     fields = {"method": request.method, "path": request.path, "status": status}
     fields |= {"duration_ms": round(duration * 1000, 2), "sent": sent, "taken": taken}
     if access_log.isEnabledFor(logging.DEBUG):
         fields["from"] = getattr(handler, "caller", "")
-    level = logging.INFO if status < 500 else logging.ERROR
     access_log.log(level, " ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
 
 

@@ -75,13 +75,14 @@ class Listener:
             pubsub = self.client.pubsub()
             try:
                 if self.state.mode == "keyspace":
-                    self.state.notifications = await enable_notifications(self.store.client)
+                    async with asyncio.timeout(self.recheck_interval):
+                        self.state.notifications = await enable_notifications(self.store.client)
                 await pubsub.psubscribe(self.pattern)
                 backoff = 0.1
                 await self._dispatch(pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
+            except (RedisError, OSError, TimeoutError) as e:
                 self.metrics.reconnects.inc()
                 log.warning("wake-up listener lost Redis (%s); again in %.1fs", e, backoff)
             except Exception:  # a bug must not end wake-ups for good: log it and start over

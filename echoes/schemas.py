@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 # Idempotency keys and attempt tokens share one alphabet, which has no ':' (see records.py).
@@ -68,10 +69,19 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterat
 
 Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 _send = Validator(SEND)
+# The same schema compiled to Python by fastjsonschema: a valid body passes in about 1 us
+# instead of 22 us (BENCHMARKS.md). It stops at the first error, so an invalid body goes
+# on to jsonschema, the reference, which lists every error with its path.
+_send_fast = fastjsonschema.compile(SEND)
 
 
 def send_errors(document: Any, limit: int = 200) -> list[str]:
     """Every way ``document`` breaks the send schema, as "<JSON path>: <reason>" lines."""
+    try:
+        _send_fast(document)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass
     errors = sorted(_send.iter_errors(document), key=lambda e: e.json_path)
     return [f"{e.json_path}: {_short(e.message, limit)}" for e in errors]
 

@@ -1,6 +1,7 @@
 """One echoes process or several: their parts, start-up, readiness and orderly shutdown."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from redis.exceptions import RedisError
 
 from . import listener, metrics, processes, systemd
 from .config import EMBEDDED, Settings
@@ -85,7 +87,9 @@ class Echoes:
     async def ready(self) -> None:
         """Return once Redis answered and the wake-up listener is subscribed."""
         await self.listener.subscribed.wait()
-        await warn_if_evicting(self.store.client)
+        with contextlib.suppress(RedisError, TimeoutError):  # only a warning: never block readiness
+            async with asyncio.timeout(self.settings.redis_timeout):
+                await warn_if_evicting(self.store.client)
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""

@@ -1,5 +1,6 @@
 """Turn the parts of a request into the store's inputs, or an APIError saying what is wrong."""
 
+import itertools
 import json
 import re
 import secrets
@@ -12,6 +13,10 @@ from .errors import APIError
 from .store import Message, Take
 
 _token = schemas.Validator(schemas.TOKEN)
+# Tokens echoes makes itself: unique per process (random prefix) and per request (counter),
+# without a system call per request as secrets.token_urlsafe() would make.
+_TOKEN_PREFIX = "e" + secrets.token_urlsafe(12) + "-"
+_tokens = itertools.count(1)
 _SECONDS = re.compile(r"\d{1,9}(\.\d*)?|\.\d+")
 
 
@@ -104,7 +109,7 @@ def take(query: Mapping[str, Sequence[bytes]], settings: Settings) -> Take:
         limit = min(int(raw_limit), settings.max_batch)
     attempt = _single(query, "attempt")
     if attempt is None:
-        attempt = secrets.token_urlsafe(16)
+        attempt = f"{_TOKEN_PREFIX}{next(_tokens):x}"
     elif not _token.is_valid(attempt):
         raise APIError(400, f"attempt must match {schemas.TOKEN_PATTERN}")
     return Take(limit=limit, attempt=attempt, wait=wait(_single(query, "wait"), settings))

@@ -206,3 +206,33 @@ async def test_max_batch_caps_every_response(start_echoes):
         await echoes.send("a", f"key-00000000000{i}", ["b"], i)
     response = await echoes.post("/receive?limit=100", "b")
     assert len(response.json) == 2 and response.headers["Echoes-Remaining"] == "1"
+
+
+VALID_BODIES = [
+    {"idempotencyKey": KEY, "destination": [], "body": None},
+    {"idempotencyKey": "=" * 64, "destination": ["a", "é"], "body": [1, {"x": []}], "extra": 1},
+    {"idempotencyKey": KEY, "destination": ["b"], "body": 1.5, "expectsAck": False},
+]
+INVALID_BODIES = [
+    [],
+    "text",
+    {"idempotencyKey": KEY + "\n", "destination": [], "body": 1},
+    {"idempotencyKey": "\n" + KEY, "destination": [], "body": 1},
+    {"idempotencyKey": KEY, "destination": [None], "body": 1},
+    {"idempotencyKey": KEY, "destination": {}, "body": 1},
+    {"idempotencyKey": KEY, "destination": [], "body": 1, "expectsAck": None},
+    {"idempotencyKey": 12345678901234, "destination": [], "body": 1},
+    {"destination": [], "body": 1},
+]
+
+
+@pytest.mark.parametrize("document", VALID_BODIES + INVALID_BODIES)
+def test_the_fast_validator_agrees_with_jsonschema(document):
+    reference = list(schemas._send.iter_errors(document))
+    try:
+        schemas._send_fast(document)
+        fast_ok = True
+    except Exception:
+        fast_ok = False
+    assert fast_ok == (not reference) == (document in VALID_BODIES)
+    assert (schemas.send_errors(document) == []) == fast_ok
