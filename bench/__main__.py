@@ -56,8 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, well under a minute")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--waiters", type=int, nargs="+", help="waiting-request counts instead of the default"
+    )
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.waiters:
+        sizes["waiters"] = args.waiters
     print("command: python -m bench " + shlex.join(sys.argv[1:]), flush=True)
     print(f"file limit raised to {raise_file_limit()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="echoes-bench-") as tmp:

@@ -138,7 +138,7 @@ async def wakeups(
         else:
             conn.send("GET", f"/sub/{name}", {})
     answers = [asyncio.ensure_future(conn.response()) for conn in conns]
-    await held(kind, waiter, count)
+    await held(kind, waiter, names)
     pid = waiter.popen.pid if kind == "echoes" else worker_pid(waiter.popen.pid)
     rss = waiter.rss_mb(pid)
     sending = await Connection.open("127.0.0.1", sender.port)
@@ -173,22 +173,22 @@ async def wakeups(
     }
 
 
-async def held(kind: str, waiter: Service, count: int, timeout: float = 60) -> None:
-    """Until the server holds ``count`` waiting requests."""
+async def held(kind: str, waiter: Service, names: list[str], timeout: float = 120) -> None:
+    """Until the server holds a waiting request for every name (Nchan: the last ones)."""
     deadline = time.monotonic() + timeout
     conn = await Connection.open("127.0.0.1", waiter.port)
     try:
         while time.monotonic() < deadline:
             if kind == "echoes":
                 _, body, _ = await conn.request("GET", "/health", {})
-                if json.loads(body)["waiters"] >= count:
+                if json.loads(body)["waiters"] >= len(names):
                     return
-            else:
-                _, body, _ = await conn.request("GET", "/", {})  # Nchan holds them on accept
-                await asyncio.sleep(0.5)
-                return
+            else:  # the channel info of the last subscribers to arrive
+                replies = [await conn.request("GET", f"/pub/{n}", {}) for n in names[-20:]]
+                if all(b"active subscribers: 1" in body for _, body, _ in replies):
+                    return
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{kind} never held {count} waiters")
+        raise RuntimeError(f"{kind} never held {len(names)} waiters")
     finally:
         conn.close()
 

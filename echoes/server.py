@@ -26,6 +26,9 @@ from .waiters import Waiters
 log = logging.getLogger("echoes")
 
 MAX_HEADER_SIZE = 65536
+# Thousands of long-poll clients reconnect at once after a restart: Tornado's default
+# backlog (128) drops their SYNs and they retry seconds later. The kernel caps it at somaxconn.
+LISTEN_BACKLOG = 4096
 # SIGTERM to exit: waiters answer at once, requests in flight get this long to finish.
 DRAIN_SECONDS = 4.0
 
@@ -146,7 +149,7 @@ def run(settings: Settings) -> int:
         embedded = RedisServer(settings.data_dir)
         embedded.start()
         settings = dataclasses.replace(settings, redis_url=embedded.url)
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.address)
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.address, backlog=LISTEN_BACKLOG)
     count = settings.processes or os.cpu_count() or 1
     log.info(
         "echoes listening on http://%s:%d (%d process%s), Redis at %s, wake-ups by %s",

@@ -22,6 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import records
 from .keys import Keys
 
+SWEEP_CHUNK = 200
+
 
 @dataclass(frozen=True)
 class Message:
@@ -96,29 +98,34 @@ class Scripts:
             await pipe.execute()
 
     async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
-        """Write every EVALSHA at once on one pooled connection, then read every reply.
-
-        What redis-py's Pipeline does, without its per-command bookkeeping, which cost
-        about a third of echoes' CPU per request (BENCHMARKS.md). A dropped connection is
-        retried once on a fresh one: every script is safe to run twice.
-        """
         commands = [("EVALSHA", self.sha[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
-        pool = client.connection_pool
-        for attempt in (1, 2):
-            conn = await pool.get_connection()
-            try:
-                await conn.send_packed_command(conn.pack_commands(commands))
-                return [await _reply(conn) for _ in commands]
-            except (RedisConnectionError, RedisTimeoutError):
-                await conn.disconnect()
-                if attempt == 2:
-                    raise
-            except BaseException:  # cancelled mid-exchange: the connection's state is unknown
-                await conn.disconnect()
+        return await pipeline(client, commands)
+
+
+async def pipeline(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Write every command at once on one pooled connection, then read every reply.
+
+    What redis-py's Pipeline does, without its per-command bookkeeping, which cost about a
+    third of echoes' CPU per request (BENCHMARKS.md). Error replies are returned, not
+    raised. A dropped connection is retried once on a fresh one: every command echoes
+    pipelines is safe to run twice.
+    """
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            return [await _reply(conn) for _ in commands]
+        except (RedisConnectionError, RedisTimeoutError):
+            await conn.disconnect()
+            if attempt == 2:
                 raise
-            finally:
-                await pool.release(conn)
-        raise AssertionError("unreachable")
+        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
 
 
 async def _reply(conn: AbstractConnection) -> Any:
@@ -197,12 +204,18 @@ class Store:
         await self.scripts.run(self.client, calls)
 
     async def holding_records(self, names: list[str]) -> list[str]:
-        """Those of ``names`` whose inbox holds records (maybe expired): one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(self.keys.inbox(name).queue)
-            found = await pipe.execute()
-        return [name for name, exists in zip(names, found, strict=True) if exists]
+        """Those of ``names`` whose inbox holds records (maybe expired).
+
+        One pipelined round trip per SWEEP_CHUNK names: each is a few hundred microseconds
+        of work, so wake-ups of other requests are never held up behind a long sweep.
+        """
+        found = []
+        for start in range(0, len(names), SWEEP_CHUNK):
+            chunk = names[start : start + SWEEP_CHUNK]
+            commands = [("EXISTS", self.keys.inbox(name).queue) for name in chunk]
+            replies = await pipeline(self.client, commands)
+            found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
+        return found
 
 
 def connect(url: str, timeout: float, max_connections: int) -> aioredis.Redis:

@@ -14,27 +14,44 @@ class Full(Exception):
 
 
 class Waiter:
-    """One waiting request."""
+    """One waiting request.
 
-    __slots__ = ("_event", "name")
+    A bare future and a timer handle rather than an asyncio.Event and asyncio.timeout():
+    ten thousand of them are held at once, and this is about a kilobyte less each.
+    """
+
+    __slots__ = ("_future", "_woken", "name")
 
     def __init__(self, name: str):
         self.name = name
-        self._event = asyncio.Event()
+        self._woken = False
+        self._future: asyncio.Future[bool] | None = None
 
     def wake(self) -> None:
-        """Make the current or next wait() return."""
-        self._event.set()
+        """Make the current or next wait() return True."""
+        if self._future is not None and not self._future.done():
+            self._future.set_result(True)
+        else:
+            self._woken = True
 
     async def wait(self, timeout: float) -> bool:
         """Wait for a wake-up; False if ``timeout`` seconds passed first."""
+        if self._woken:
+            self._woken = False
+            return True
+        loop = asyncio.get_running_loop()
+        self._future = future = loop.create_future()
+        timer = loop.call_later(timeout, _expire, future)
         try:
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            return False
-        self._event.clear()
-        return True
+            return await future
+        finally:
+            timer.cancel()
+            self._future = None
+
+
+def _expire(future: "asyncio.Future[bool]") -> None:
+    if not future.done():
+        future.set_result(False)
 
 
 class Waiters:
