@@ -7,14 +7,19 @@ A full run takes a few minutes; --quick uses tiny sizes (the test suite runs it)
 
 import argparse
 import asyncio
+import contextlib
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from . import figures
 from .services import (
+    Service,
     raise_file_limit,
     start_ceiling,
     start_echoes,
@@ -73,38 +78,30 @@ def main() -> None:
 
 
 def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+    """Each figure with only the processes it needs running: on two cores an idle echoes
+    still hears every send (its wake-up listener), which would tax the one being measured."""
     redis, url = start_redis(workdir)
-    services = []
     try:
-        echoes = start_echoes(url, workdir)
-        sender = start_echoes(url, workdir)
-        two = start_echoes(url, workdir, "--processes=2")
-        ceiling = start_ceiling(url, workdir)
-        nchan = start_nchan(url, workdir, max(sizes["waiters"]))
-        services = [echoes, sender, two, ceiling] + ([nchan] if nchan else [])
         print("1, 6: throughput of /exchange", flush=True)
-        targets = {"ceiling": ceiling, "echoes": echoes, "echoes_2_processes": two}
-        throughput = figures.throughput(targets, sizes["rounds"], sizes["seconds"])
+        starters = {
+            "ceiling": lambda: start_ceiling(url, workdir),
+            "echoes": lambda: start_echoes(url, workdir),
+            "echoes_2_processes": lambda: start_echoes(url, workdir, "--processes=2"),
+        }
+        throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"])
         print("2: receive cost against stored volume", flush=True)
-        volume = asyncio.run(
-            figures.receive_cost(
-                url, echoes, sizes["volumes"], sizes["repeats"], sizes["slow_repeats"]
+        with running(start_echoes(url, workdir)) as echoes:
+            volume = asyncio.run(
+                figures.receive_cost(
+                    url, echoes, sizes["volumes"], sizes["repeats"], sizes["slow_repeats"]
+                )
             )
-        )
+        asyncio.run(flushall(url))
         print("3, 4: wake-up latency and idle waiters", flush=True)
-        wake: dict[str, list[dict[str, Any]]] = {"echoes": [], "nchan": []}
-        for count in sizes["waiters"]:
-            samples = min(count, sizes["samples"])
-            row = figures.wakeups("echoes", echoes, sender, count, samples, f"w{count}x")
-            wake["echoes"].append(asyncio.run(row))
-            if nchan:
-                row = figures.wakeups("nchan", nchan, nchan, count, samples, f"n{count}x")
-                wake["nchan"].append(asyncio.run(row))
+        wake = wakeups(url, workdir, sizes)
         print("5: Redis memory per record", flush=True)
         memory = asyncio.run(figures.memory_per_record(url, sizes["records"]))
     finally:
-        for service in services:
-            service.stop()
         redis.stop()
     return {
         "sizes": sizes,
@@ -114,6 +111,44 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
         "wakeup": wake,
         "memory": memory,
     }
+
+
+def wakeups(url: str, workdir: Path, sizes: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Figures 3 and 4: echoes (waiters on one process, sends through another), then Nchan."""
+    wake: dict[str, list[dict[str, Any]]] = {"echoes": [], "nchan": []}
+    counts = sizes["waiters"]
+    with (
+        running(start_echoes(url, workdir)) as waiter,
+        running(start_echoes(url, workdir)) as sender,
+    ):
+        for count in counts:
+            row = figures.wakeups(
+                "echoes", waiter, sender, count, min(count, sizes["samples"]), f"w{count}x"
+            )
+            wake["echoes"].append(asyncio.run(row))
+    nchan = start_nchan(url, workdir, max(counts))
+    if nchan:
+        with running(nchan):
+            for count in counts:
+                row = figures.wakeups(
+                    "nchan", nchan, nchan, count, min(count, sizes["samples"]), f"n{count}x"
+                )
+                wake["nchan"].append(asyncio.run(row))
+    return wake
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[Service]:
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+async def flushall(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    await client.flushall()
+    await client.aclose()
 
 
 def report(r: dict[str, Any]) -> str:

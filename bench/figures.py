@@ -6,6 +6,7 @@ import random
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,20 @@ def wrk(url: str, seconds: float, connections: int = 32) -> Row:
     }
 
 
-def throughput(targets: dict[str, Service], rounds: int, seconds: float) -> dict[str, Row]:
-    """Each target in turn, round after round (interleaved); medians over the rounds."""
-    runs: dict[str, list[Row]] = {name: [] for name in targets}
+def throughput(
+    starters: dict[str, Callable[[], Service]], rounds: int, seconds: float
+) -> dict[str, Row]:
+    """Each target in turn, round after round (interleaved), started afresh and alone each
+    time, warmed up for a second; medians over the rounds."""
+    runs: dict[str, list[Row]] = {name: [] for name in starters}
     for _ in range(rounds):
-        for name, service in targets.items():
-            runs[name].append(wrk(service.url, seconds))
+        for name, start in starters.items():
+            service = start()
+            try:
+                wrk(service.url, 1)
+                runs[name].append(wrk(service.url, seconds))
+            finally:
+                service.stop()
     return {
         name: {key: median([r[key] for r in rows]) for key in rows[0]}
         for name, rows in runs.items()
