@@ -102,7 +102,7 @@ async def receive_cost(
         for i in range(-WARMUP, repeats):  # the first WARMUP rounds are not kept
             await store.exchange("bench", probe, None)
             started = time.perf_counter()
-            _, batch = await store.exchange("probe", None, Take(10, f"attempt-{size}-{i:06d}"))
+            batch = (await store.exchange("probe", None, Take(10, f"attempt-{size}-{i:06d}"))).batch
             took = (time.perf_counter() - started) * 1000
             assert batch and batch.count == 1
             await store.exchange("bench", probe, None)

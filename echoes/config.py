@@ -60,6 +60,11 @@ class Settings:
     attempt_ttl: int = option(
         300, "seconds a consumed batch stays retrievable under its ?attempt= token", 1, 86400
     )
+    max_inbox_records: int = option(
+        10000,
+        "most records one inbox holds; a send to a full inbox is answered 429 (0: no cap)",
+        0,
+    )
     max_batch: int = option(
         1000, "most records one /receive or /exchange response carries", 1, MAX_BATCH_CEILING
     )

@@ -1,6 +1,7 @@
 """HTTP endpoints, the base handler they share, the access log, and make_app()."""
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from .config import Settings
 from .errors import APIError, error_body
 from .listener import ListenerState
 from .metrics import Metrics
-from .store import Batch, Message, Store, Take
+from .store import Message, Outcome, Store, Take
 from .waiters import Full, Waiter, Waiters
 
 log = logging.getLogger("echoes")
@@ -105,8 +106,7 @@ class APIHandler(tornado.web.RequestHandler):
             raise APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
         except ResponseError as e:
             self.metrics.redis_errors.labels(type(e).__name__).inc()
-            # Redis 7 answers -OOM (OutOfMemoryError); 6.2 wraps it in a script error.
-            if isinstance(e, OutOfMemoryError) or "OOM command not allowed" in str(e):
+            if out_of_memory(e):
                 raise APIError(507, "Redis is out of memory: nothing was stored") from e
             raise
 
@@ -151,12 +151,14 @@ class InboxHandler(APIHandler):
         take = validation.take(self.request.query_arguments, self.config) if self.receives else None
         with self.application.settings["inflight"]:
             if take and take.wait > 0:
-                self.sent, batch = await self.wait_for_records(self.caller, message, take)
+                outcome = await self.wait_for_records(self.caller, message, take)
             else:
-                self.sent, batch = await self.exchange(self.caller, message, take)
+                outcome = await self.exchange(self.caller, message, take)
+        self.sent, batch = outcome.sent, outcome.batch
         if batch:
             self.taken = batch.count
             self.metrics.acked.inc(batch.acks)
+        self.check_sent(outcome, take)
         if self.gone:
             return
         if batch is None:
@@ -166,17 +168,33 @@ class InboxHandler(APIHandler):
         self.set_header(ATTEMPT_HEADER, take.attempt if take else "")
         self.finish(batch.json)
 
-    async def exchange(
-        self, caller: str, message: Message | None, take: Take | None
-    ) -> tuple[int, Batch | None]:
+    def check_sent(self, outcome: Outcome, take: Take | None) -> None:
+        """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
+        if not (outcome.error or outcome.full):
+            return
+        details = [f"stored for {outcome.sent} of the destinations"]
+        if take and outcome.batch and outcome.batch.count:
+            details.append(
+                f"the records this request took are kept: POST /receive?attempt={take.attempt}"
+                f" within {self.config.attempt_ttl} s to get them"
+            )
+        if outcome.error:
+            if not out_of_memory(outcome.error):
+                raise outcome.error
+            self.metrics.redis_errors.labels(type(outcome.error).__name__).inc()
+            raise APIError(507, "Redis is out of memory", *details)
+        names = ", ".join(repr(n) for n in outcome.full[:10])
+        more = f" and {len(outcome.full) - 10} more" if len(outcome.full) > 10 else ""
+        limit = self.config.max_inbox_records
+        raise APIError(429, f"inbox full ({limit} records waiting): {names}{more}", *details)
+
+    async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """One store call, within redis_timeout."""
         return await self.redis(
             self.store.exchange(caller, message, take), take.attempt if take else None
         )
 
-    async def wait_for_records(
-        self, caller: str, message: Message | None, take: Take
-    ) -> tuple[int, Batch | None]:
+    async def wait_for_records(self, caller: str, message: Message | None, take: Take) -> Outcome:
         """Send, take; while nothing was taken, wait for a wake-up and take again."""
         waiters: Waiters = self.application.settings["waiters"]
         deadline = time.monotonic() + take.wait
@@ -187,19 +205,27 @@ class InboxHandler(APIHandler):
         self.waited = True
         self.metrics.waiters.inc()
         try:
-            sent, batch = await self.exchange(caller, message, take)
-            while batch and batch.count == 0 and not (self.gone or waiters.closing):
+            first = outcome = await self.exchange(caller, message, take)
+            if first.error or first.full:
+                return first  # the send failed: answer now, do not wait
+            while outcome.batch and outcome.batch.count == 0 and not (self.gone or waiters.closing):
                 left = deadline - time.monotonic()
                 if left <= 0 or not await self.waiter.wait(left):
                     break
                 if self.gone or waiters.closing:  # answer [] and take nothing
                     break
-                _, batch = await self.exchange(caller, None, take)
-            return sent, batch
+                outcome = await self.exchange(caller, None, take)
+            return dataclasses.replace(outcome, sent=first.sent)
         finally:
             self.metrics.waiters.dec()
             waiters.unregister(self.waiter)
             self.waiter = None
+
+
+def out_of_memory(error: Exception) -> bool:
+    """Whether Redis refused a write for lack of memory (maxmemory with noeviction)."""
+    # Redis 7 answers -OOM (OutOfMemoryError); 6.2 may wrap it in a script error.
+    return isinstance(error, OutOfMemoryError) or "OOM command not allowed" in str(error)
 
 
 class RootHandler(APIHandler):

@@ -44,6 +44,7 @@ def make_store(settings: Settings, client: aioredis.Redis | None = None) -> Stor
         attempt_ttl=settings.attempt_ttl,
         max_batch_bytes=settings.max_batch_bytes,
         publish=settings.wake == "publish",
+        max_inbox_records=settings.max_inbox_records,
     )
 
 

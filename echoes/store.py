@@ -8,6 +8,7 @@ because redis-py resends commands after a connection error.
 
 import hashlib
 import importlib.resources
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import records
 from .keys import Keys
 
+log = logging.getLogger("echoes.store")
 SWEEP_CHUNK = 200
 
 
@@ -58,6 +60,20 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What one store call did: copies stored, inboxes found full, a send error, the batch.
+
+    ``error`` is Redis's refusal of a copy (out of memory): the other copies and the take
+    went ahead, so a batch may be here too (and is parked under its attempt token).
+    """
+
+    sent: int = 0
+    full: tuple[str, ...] = ()
+    error: Exception | None = None
+    batch: Batch | None = None
+
+
+@dataclass(frozen=True)
 class Call:
     """One script call in a pipeline."""
 
@@ -80,14 +96,11 @@ class Scripts:
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
 
     async def run(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
-        """Run ``calls`` in one pipeline and return their results; raise the first error."""
+        """Run ``calls`` in one pipeline; their results, an error reply as an exception."""
         results = await self._pipeline(client, calls)
         if any(isinstance(r, NoScriptError) for r in results):
             await self.load(client)
             results = await self._pipeline(client, calls)  # every script is safe to rerun
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
         return results
 
     async def load(self, client: aioredis.Redis) -> None:
@@ -147,6 +160,7 @@ class Store:
         attempt_ttl: float,
         max_batch_bytes: int,
         publish: bool = False,
+        max_inbox_records: int = 0,
     ):
         self.client = client
         self.publish = publish
@@ -155,28 +169,31 @@ class Store:
         self._ttl_ms = int(message_ttl * 1000)
         self._attempt_ms = int(attempt_ttl * 1000)
         self._batch_bytes = max_batch_bytes
+        self._inbox_limit = max_inbox_records
 
-    async def exchange(
-        self, caller: str, message: Message | None, take: Take | None
-    ) -> tuple[int, Batch | None]:
-        """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
-
-        Returns the number of copies stored and the batch taken.
-        """
+    async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
+        """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked)."""
         calls = self.puts(caller, message) if message else []
         if take:
             inbox = self.keys.inbox(caller)
             keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt))
             calls.append(Call("take", keys, (take.limit, self._attempt_ms, self._batch_bytes)))
         results = await self.scripts.run(self.client, calls)
-        sent = len(message.destinations) if message else 0
-        if not take:
-            return sent, None
-        batch_json, count, remaining, *wanting_ack = results[-1]
-        if wanting_ack:
-            await self._queue_acks(caller, wanting_ack)
-        batch = Batch(batch_json, int(count), int(remaining), acks=len(wanting_ack))
-        return sent, batch
+        batch = None
+        if take:
+            taken = results.pop()
+            if isinstance(taken, Exception):
+                raise taken
+            batch_json, count, remaining, *wanting_ack = taken
+            acks = await self._queue_acks(caller, wanting_ack) if wanting_ack else 0
+            batch = Batch(batch_json, int(count), int(remaining), acks=acks)
+        destinations = message.destinations if message else ()
+        return Outcome(
+            sent=results.count(1),
+            full=tuple(d for d, r in zip(destinations, results, strict=True) if r == 0),
+            error=next((r for r in results if isinstance(r, Exception)), None),
+            batch=batch,
+        )
 
     def puts(self, origin: str, message: Message) -> list[Call]:
         """The script calls that store one copy of ``message`` per destination."""
@@ -185,23 +202,39 @@ class Store:
         )
         record_id = records.msg_id(origin, message.key)
         return [
-            self._put(name, record_id, record, message.expects_ack) for name in message.destinations
+            self._put(name, record_id, record, message.expects_ack, self._inbox_limit)
+            for name in message.destinations
         ]
 
-    def _put(self, inbox_name: str, record_id: str, record: bytes, wants_ack: bool) -> Call:
+    def _put(
+        self, inbox_name: str, record_id: str, record: bytes, wants_ack: bool, limit: int
+    ) -> Call:
         inbox = self.keys.inbox(inbox_name)
         channel = inbox.channel if self.publish else ""
-        args = (record_id, record, int(wants_ack), self._ttl_ms, channel)
+        args = (record_id, record, int(wants_ack), self._ttl_ms, channel, limit)
         return Call("put", (inbox.queue, inbox.records), args)
 
-    async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> None:
+    async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> int:
+        """Queue an ack for each message; how many were queued.
+
+        Best effort: the messages are already taken, and failing the receive would lose
+        them too. An ack Redis refuses (out of memory) or cannot take is logged and dropped.
+        """
         now = records.timestamp()
         calls = []
         for msg_id in msg_ids:
             key, origin = records.split_msg_id(msg_id)
             ack = records.ack(key, consumer, now)
-            calls.append(self._put(origin, records.ack_id(consumer, key), ack, False))
-        await self.scripts.run(self.client, calls)
+            # Acks are not refused by a full inbox: they answer what the sender itself sent.
+            calls.append(self._put(origin, records.ack_id(consumer, key), ack, False, 0))
+        try:
+            results = await self.scripts.run(self.client, calls)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            results = [e] * len(calls)
+        lost = [r for r in results if isinstance(r, Exception)]
+        if lost:
+            log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
+        return len(calls) - len(lost)
 
     async def holding_records(self, names: list[str]) -> list[str]:
         """Those of ``names`` whose inbox holds records (maybe expired).

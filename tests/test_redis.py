@@ -224,14 +224,43 @@ async def test_a_connection_lost_mid_take_loses_no_record(echoes, monkeypatch):
     assert failures and [r["body"] for r in records] == [0, 1, 2]
 
 
-async def test_out_of_memory_is_507_and_stores_nothing(start_echoes, own_redis):
+async def test_out_of_memory_refuses_sends_but_receives_keep_working(start_echoes, own_redis):
     echoes = await start_echoes(redis_url=own_redis.url)
+    await echoes.send("a", "key-000000000001", ["b"], "stored before", ack=True)
     await echoes.store.client.config_set("maxmemory", 1)
-    body = {"idempotencyKey": KEY, "destination": ["b"], "body": 1}
+    try:
+        body = {"idempotencyKey": KEY, "destination": ["b", "c"], "body": 1}
+        response = await echoes.post("/send", "a", body)
+        assert response.status == 507 and response.json["error"] == "Insufficient Storage"
+        assert "stored for 0 of the destinations" in response.json["details"]
+        # Receiving frees memory: it works, and the record comes back (its ack is dropped).
+        assert [r["body"] for r in await echoes.receive("b")] == ["stored before"]
+        response = await echoes.post("/exchange", "c", body | {"destination": ["d"]})
+        assert response.status == 507
+    finally:
+        await echoes.store.client.config_set("maxmemory", 0)
+    assert await echoes.receive("c") == [] and await echoes.receive("d") == []
+
+
+async def test_a_full_inbox_refuses_new_records_with_429(start_echoes):
+    echoes = await start_echoes(max_inbox_records=2)
+    await echoes.send("a", "key-000000000001", ["full"], 1, ack=True)
+    await echoes.send("a", "key-000000000002", ["full"], 2)
+    body = {"idempotencyKey": "key-000000000003", "destination": ["full", "other"], "body": 3}
     response = await echoes.post("/send", "a", body)
-    await echoes.store.client.config_set("maxmemory", 0)
-    assert response.status == 507 and "out of memory" in response.json["details"][0]
-    assert await echoes.receive("b") == []
+    assert response.status == 429 and "'full'" in response.json["details"][0]
+    assert "stored for 1 of the destinations" in response.json["details"]
+    assert [r["body"] for r in await echoes.receive("other")] == [3]
+    # A replacement of a waiting copy fits; acks are never refused.
+    await echoes.send("a", "key-000000000002", ["full"], "2 again")
+    await echoes.send("full", "key-000000000009", ["a"], "fills a's inbox")
+    await echoes.send("full", "key-000000000010", ["a"], "a is full")
+    taken = await echoes.post("/exchange?attempt=attempt-000001", "full", body)
+    assert taken.status == 429
+    assert any("attempt=attempt-000001" in d for d in taken.json["details"])
+    again = await echoes.receive("full", "?attempt=attempt-000001")
+    assert [r["body"] for r in again] == [1, "2 again"]
+    assert [r["type"] for r in await echoes.receive("a")] == ["msg", "msg", "ack"]
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(echoes):

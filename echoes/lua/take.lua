@@ -50,7 +50,11 @@ end
 
 local batch = '[' .. table.concat(out, ',') .. ']'
 if #out > 0 then
-  redis.call('RPUSH', KEYS[3], batch, #out, unpack(acks))
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  -- Parking adds data, which Redis refuses when out of memory: the batch is still returned
+  -- (receiving frees memory and must keep working), only without its retry copy.
+  local parked_ok = redis.pcall('RPUSH', KEYS[3], batch, #out, unpack(acks))
+  if not (type(parked_ok) == 'table' and parked_ok.err) then
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  end
 end
 return {batch, #out, redis.call('ZCARD', KEYS[1]), unpack(acks)}
