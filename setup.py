@@ -31,6 +31,8 @@ setup(
             "pytest-asyncio>=1.0",
             "pytest-timeout>=2.3",
             "fakeredis[lua]>=2.26",
+            "hypothesis>=6.100",
+            "schemathesis>=4.0",
         ],
         "dev": ["ruff>=0.6", "mypy>=1.10", "types-jsonschema"],
     },

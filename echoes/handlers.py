@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, metrics, validation
+from . import __version__, metrics, openapi, schemas, validation
 from .config import Settings
 from .errors import APIError, error_body
 from .listener import ListenerState
@@ -25,8 +25,8 @@ log = logging.getLogger("echoes")
 access_log = logging.getLogger("echoes.access")
 T = TypeVar("T")
 
-REMAINING_HEADER = "Echoes-Remaining"
-ATTEMPT_HEADER = "Echoes-Attempt"
+REMAINING_HEADER = schemas.REMAINING_HEADER
+ATTEMPT_HEADER = schemas.ATTEMPT_HEADER
 RETRY_AFTER_SECONDS = "1"
 
 
@@ -279,6 +279,15 @@ class MetricsHandler(APIHandler):
         self.finish(self.metrics.exposition())
 
 
+class OpenAPIHandler(APIHandler):
+    """GET /openapi.json: the OpenAPI 3.1 document of this API."""
+
+    allow = "GET, OPTIONS"
+
+    def get(self) -> None:
+        self.finish(self.application.settings["openapi"])
+
+
 class NotFoundHandler(APIHandler):
     """Every unknown path: 404 in the error shape."""
 
@@ -346,6 +355,7 @@ def make_app(
         listener=listener,
         metrics=metrics,
         inflight=InFlight(),
+        openapi=openapi.document(config),
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         compress_response=False,
@@ -361,4 +371,5 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]
         (r"/exchange", InboxHandler, {"sends": True, "receives": True}),
         (r"/health", HealthHandler, {}),
         (r"/metrics", MetricsHandler, {}),
+        (r"/openapi.json", OpenAPIHandler, {}),
     ]

@@ -11,6 +11,10 @@ from typing import Any
 import fastjsonschema
 from jsonschema import Draft202012Validator, ValidationError, validators
 
+# Response headers of /receive and /exchange.
+REMAINING_HEADER = "Echoes-Remaining"  # records still waiting after this batch
+ATTEMPT_HEADER = "Echoes-Attempt"  # the token this batch is kept under for a retry
+
 # Idempotency keys and attempt tokens share one alphabet, which has no ':' (see records.py).
 TOKEN_PATTERN = "^[A-Za-z0-9\\-_=]{12,64}$"
 TOKEN = {"type": "string", "pattern": TOKEN_PATTERN}
@@ -88,3 +92,42 @@ def send_errors(document: Any, limit: int = 200) -> list[str]:
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- Responses of echoes' own (not in the spec), described here for the OpenAPI document ---
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "the HTTP reason phrase"},
+        "status": {"type": "integer", "description": "the HTTP status code"},
+        "details": {"type": "array", "items": {"type": "string"}, "description": "what to fix"},
+    },
+    "required": ["error", "status", "details"],
+    "additionalProperties": False,
+}
+
+SENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"sent": {"type": "integer", "minimum": 0}},
+    "required": ["sent"],
+}
+
+ABOUT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"const": "echoes"}, "version": {"type": "string"}},
+    "required": ["name", "version"],
+}
+
+HEALTH: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ok"},
+        "version": {"type": "string"},
+        "pid": {"type": "integer"},
+        "wake": {"enum": ["keyspace", "publish"]},
+        "notifications": {"type": "boolean"},
+        "waiters": {"type": "integer", "minimum": 0},
+    },
+    "required": ["status", "version", "pid", "wake", "notifications", "waiters"],
+}
