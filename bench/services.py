@@ -82,8 +82,8 @@ def start_redis(workdir: Path) -> tuple[RedisServer, str]:
 
 def start_python(name: str, args: list[str], workdir: Path, health: str = "/") -> Service:
     port = free_port()
-    log = (workdir / f"{name}-{port}.log").open("w")
-    popen = subprocess.Popen([sys.executable, *args, f"--port={port}"], stderr=log, stdout=log)
+    with (workdir / f"{name}-{port}.log").open("w") as log:  # the child keeps its own copy
+        popen = subprocess.Popen([sys.executable, *args, f"--port={port}"], stderr=log, stdout=log)
     service = Service(name, popen, port)
     wait_http(service.url + health, popen)
     return service
