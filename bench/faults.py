@@ -12,11 +12,12 @@ tests/test_faults.py runs every scenario in its short form; --soak runs them ten
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import redis.asyncio as aioredis
 from echoes.embedded import RedisServer
 
 from .httpclient import Connection
-from .services import free_port, raise_file_limit, start_echoes
+from .services import Service, free_port, raise_file_limit, start_echoes
 
 USERS = 12
 
@@ -178,89 +179,79 @@ def redis_for_faults(workdir: Path) -> tuple[RedisServer, str]:
     return server, f"redis://127.0.0.1:{port}/0"
 
 
+@contextlib.contextmanager
+def deployment(
+    workdir: Path, processes: int = 1, *args: str
+) -> Iterator[tuple[RedisServer, str, list[Service]]]:
+    """A Redis for faults and ``processes`` echoes processes on it, stopped afterwards."""
+    redis, url = redis_for_faults(workdir)
+    services: list[Service] = []
+    try:
+        services = [start_echoes(url, workdir, *args) for _ in range(processes)]
+        yield redis, url, services
+    finally:
+        for service in services:
+            service.stop()
+        redis.stop()
+
+
 def redis_restart(workdir: Path, seconds: float) -> dict[str, Any]:
     """Redis stopped and started again in the middle of the load."""
-    redis, url = redis_for_faults(workdir)
-    echoes = start_echoes(url, workdir, "--redis-timeout=1")
-    down: dict[str, float] = {}
+    with deployment(workdir, 1, "--redis-timeout=1") as (redis, _, [echoes]):
 
-    async def inject() -> None:
-        redis.stop()
-        down["for"] = 1.0
-        await asyncio.sleep(down["for"])
-        await asyncio.to_thread(redis.start)
+        async def inject() -> None:
+            redis.stop()
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(redis.start)
 
-    try:
         ledger = asyncio.run(under_load([echoes.port], seconds, inject))
         alive = echoes.popen.poll() is None
-    finally:
-        echoes.stop()
-        redis.stop()
-    return ledger.row(
-        "Redis restarted", "SIGTERM to redis-server, 1 s down, started again", echoes_alive=alive
-    )
+    injected = "SIGTERM to redis-server, 1 s down, started again"
+    return ledger.row("Redis restarted", injected, echoes_alive=alive)
 
 
 def worker_killed(workdir: Path, seconds: float) -> dict[str, Any]:
     """One of two echoes processes killed with SIGKILL in the middle of the load."""
-    redis, url = redis_for_faults(workdir)
-    first, second = start_echoes(url, workdir), start_echoes(url, workdir)
+    with deployment(workdir, 2) as (_, _, [first, second]):
 
-    async def inject() -> None:
-        second.popen.kill()
+        async def inject() -> None:
+            second.popen.kill()
 
-    try:
         # Clients spread over both; after the kill they reconnect to whichever answers.
         ledger = asyncio.run(under_load([first.port, second.port], seconds, inject))
-    finally:
-        first.stop()
-        second.stop()
-        redis.stop()
     return ledger.row("echoes process killed", "SIGKILL to one of two echoes processes")
 
 
 def redis_paused(workdir: Path, seconds: float) -> dict[str, Any]:
     """Redis stalled (CLIENT PAUSE) for longer than the request timeout."""
-    redis, url = redis_for_faults(workdir)
-    echoes = start_echoes(url, workdir, "--redis-timeout=0.5")
+    with deployment(workdir, 1, "--redis-timeout=0.5") as (_, url, [echoes]):
 
-    async def inject() -> None:
-        admin = aioredis.Redis.from_url(url)
-        await admin.execute_command("CLIENT", "PAUSE", "2000")
-        await admin.aclose()
+        async def inject() -> None:
+            admin = aioredis.Redis.from_url(url)
+            await admin.execute_command("CLIENT", "PAUSE", "2000")
+            await admin.aclose()
 
-    try:
+        # Waits of 0.5 s: a request never lasts much past 0.5 s, stalled or not.
         ledger = asyncio.run(under_load([echoes.port], seconds, inject, wait=0.5))
-    finally:
-        echoes.stop()
-        redis.stop()
-    # A request never waits much past the 0.5 s timeout (or a 0.5 s wait plus one take).
     return ledger.row("Redis stalled", "CLIENT PAUSE 2000 ms; --redis-timeout=0.5")
 
 
 def listener_killed(workdir: Path, seconds: float) -> dict[str, Any]:
     """The wake-up listener's connection killed over and over while requests wait."""
-    redis, url = redis_for_faults(workdir)
     # A slow safety sweep: only notifications and the re-check after resubscribing wake.
-    echoes = start_echoes(url, workdir, "--recheck-interval=60")
-    kills = {"count": 0}
+    with deployment(workdir, 1, "--recheck-interval=60") as (_, url, [echoes]):
+        kills = 0
 
-    async def inject() -> None:
-        admin = aioredis.Redis.from_url(url)
-        for _ in range(10):
-            kills["count"] += await admin.client_kill_filter(_type="pubsub")
-            await asyncio.sleep(seconds / 40)
-        await admin.aclose()
+        async def inject() -> None:
+            nonlocal kills
+            admin = aioredis.Redis.from_url(url)
+            for _ in range(10):
+                kills += await admin.client_kill_filter(_type="pubsub")
+                await asyncio.sleep(seconds / 40)
+            await admin.aclose()
 
-    try:
         ledger = asyncio.run(under_load([echoes.port], seconds, inject, wait=5))
-    finally:
-        echoes.stop()
-        redis.stop()
-    return ledger.row(
-        "wake-up listener killed",
-        f"CLIENT KILL TYPE pubsub, {kills['count']} times",
-    )
+    return ledger.row("wake-up listener killed", f"CLIENT KILL TYPE pubsub, {kills} times")
 
 
 SCENARIOS = [redis_restart, worker_killed, redis_paused, listener_killed]

@@ -25,6 +25,15 @@ MAX_EXAMPLES = int(__import__("os").environ.get("MODEL_EXAMPLES", "30"))
 USERS = ["ana", "bo", "李", "x:{y}"]
 KEYS = [f"key-00000000000{i}" for i in range(4)]
 _runs = itertools.count()
+# What a send or an exchange is made of; a receive's limit (none: everything).
+MESSAGE = {
+    "sender": st.sampled_from(USERS),
+    "key": st.sampled_from(KEYS),
+    "dests": st.lists(st.sampled_from(USERS), min_size=1, max_size=3),
+    "body": st.integers(0, 99),
+    "ack": st.booleans(),
+}
+LIMIT = st.none() | st.integers(1, 3)
 
 
 class Inboxes(RuleBasedStateMachine):
@@ -82,34 +91,28 @@ class Inboxes(RuleBasedStateMachine):
 
     # --- the steps -------------------------------------------------------------------------
 
-    @rule(
-        sender=st.sampled_from(USERS),
-        key=st.sampled_from(KEYS),
-        dests=st.lists(st.sampled_from(USERS), min_size=1, max_size=3),
-        body=st.integers(0, 99),
-        ack=st.booleans(),
-    )
-    def send(self, sender: str, key: str, dests: list[str], body: int, ack: bool) -> None:
+    def message(self, sender: str, key: str, dests: list[str], body: int, ack: bool):  # type: ignore[no-untyped-def]
+        """This run's names for sender and destinations, and the send body."""
         sender, dests = self.name(sender), [self.name(d) for d in dests]
-        message = {"idempotencyKey": key, "destination": dests, "body": body, "expectsAck": ack}
+        return (
+            sender,
+            dests,
+            {"idempotencyKey": key, "destination": dests, "body": body, "expectsAck": ack},
+        )
+
+    @rule(**MESSAGE)
+    def send(self, sender: str, key: str, dests: list[str], body: int, ack: bool) -> None:
+        sender, dests, message = self.message(sender, key, dests, body, ack)
         status, answer, _ = self.post("/send", sender, message)
         assert status == 200 and answer == {"sent": self.model_send(sender, key, dests, body, ack)}
 
-    @rule(reader=st.sampled_from(USERS), limit=st.none() | st.integers(1, 3))
+    @rule(reader=st.sampled_from(USERS), limit=LIMIT)
     def receive(self, reader: str, limit: int | None) -> None:
         self.check_receive("/receive", self.name(reader), limit)
 
-    @rule(
-        sender=st.sampled_from(USERS),
-        key=st.sampled_from(KEYS),
-        dests=st.lists(st.sampled_from(USERS), min_size=1, max_size=2),
-        body=st.integers(0, 99),
-        ack=st.booleans(),
-        limit=st.none() | st.integers(1, 3),
-    )
+    @rule(**MESSAGE, limit=LIMIT)
     def exchange(self, sender, key, dests, body, ack, limit) -> None:  # type: ignore[no-untyped-def]
-        sender, dests = self.name(sender), [self.name(d) for d in dests]
-        message = {"idempotencyKey": key, "destination": dests, "body": body, "expectsAck": ack}
+        sender, dests, message = self.message(sender, key, dests, body, ack)
         self.model_send(sender, key, dests, body, ack)
         self.check_receive("/exchange", sender, limit, message)
 
