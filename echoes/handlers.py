@@ -25,9 +25,12 @@ log = logging.getLogger("echoes")
 access_log = logging.getLogger("echoes.access")
 T = TypeVar("T")
 
-REMAINING_HEADER = schemas.REMAINING_HEADER
-ATTEMPT_HEADER = schemas.ATTEMPT_HEADER
 RETRY_AFTER_SECONDS = "1"
+
+
+def unavailable(*details: str) -> APIError:
+    """A 503 that tells the client when to try again."""
+    return APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 class APIHandler(tornado.web.RequestHandler):
@@ -63,7 +66,8 @@ class APIHandler(tornado.web.RequestHandler):
         if origin:
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header(
-                "Access-Control-Expose-Headers", f"{REMAINING_HEADER}, {ATTEMPT_HEADER}"
+                "Access-Control-Expose-Headers",
+                f"{schemas.REMAINING_HEADER}, {schemas.ATTEMPT_HEADER}",
             )
 
     def options(self, *args: str) -> None:
@@ -103,7 +107,7 @@ class APIHandler(tornado.web.RequestHandler):
                 details.append(
                     f"retry with ?attempt={attempt} to get what this request may have taken"
                 )
-            raise APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
+            raise unavailable(*details) from e
         except ResponseError as e:
             self.metrics.redis_errors.labels(type(e).__name__).inc()
             if out_of_memory(e):
@@ -164,8 +168,8 @@ class InboxHandler(APIHandler):
         if batch is None:
             self.finish({"sent": self.sent})
             return
-        self.set_header(REMAINING_HEADER, str(batch.remaining))
-        self.set_header(ATTEMPT_HEADER, take.attempt if take else "")
+        self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
+        self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
         self.finish(batch.json)
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
@@ -201,7 +205,7 @@ class InboxHandler(APIHandler):
         try:
             self.waiter = waiters.register(caller)  # before the first take: no wake-up is missed
         except Full as e:
-            raise APIError(503, str(e), headers={"Retry-After": RETRY_AFTER_SECONDS}) from e
+            raise unavailable(str(e)) from e
         self.waited = True
         self.metrics.waiters.inc()
         try:
@@ -254,7 +258,7 @@ class HealthHandler(APIHandler):
         if not listener.connected:
             problems.append("the wake-up listener is not subscribed")
         if problems:
-            raise APIError(503, *problems, headers={"Retry-After": RETRY_AFTER_SECONDS})
+            raise unavailable(*problems)
         self.finish(
             {
                 "status": "ok",

@@ -105,10 +105,10 @@ class Scripts:
 
     async def load(self, client: aioredis.Redis) -> None:
         """Load every script into Redis's script cache."""
-        async with client.pipeline(transaction=False) as pipe:
-            for source in self.source.values():
-                pipe.script_load(source)
-            await pipe.execute()
+        replies = await pipeline(client, [("SCRIPT", "LOAD", s) for s in self.source.values()])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
         commands = [("EVALSHA", self.sha[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
