@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 import tornado.httpclient
 import tornado.netutil
 
+from bench.services import free_port, wait_http
 from echoes.config import Settings
 from echoes.embedded import RedisServer
 from echoes.server import Echoes
@@ -141,10 +142,30 @@ class Process:
         return f"http://127.0.0.1:{self.port}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A blocking GET: status and body, error statuses included."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(
+    url: str, sender: str | None, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """A blocking POST of ``body`` as JSON: status and the decoded answer (raw if not JSON)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
+    if sender:
+        request.add_header("From", sender)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw.startswith(b"{") else raw
 
 
 @pytest.fixture
@@ -158,15 +179,11 @@ def spawn_echoes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
             popen = subprocess.Popen([ECHOES, f"--port={port}", *args], stderr=stderr)
         process = Process(popen, port, log)
         processes.append(process)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(process.url, timeout=1).close()
-                return process
-            except OSError:
-                assert popen.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "echoes did not start"
-                time.sleep(0.05)
+        try:
+            wait_http(process.url, popen)
+        except RuntimeError:
+            pytest.fail(f"echoes did not start:\n{log.read_text()}")
+        return process
 
     yield spawn
     for process in processes:

@@ -61,19 +61,19 @@ def test_bad_environment_value_is_refused():
         load(env={"ECHOES_PORT": "eighty"})
 
 
-def test_bad_config_file_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("port = 'eighty'\n", "port"),
+        ("prot = 80\n", "'prot' is not an option"),
+        ("port = 8.5\n", "port"),
+        ("port = = 1\n", "SyntaxError"),
+    ],
+)
+def test_bad_config_file_is_refused(tmp_path, text, fragment):
     conf = tmp_path / "bad.conf"
-    conf.write_text("port = 'eighty'\n")
-    with pytest.raises(ConfigError, match="port"):
-        load(f"--config={conf}")
-    conf.write_text("prot = 80\n")
-    with pytest.raises(ConfigError, match="'prot' is not an option"):
-        load(f"--config={conf}")
-    conf.write_text("port = 8.5\n")
-    with pytest.raises(ConfigError, match="port"):
-        load(f"--config={conf}")
-    conf.write_text("port = = 1\n")
-    with pytest.raises(ConfigError, match="SyntaxError"):
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
         load(f"--config={conf}")
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from conftest import free_port, needs
+from conftest import http_get as get
+from conftest import http_post as post
 from redis.exceptions import NoPermissionError
 
 from echoes import logs, systemd
@@ -27,28 +29,6 @@ from echoes import logs, systemd
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "key-000000000001"
 needs_systemd_analyze = needs("systemd-analyze")
-
-
-def get(url, headers=None):
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def post(url, sender, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else b""
-    request = urllib.request.Request(url, data=data, method="POST", headers=headers or {})
-    if sender:
-        request.add_header("From", sender)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw.startswith(b"{") else raw
 
 
 # --- systemd ---------------------------------------------------------------------------------

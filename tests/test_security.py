@@ -3,13 +3,12 @@
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import needs
+from conftest import free_port, needs
 
 from echoes.embedded import RedisServer
 
@@ -155,10 +154,7 @@ def make_certificates(directory) -> dict[str, str]:
 @needs("openssl")
 async def test_rediss_with_an_acl_user(start_echoes, tmp_path):
     certs = make_certificates(tmp_path)
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    tls_port = port.getsockname()[1]
-    port.close()
+    tls_port = free_port()
     server = RedisServer(
         tmp_path / "redis",
         tls_port=str(tls_port),

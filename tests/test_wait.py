@@ -5,14 +5,13 @@ benchmarks: recheck_interval is set far above them wherever a test is about noti
 """
 
 import asyncio
-import json
 import signal
 import socket
 import time
-import urllib.request
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import http_post
 
 from echoes.embedded import RedisServer
 from echoes.keys import Keys, name_in
@@ -203,10 +202,10 @@ async def test_a_waiter_on_one_process_is_woken_by_a_send_on_another(spawn_echoe
 
 
 def post(url, sender, body):
-    data = json.dumps(body).encode() if body is not None else b""
-    request = urllib.request.Request(url, data=data, method="POST", headers={"From": sender})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)
+    """The answer to a POST that must succeed."""
+    status, answer = http_post(url, sender, body)
+    assert status == 200, answer
+    return answer
 
 
 async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
