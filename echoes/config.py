@@ -75,6 +75,12 @@ class Settings:
         268435456,
     )
     max_body_size: int = option(1048576, "largest request body accepted, in bytes", 1)
+    max_request_bytes: int = option(
+        16777216,
+        "most bytes one request may store: its record's size times its destinations; a larger"
+        " send is answered 413 and stores nothing",
+        1,
+    )
     max_destinations: int = option(1000, "most destinations one message may name", 1)
     max_from_length: int = option(256, "longest From header (a name), in UTF-8 bytes", 1, 8192)
     redis_timeout: float = option(
@@ -83,10 +89,19 @@ class Settings:
     redis_max_connections: int = option(
         64, "size of the Redis connection pool; requests queue for a free connection", 1
     )
-    cors_origin: str = option(
-        "*", "Access-Control-Allow-Origin sent with every response ('' sends no CORS headers)"
+    cors_origins: str = option(
+        "",
+        "origins (scheme://host[:port], comma-separated) whose pages may call the API from a"
+        " browser; '*' allows any page; '' (default): none but the server's own. A POST whose"
+        " Origin is neither is refused with 403",
     )
     body_timeout: float = option(30.0, "seconds a client has to send its request body", 0.1)
+    write_timeout: float = option(
+        60.0,
+        "seconds a client has to read an answer; one that reads slower is disconnected and"
+        " the answer's memory freed (its records stay retrievable under its attempt token)",
+        0.1,
+    )
     idle_connection_timeout: float = option(
         65.0, "seconds an idle keep-alive connection stays open", 0.1
     )
@@ -95,6 +110,12 @@ class Settings:
     )
     max_waiters: int = option(
         10000, "most waiting requests one process holds; beyond it, 503 with Retry-After", 0
+    )
+    max_waiters_per_caller: int = option(
+        100,
+        "most waiting requests of one caller (From) in one process; beyond it, 429 with"
+        " Retry-After",
+        1,
     )
     wake: str = option(
         "keyspace",

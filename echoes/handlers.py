@@ -18,14 +18,20 @@ from .config import Settings
 from .errors import APIError, error_body
 from .listener import ListenerState
 from .metrics import Metrics
-from .store import Message, Outcome, Store, Take
-from .waiters import Full, Waiter, Waiters
+from .origins import Origins
+from .store import Message, Outcome, Store, Take, TooLarge
+from .waiters import CallerFull, Full, Waiter, Waiters
 
 log = logging.getLogger("echoes")
 access_log = logging.getLogger("echoes.access")
 T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = "1"
+# A body over --max-body-size announced by Content-Length is read and dropped, up to this
+# many bytes, before the 413 is sent: a client that writes its whole body before reading
+# (urllib, most scripts) then reads the 413 instead of a connection reset. Larger ones are
+# answered at once and the connection closed, as nginx does past its own bound.
+DISCARD_BODY_BYTES = 64 << 20
 
 
 def unavailable(*details: str) -> APIError:
@@ -62,16 +68,21 @@ class APIHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        origin = self.application.settings["config"].cors_origin
-        if origin:
-            self.set_header("Access-Control-Allow-Origin", origin)
+        allowed = self.application.settings["origins"].cors_header(self.request.headers)
+        if allowed:
+            self.set_header("Access-Control-Allow-Origin", allowed)
+            self.set_header("Vary", "Origin")
             self.set_header(
                 "Access-Control-Expose-Headers",
                 f"{schemas.REMAINING_HEADER}, {schemas.ATTEMPT_HEADER}",
             )
 
     def options(self, *args: str) -> None:
-        """CORS preflight: POST with the From and Content-Type headers is allowed."""
+        """CORS preflight: POST with the From and Content-Type headers, for allowed origins."""
+        if "Access-Control-Allow-Origin" not in self._headers:
+            self.set_status(204)  # no CORS headers: the browser refuses the request
+            self.finish()
+            return
         self.set_header("Access-Control-Allow-Methods", self.allow)
         self.set_header("Access-Control-Allow-Headers", "From, Content-Type")
         self.set_header("Access-Control-Max-Age", "86400")
@@ -131,16 +142,30 @@ class InboxHandler(APIHandler):
         self.chunks: list[bytes] = []
         self.waiter: Waiter | None = None
         self.gone = False
+        self.discarding = False
         self.caller = ""
 
     def prepare(self) -> None:
-        # The body is not read yet: refuse an oversized one before buffering it.
+        if self.request.method != "POST":
+            return  # 405 or a preflight: nothing is read or stored
+        origins: Origins = self.application.settings["origins"]
+        refused = origins.refusal(self.request.headers)
+        if refused:
+            raise APIError(403, refused)
+        # The body is not read yet: an oversized one is never buffered (see DISCARD_BODY_BYTES).
         length = self.request.headers.get("Content-Length", "0")
         if length.isdigit() and int(length) > self.config.max_body_size:
-            raise APIError(413, f"the body is larger than {self.config.max_body_size} bytes")
+            if int(length) > DISCARD_BODY_BYTES:
+                raise APIError(413, self.too_large_detail())
+            self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
+            self.discarding = True
+
+    def too_large_detail(self) -> str:
+        return f"the body is larger than {self.config.max_body_size} bytes (--max-body-size)"
 
     def data_received(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
+        if not self.discarding:
+            self.chunks.append(chunk)
 
     def on_connection_close(self) -> None:
         self.gone = True
@@ -149,10 +174,14 @@ class InboxHandler(APIHandler):
 
     async def post(self) -> None:
         """Store the message (send), then take the caller's records (receive)."""
+        if self.discarding:
+            raise APIError(413, self.too_large_detail())
         self.caller = validation.caller(self.request.headers.get_list("From"), self.config)
+        query = self.request.query_arguments
+        validation.no_other_parameters(query, validation.TAKE_PARAMETERS if self.receives else ())
         body = b"".join(self.chunks)
         message = validation.message(body, self.config) if self.sends else None
-        take = validation.take(self.request.query_arguments, self.config) if self.receives else None
+        take = validation.take(query, self.config) if self.receives else None
         with self.application.settings["inflight"]:
             if take and take.wait > 0:
                 outcome = await self.wait_for_records(self.caller, message, take)
@@ -170,7 +199,20 @@ class InboxHandler(APIHandler):
             return
         self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
         self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
-        self.finish(batch.json)
+        await self.finish_within(batch.json, self.config.write_timeout)
+
+    async def finish_within(self, answer: bytes, timeout: float) -> None:
+        """Finish with ``answer``; cut off a client that has not read it after ``timeout`` s.
+
+        Tornado buffers whatever the socket does not take: a client that never reads would
+        pin the answer (up to --max-batch-bytes) for as long as it keeps the connection.
+        """
+        written = self.finish(answer)
+        done, _ = await asyncio.wait({written}, timeout=timeout)
+        if not done:
+            log.warning("client did not read its answer within %s s; disconnected", timeout)
+            self.metrics.slow_readers.inc()
+            self.request.connection.stream.close()  # type: ignore[union-attr]
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
         """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
@@ -194,9 +236,14 @@ class InboxHandler(APIHandler):
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """One store call, within redis_timeout."""
-        return await self.redis(
-            self.store.exchange(caller, message, take), take.attempt if take else None
-        )
+        try:
+            return await self.redis(
+                self.store.exchange(caller, message, take), take.attempt if take else None
+            )
+        except TooLarge as e:
+            raise APIError(
+                413, str(e), f"--max-request-bytes={self.config.max_request_bytes}"
+            ) from None
 
     async def wait_for_records(self, caller: str, message: Message | None, take: Take) -> Outcome:
         """Send, take; while nothing was taken, wait for a wake-up and take again."""
@@ -206,6 +253,13 @@ class InboxHandler(APIHandler):
             self.waiter = waiters.register(caller)  # before the first take: no wake-up is missed
         except Full as e:
             raise unavailable(str(e)) from e
+        except CallerFull as e:
+            raise APIError(
+                429,
+                str(e),
+                f"answer or close one first (--max-waiters-per-caller={waiters.per_name})",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from e
         self.waited = True
         self.metrics.waiters.inc()
         try:
@@ -359,6 +413,7 @@ def make_app(
         listener=listener,
         metrics=metrics,
         inflight=InFlight(),
+        origins=Origins(config.cors_origins),
         openapi=openapi.document(config),
         default_handler_class=NotFoundHandler,
         log_function=log_request,

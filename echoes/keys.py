@@ -8,6 +8,8 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
     <prefix>{<name>}:q          sorted set: record ids by arrival (microseconds)
     <prefix>{<name>}:r          hash: record id -> "<expires ms>:<ack flag>:<record JSON>"
     <prefix>{<name>}:a:<token>  list: a consumed batch kept for retries under its attempt token
+    <prefix>{<name>}:p          sorted set: "<token>#<n>" for each parked record -> its batch's
+                                expiry (ms); counts parked records against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
 
 Waiting requests are woken by one pattern subscription per process: keyspace events of the
@@ -45,6 +47,7 @@ class Inbox:
 
     queue: str
     records: str
+    parked: str
     channel: str
     tag: str
 
@@ -62,7 +65,9 @@ class Keys:
     def inbox(self, name: str) -> Inbox:
         """The keys of ``name``'s inbox."""
         tag = f"{self.prefix}{{{encode_name(name)}}}"
-        return Inbox(queue=f"{tag}:q", records=f"{tag}:r", channel=f"{tag}:w", tag=tag)
+        return Inbox(
+            queue=f"{tag}:q", records=f"{tag}:r", parked=f"{tag}:p", channel=f"{tag}:w", tag=tag
+        )
 
     def wake_pattern(self, wake: str, db: int) -> str:
         """The one channel pattern a process subscribes to for wake-ups."""

@@ -52,6 +52,16 @@ class Metrics:
             registry=r,
         )
         self.wakeups = Counter("echoes_wakeups", "Waiting requests woken", registry=r)
+        self.slow_readers = Counter(
+            "echoes_slow_readers",
+            "Connections cut off for not reading their answer within --write-timeout",
+            registry=r,
+        )
+        self.accept_paused = Counter(
+            "echoes_accept_paused",
+            "Times accepting connections was paused: no file descriptor left (EMFILE)",
+            registry=r,
+        )
         self.reconnects = Counter(
             "echoes_listener_reconnects", "Times the wake-up listener lost Redis", registry=r
         )

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 import tornado.httpserver
@@ -14,11 +15,12 @@ import tornado.netutil
 import tornado.web
 from redis.exceptions import RedisError
 
-from . import listener, metrics, processes, systemd
+from . import accept, listener, metrics, processes, systemd
 from .config import EMBEDDED, Settings
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
+from .metrics import Metrics
 from .redisconfig import warn_if_evicting
 from .store import Store, connect
 from .waiters import Waiters
@@ -46,12 +48,27 @@ def make_store(settings: Settings, client: aioredis.Redis | None = None) -> Stor
         max_batch_bytes=settings.max_batch_bytes,
         publish=settings.wake == "publish",
         max_inbox_records=settings.max_inbox_records,
+        max_request_bytes=settings.max_request_bytes,
     )
 
 
-def make_server(app: tornado.web.Application, settings: Settings) -> tornado.httpserver.HTTPServer:
+class HTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's HTTP server, whose accept loop pauses when out of file descriptors."""
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # TCPServer.add_sockets with echoes' accept handler (accept.py says why); stop()
+        # calls the returned remover as it would Tornado's.
+        metrics: Metrics = self.request_callback.settings["metrics"]  # type: ignore[union-attr]
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = accept.add_accept_handler(
+                sock, self._handle_connection, metrics.accept_paused.inc
+            )
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     """An HTTP server with every limit set explicitly (Tornado's defaults suit no public server)."""
-    return tornado.httpserver.HTTPServer(
+    return HTTPServer(
         app,
         max_body_size=settings.max_body_size,
         body_timeout=settings.body_timeout,
@@ -70,7 +87,7 @@ class Echoes:
         self.settings = settings
         self.metrics = metrics.Metrics(settings.wake)
         self.store = make_store(settings, client)
-        self.waiters = Waiters(settings.max_waiters)
+        self.waiters = Waiters(settings.max_waiters, settings.max_waiters_per_caller)
         self.listener = listener.Listener(
             client or listener.connect(settings.redis_url, settings.redis_timeout),
             self.store,

@@ -3,7 +3,7 @@
 Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
 inbox touched, plus one more pipelined round when a receive queues acks. Every script
 touches the keys of one inbox only (see keys.py), and every script is safe to run twice,
-because redis-py resends commands after a connection error.
+because ``pipeline()`` reruns a pipeline whose connection dropped.
 """
 
 import hashlib
@@ -25,6 +25,10 @@ from .keys import Keys
 
 log = logging.getLogger("echoes.store")
 SWEEP_CHUNK = 200
+
+
+class TooLarge(Exception):
+    """A message whose copies would store more bytes than one request may."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class Store:
         max_batch_bytes: int,
         publish: bool = False,
         max_inbox_records: int = 0,
+        max_request_bytes: int = 1 << 62,
     ):
         self.client = client
         self.publish = publish
@@ -170,14 +175,16 @@ class Store:
         self._attempt_ms = int(attempt_ttl * 1000)
         self._batch_bytes = max_batch_bytes
         self._inbox_limit = max_inbox_records
+        self._request_bytes = max_request_bytes
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked)."""
         calls = self.puts(caller, message) if message else []
         if take:
             inbox = self.keys.inbox(caller)
-            keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt))
-            calls.append(Call("take", keys, (take.limit, self._attempt_ms, self._batch_bytes)))
+            keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt), inbox.parked)
+            args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt)
+            calls.append(Call("take", keys, args))
         results = await self.scripts.run(self.client, calls)
         batch = None
         if take:
@@ -201,6 +208,13 @@ class Store:
             origin, message.key, message.body, message.expects_ack, records.timestamp()
         )
         record_id = records.msg_id(origin, message.key)
+        stored = len(record) * len(message.destinations)
+        if stored > self._request_bytes:
+            raise TooLarge(
+                f"this message would store {stored} bytes ({len(record)} bytes for each of"
+                f" {len(message.destinations)} destinations), more than {self._request_bytes}:"
+                " send it to fewer destinations at a time, or send a smaller body"
+            )
         return [
             self._put(name, record_id, record, message.expects_ack, self._inbox_limit)
             for name in message.destinations
@@ -212,7 +226,7 @@ class Store:
         inbox = self.keys.inbox(inbox_name)
         channel = inbox.channel if self.publish else ""
         args = (record_id, record, int(wants_ack), self._ttl_ms, channel, limit)
-        return Call("put", (inbox.queue, inbox.records), args)
+        return Call("put", (inbox.queue, inbox.records, inbox.parked), args)
 
     async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> int:
         """Queue an ack for each message; how many were queued.

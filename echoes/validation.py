@@ -2,8 +2,10 @@
 
 import itertools
 import json
+import math
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -18,14 +20,27 @@ _token = schemas.Validator(schemas.TOKEN)
 _TOKEN_PREFIX = "e" + secrets.token_urlsafe(12) + "-"
 _tokens = itertools.count(1)
 _SECONDS = re.compile(r"\d{1,9}(\.\d*)?|\.\d+")
+# Query parameters /receive and /exchange understand; any other is a mistake worth naming.
+TAKE_PARAMETERS = ("limit", "attempt", "wait")
+# Characters no name may hold: controls (Cc), format characters (Cf: zero-width spaces,
+# bidirectional overrides), line and paragraph separators (Zl, Zp) and lone surrogates (Cs).
+_FORBIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+# Zero-width (non-)joiners are format characters that writing systems and emoji need.
+_JOINERS = {"\u200c", "\u200d"}
+
+
+def normal_name(name: str) -> str:
+    """``name`` in Unicode NFC, so that one name typed two ways is one inbox."""
+    return unicodedata.normalize("NFC", name)
 
 
 def name_problem(name: str, max_length: int) -> str | None:
-    """Why ``name`` cannot name an inbox, or None.
+    """Why ``name`` (already in NFC) cannot name an inbox, or None.
 
     A name is anything that can be sent back in a From header: non-empty, at most
-    ``max_length`` UTF-8 bytes, no control characters, no surrounding white space
-    (HTTP strips it from header values, so such a name could never read its inbox).
+    ``max_length`` UTF-8 bytes, no control, format or separator characters (invisible, or
+    able to make a name look like another), no surrounding white space (HTTP strips it from
+    header values, so such a name could never read its inbox).
     """
     if not name:
         return "is empty"
@@ -37,8 +52,9 @@ def name_problem(name: str, max_length: int) -> str | None:
         return f"is longer than {max_length} bytes"
     if name != name.strip():
         return "has leading or trailing white space"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return "contains a control character"
+    for c in name:
+        if unicodedata.category(c) in _FORBIDDEN and c not in _JOINERS:
+            return f"contains a control character or an invisible one (U+{ord(c):04X})"
     return None
 
 
@@ -52,6 +68,7 @@ def caller(values: Sequence[str], settings: Settings) -> str:
         name = values[0].encode("latin-1").decode("utf-8")
     except UnicodeError:
         raise APIError(400, "the From header is not valid UTF-8") from None
+    name = normal_name(name)
     problem = name_problem(name, settings.max_from_length)
     if problem:
         raise APIError(400, f"the From header {problem}")
@@ -64,7 +81,7 @@ def message(body: bytes, settings: Settings) -> Message:
     errors = schemas.send_errors(document)
     if errors:
         raise APIError(400, *errors)
-    destinations = document["destination"]
+    destinations = [normal_name(d) for d in document["destination"]]
     if len(destinations) > settings.max_destinations:
         raise APIError(400, f"$.destination: more than {settings.max_destinations} destinations")
     for i, name in enumerate(destinations):
@@ -84,7 +101,12 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise APIError(400, "a JSON body is required")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        return json.loads(
+            body.decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_integer,
+        )
     except UnicodeDecodeError as e:
         raise APIError(400, f"the body is not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -97,6 +119,31 @@ def parse_json(body: bytes) -> Any:
 
 def _no_constant(name: str) -> NoReturn:
     raise json.JSONDecodeError(f"{name} is not allowed", name, 0)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise APIError(400, f"the body holds a number too large for a double: {text[:40]}")
+    return number
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # past sys.get_int_max_str_digits() (4300 digits)
+        raise APIError(
+            400, f"the body holds a number of {len(text)} digits (at most 4300)"
+        ) from None
+
+
+def no_other_parameters(query: Mapping[str, Sequence[bytes]], known: Sequence[str]) -> None:
+    """Refuse query parameters the endpoint does not know (``?wiat=5`` is not a long poll)."""
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        names = ", ".join(repr(n[:40]) for n in unknown[:5])
+        allowed = ", ".join(known) if known else "none"
+        raise APIError(400, f"unknown query parameters: {names} (this endpoint takes: {allowed})")
 
 
 def take(query: Mapping[str, Sequence[bytes]], settings: Settings) -> Take:

@@ -13,6 +13,10 @@ class Full(Exception):
     """This process already holds its maximum of waiting requests."""
 
 
+class CallerFull(Exception):
+    """This caller already holds its share of this process's waiting requests."""
+
+
 class Waiter:
     """One waiting request.
 
@@ -57,8 +61,9 @@ def _expire(future: "asyncio.Future[bool]") -> None:
 class Waiters:
     """Inbox name -> the requests of this process waiting on it."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_name: int | None = None):
         self.limit = limit
+        self.per_name = limit if per_name is None else per_name
         self.closing = False
         self._by_name: dict[str, set[Waiter]] = {}
         self._count = 0
@@ -70,8 +75,11 @@ class Waiters:
         """A new waiter on ``name``; unregister it when the request ends."""
         if self._count >= self.limit:
             raise Full(f"{self.limit} requests are already waiting in this process")
+        group = self._by_name.setdefault(name, set())
+        if len(group) >= self.per_name:
+            raise CallerFull(f"{self.per_name} requests of this caller are already waiting")
         waiter = Waiter(name)
-        self._by_name.setdefault(name, set()).add(waiter)
+        group.add(waiter)
         self._count += 1
         return waiter
 

@@ -9,7 +9,7 @@
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
-  ``Process`` with its port and log.
+  ``Process`` with its port, log, memory and CPU time.
 """
 
 import asyncio
@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -141,6 +142,20 @@ class Process:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def memory(self, field: str = "VmRSS") -> int:
+        """Bytes of the process's /proc status ``field`` (VmRSS now, VmHWM its peak)."""
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        return int(status.split(f"{field}:")[1].split()[0]) * 1024
+
+    def open_files(self) -> int:
+        """How many file descriptors the process has open."""
+        return len(os.listdir(f"/proc/{self.popen.pid}/fd"))
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A blocking GET: status and body, error statuses included."""
@@ -172,11 +187,19 @@ def http_post(
 def spawn_echoes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     processes: list[Process] = []
 
-    def spawn(*args: str) -> Process:
+    def spawn(*args: str, open_files: int | None = None) -> Process:
+        """``open_files``: the process's RLIMIT_NOFILE, as systemd's LimitNOFILE sets it."""
         port = free_port()
         log = tmp_path / f"echoes-{port}.log"
+
+        def limit() -> None:
+            if open_files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         with log.open("w") as stderr:
-            popen = subprocess.Popen([ECHOES, f"--port={port}", *args], stderr=stderr)
+            popen = subprocess.Popen(
+                [ECHOES, f"--port={port}", *args], stderr=stderr, preexec_fn=limit
+            )
         process = Process(popen, port, log)
         processes.append(process)
         try:

@@ -69,19 +69,56 @@ async def test_root_names_the_service(fake_echoes):
     assert head.status == 200 and head.body == b""
 
 
-async def test_cors_preflight_allows_post_with_from(fake_echoes):
-    response = await fake_echoes.request("OPTIONS", "/exchange")
+PAGE = "https://app.example"
+SEND = {"idempotencyKey": "000000000000", "destination": ["b"], "body": "x"}
+
+
+async def test_cors_is_off_by_default(fake_echoes):
+    preflight = await fake_echoes.request("OPTIONS", "/exchange", headers={"Origin": PAGE})
+    assert preflight.status == 204
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    assert "Access-Control-Allow-Methods" not in preflight.headers
+
+
+async def test_cors_preflight_allows_post_with_from_for_listed_origins(start_echoes):
+    echoes = await start_echoes(client=fakeredis.FakeAsyncRedis(), cors_origins=PAGE + "/")
+    response = await echoes.request("OPTIONS", "/exchange", headers={"Origin": PAGE})
     assert response.status == 204
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == PAGE
+    assert response.headers["Vary"] == "Origin"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "From" in response.headers["Access-Control-Allow-Headers"]
     assert "Access-Control-Allow-Credentials" not in response.headers
+    other = await echoes.request("OPTIONS", "/exchange", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
 
 
-async def test_cors_origin_is_configurable(start_echoes):
-    echoes = await start_echoes(client=fakeredis.FakeAsyncRedis(), cors_origin="")
-    response = await echoes.post("/receive", "a")
-    assert response.status == 200 and "Access-Control-Allow-Origin" not in response.headers
+@pytest.mark.parametrize("path", ["/send", "/receive", "/exchange"])
+async def test_a_cross_site_post_is_refused_and_changes_nothing(fake_echoes, path):
+    # A form or a text/plain fetch from another site needs no preflight: the Origin check
+    # is what stops it from sending, or deleting records, as the user the proxy logged in.
+    await fake_echoes.send("a", "k00000000001", ["b"])
+    headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    response = await fake_echoes.post(path, "b", SEND, headers=headers)
+    assert_error(response, 403, "cross-origin request from 'https://evil.example' refused")
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert [r["idempotencyKey"] for r in await fake_echoes.receive("b")] == ["k00000000001"]
+
+
+async def test_same_origin_listed_and_any_origin_pass(start_echoes):
+    echoes = await start_echoes(client=fakeredis.FakeAsyncRedis(), cors_origins=PAGE)
+    host = echoes.base_url.removeprefix("http://")
+    for origin in (f"http://{host}", PAGE):
+        response = await echoes.post("/receive", "a", headers={"Origin": origin})
+        assert response.status == 200, (origin, response.body)
+    anyone = await start_echoes(client=fakeredis.FakeAsyncRedis(), cors_origins="*")
+    response = await anyone.post("/receive", "a", headers={"Origin": "https://x.example"})
+    assert response.status == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_null_origin_is_refused(fake_echoes):
+    response = await fake_echoes.post("/receive", "a", headers={"Origin": "null"})
+    assert_error(response, 403, "refused")
 
 
 @pytest.mark.parametrize(
