@@ -19,6 +19,7 @@ from .errors import APIError, error_body
 from .listener import ListenerState
 from .metrics import Metrics
 from .origins import Origins
+from .scripts import NotLoaded
 from .store import Message, Outcome, Store, Take, TooLarge
 from .waiters import CallerFull, Full, Waiter, Waiters
 
@@ -111,9 +112,18 @@ class APIHandler(tornado.web.RequestHandler):
         try:
             async with asyncio.timeout(self.config.redis_timeout):
                 return await work
-        except (RedisConnectionError, RedisTimeoutError, TimeoutError, ReadOnlyError) as e:
+        except (
+            RedisConnectionError,
+            RedisTimeoutError,
+            TimeoutError,
+            ReadOnlyError,
+            NotLoaded,
+        ) as e:
             self.metrics.redis_errors.labels(type(e).__name__).inc()
             details = [f"Redis at {self.config.redis_display} is unavailable ({type(e).__name__})"]
+            if isinstance(e, NotLoaded):
+                log.error("%s", e)
+                details = ["Redis lacks echoes' function library: see the server's log"]
             if attempt:
                 details.append(
                     f"retry with ?attempt={attempt} to get what this request may have taken"

@@ -8,14 +8,16 @@ import os
 import signal
 import socket
 from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 from redis.exceptions import RedisError
+from tornado.iostream import IOStream
 
-from . import accept, listener, metrics, processes, systemd
+from . import accept, listener, malformed, metrics, processes, systemd
 from .config import EMBEDDED, Settings
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
@@ -53,16 +55,26 @@ def make_store(settings: Settings, client: aioredis.Redis | None = None) -> Stor
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
-    """Tornado's HTTP server, whose accept loop pauses when out of file descriptors."""
+    """Tornado's HTTP server, whose accept loop pauses when out of file descriptors, and
+    whose own refusals of unparsable requests come in the error shape (malformed.py)."""
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        malformed.shape_errors(stream, self._metrics())
+        super().handle_stream(stream, address)
+
+    def _metrics(self) -> Metrics | None:
+        settings = getattr(self.request_callback, "settings", {})
+        return settings.get("metrics")  # None in bench.ceiling's app
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         # TCPServer.add_sockets with echoes' accept handler (accept.py says why); stop()
         # calls the returned remover as it would Tornado's.
-        metrics: Metrics = self.request_callback.settings["metrics"]  # type: ignore[union-attr]
+        metrics = self._metrics()
+        paused = metrics.accept_paused.inc if metrics else lambda: None
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = accept.add_accept_handler(
-                sock, self._handle_connection, metrics.accept_paused.inc
+                sock, self._handle_connection, paused
             )
 
 

@@ -6,22 +6,19 @@ touches the keys of one inbox only (see keys.py), and every script is safe to ru
 because ``pipeline()`` reruns a pipeline whose connection dropped.
 """
 
-import hashlib
-import importlib.resources
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import records
 from .keys import Keys
+from .scripts import NAMES, Call, Scripts, pipeline
 
 log = logging.getLogger("echoes.store")
 SWEEP_CHUNK = 200
@@ -77,82 +74,6 @@ class Outcome:
     batch: Batch | None = None
 
 
-@dataclass(frozen=True)
-class Call:
-    """One script call in a pipeline."""
-
-    script: str
-    keys: tuple[str, ...]
-    args: tuple[str | int | bytes, ...]
-
-
-class Scripts:
-    """The Lua scripts in lua/, run by EVALSHA inside pipelines, loaded again on NOSCRIPT.
-
-    redis-py's own Script objects send SCRIPT EXISTS before every pipeline that holds one,
-    an extra round trip per request; here scripts are loaded only when Redis lacks them
-    (first use, or after a restart or SCRIPT FLUSH).
-    """
-
-    def __init__(self, *names: str):
-        lua = importlib.resources.files(__package__).joinpath("lua")
-        self.source = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
-        self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
-
-    async def run(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
-        """Run ``calls`` in one pipeline; their results, an error reply as an exception."""
-        results = await self._pipeline(client, calls)
-        if any(isinstance(r, NoScriptError) for r in results):
-            await self.load(client)
-            results = await self._pipeline(client, calls)  # every script is safe to rerun
-        return results
-
-    async def load(self, client: aioredis.Redis) -> None:
-        """Load every script into Redis's script cache."""
-        replies = await pipeline(client, [("SCRIPT", "LOAD", s) for s in self.source.values()])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-
-    async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
-        commands = [("EVALSHA", self.sha[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
-        return await pipeline(client, commands)
-
-
-async def pipeline(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Write every command at once on one pooled connection, then read every reply.
-
-    What redis-py's Pipeline does, without its per-command bookkeeping, which cost about a
-    third of echoes' CPU per request (BENCHMARKS.md). Error replies are returned, not
-    raised. A dropped connection is retried once on a fresh one: every command echoes
-    pipelines is safe to run twice.
-    """
-    pool = client.connection_pool
-    for attempt in (1, 2):
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            return [await _reply(conn) for _ in commands]
-        except (RedisConnectionError, RedisTimeoutError):
-            await conn.disconnect()
-            if attempt == 2:
-                raise
-        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")
-
-
-async def _reply(conn: AbstractConnection) -> Any:
-    """One reply; an error reply is returned, not raised, so the others are still read."""
-    try:
-        return await conn.read_response()
-    except ResponseError as e:
-        return e
-
-
 class Store:
     """Inboxes in Redis: send, take (delete-on-consume) and acks."""
 
@@ -170,7 +91,7 @@ class Store:
         self.client = client
         self.publish = publish
         self.keys = keys
-        self.scripts = Scripts("put", "take")
+        self.scripts = Scripts(*NAMES)
         self._ttl_ms = int(message_ttl * 1000)
         self._attempt_ms = int(attempt_ttl * 1000)
         self._batch_bytes = max_batch_bytes

