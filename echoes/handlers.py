@@ -80,7 +80,7 @@ class APIHandler(tornado.web.RequestHandler):
 
     def options(self, *args: str) -> None:
         """CORS preflight: POST with the From and Content-Type headers, for allowed origins."""
-        if "Access-Control-Allow-Origin" not in self._headers:
+        if not self.application.settings["origins"].cors_header(self.request.headers):
             self.set_status(204)  # no CORS headers: the browser refuses the request
             self.finish()
             return

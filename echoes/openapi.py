@@ -67,7 +67,13 @@ def document(config: Settings) -> dict[str, Any]:
 
 def _inbox(summary: str, config: Settings, sends: bool, receives: bool) -> dict[str, Any]:
     parameters = [_from(config)]
-    responses = {"400": _error("A bad request: nothing changed.")}
+    responses = {
+        "400": _error("A bad request: nothing changed."),
+        "403": _error("A POST from a web page on an origin not allowed: nothing changed."),
+        "413": _error(
+            "The body is larger than max_body_size, or would store more than max_request_bytes."
+        ),
+    }
     if receives:
         parameters += _take_parameters(config)
         ok = {
@@ -84,9 +90,11 @@ def _inbox(summary: str, config: Settings, sends: bool, receives: bool) -> dict[
             "content": {JSON: {"schema": schemas.SENT}},
         }
     responses["200"] = ok
+    if sends or receives:
+        responses["429"] = _error(
+            "A destination's inbox is full, or the caller holds too many long polls."
+        )
     if sends:
-        responses["413"] = _error("The body is larger than max_body_size.")
-        responses["429"] = _error("A destination's inbox is full.")
         responses["507"] = _error("Redis is out of memory.")
     responses["503"] = _error("Redis is unavailable, or too many requests are waiting.")
     operation: dict[str, Any] = {

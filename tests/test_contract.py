@@ -21,7 +21,7 @@ from schemathesis.checks import (
 )
 from schemathesis.generation.modes import GenerationMode
 
-from echoes import schemas
+from echoes import schemas, validation
 from echoes.config import Settings
 from echoes.errors import error_body
 from echoes.openapi import document
@@ -85,8 +85,13 @@ def test_the_document_is_built_from_the_validating_schemas():
     assert body is schemas.SEND
     ok = paths["/receive"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok is schemas.RECEIVED
+    # The query parameters the document lists are the ones the server accepts (others: 400).
+    for path in ("/receive", "/exchange"):
+        names = [p["name"] for p in paths[path]["post"]["parameters"] if p["in"] == "query"]
+        assert tuple(names) == validation.TAKE_PARAMETERS
+    assert not [p for p in paths["/send"]["post"]["parameters"] if p["in"] == "query"]
 
 
-@pytest.mark.parametrize("status", [400, 404, 405, 413, 429, 503, 507])
+@pytest.mark.parametrize("status", [400, 403, 404, 405, 413, 429, 503, 507])
 def test_every_error_has_the_documented_shape(status):
     Draft202012Validator(schemas.ERROR).validate(error_body(status, ["why"]))
