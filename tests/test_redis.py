@@ -263,10 +263,13 @@ async def test_a_full_inbox_refuses_new_records_with_429(start_echoes):
     assert [r["type"] for r in await echoes.receive("a")] == ["msg", "msg", "ack"]
 
 
-async def test_scripts_are_reloaded_after_a_script_flush(echoes):
+async def test_scripts_are_reloaded_after_a_script_or_function_flush(echoes):
     await echoes.send("a", KEY, ["b"])
     await echoes.store.client.script_flush()
+    await echoes.store.client.function_flush()
     assert len(await echoes.receive("b")) == 1
+    functions = await echoes.store.client.function_list(echoes.store.scripts.library)
+    assert len(functions) == 1  # Redis 7 runs them as echoes' function library again
 
 
 async def test_redis_down_is_503_and_the_server_recovers(start_echoes, own_redis):
@@ -318,6 +321,9 @@ async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
         await echoes.send("a", KEY, ["b", "c"], ack=True)
         assert len(await echoes.receive("b")) == 1
         assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
+        assert not echoes.store.scripts.functions  # no functions on 6.2: EVALSHA
+        await echoes.store.client.script_flush()
+        assert len(await echoes.receive("c")) == 1
     finally:
         server.stop()
 
