@@ -6,13 +6,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from . import config, logs
+from . import config, logs, options
 from .embedded import EmbeddedError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the configuration and serve until stopped."""
-    settings = config.load_or_exit(sys.argv if argv is None else argv, os.environ)
+    settings = options.load_or_exit(sys.argv if argv is None else argv, os.environ)
     logs.configure(settings.log_level, settings.log_format)
     metrics_dir = None
     if settings.processes != 1:

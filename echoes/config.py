@@ -1,19 +1,14 @@
-"""Every option echoes has: its default, unit, bounds and help text, in one table.
+"""Every option echoes has: its default, unit, bounds, choices and help text, in one table.
 
-Options come from, in rising precedence: the defaults below, a tornado.options config file
-(``--config=PATH``), environment variables ``ECHOES_<NAME>``, and the command line
-(``--name=value``). ``Settings`` is the one object the rest of the program reads them from.
+Where values come from (command line, environment, credentials, a TOML file) is options.py.
+``Settings`` is the one object the rest of the program reads them from.
 """
 
 import dataclasses
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-import tornado.options
 
 from .keys import WAKE_MODES
 
@@ -28,9 +23,15 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_BATCH_CEILING = 5000
 
 
-def option(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
-    """A Settings field with its help text and inclusive bounds."""
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
+def option(
+    default: Any,
+    help: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Sequence[str] = (),
+) -> Any:
+    """A Settings field with its help text, inclusive bounds and (case-insensitive) choices."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,15 @@ class Settings:
         "keyspace",
         "how waiting requests learn of new records: 'keyspace' (Redis keyspace notifications) or"
         " 'publish' (echoes publishes; for managed Redis and Redis Cluster)",
+        choices=WAKE_MODES,
     )
     recheck_interval: float = option(
         5.0, "seconds between checks of every waited-on inbox, whatever notifications say", 0.1
     )
-    log_level: str = option("info", "one of: " + ", ".join(LOG_LEVELS))
-    log_format: str = option("text", "log lines as 'text' or 'json' (one object per line)")
+    log_level: str = option("info", "one of: " + ", ".join(LOG_LEVELS), choices=LOG_LEVELS)
+    log_format: str = option(
+        "text", "log lines as 'text' or 'json' (one object per line)", choices=LOG_FORMATS
+    )
 
     @property
     def redis_display(self) -> str:
@@ -149,116 +153,16 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _parser() -> tornado.options.OptionParser:
-    parser = tornado.options.OptionParser()
-    parser.define(
-        "config",
-        type=str,
-        help="path of a config file (Python syntax, name = value)",
-        group="echoes",
-    )
-    for f in dataclasses.fields(Settings):
-        lo, hi = f.metadata["lo"], f.metadata["hi"]
-        bounds = "" if lo is None else f" [{lo}..{hi if hi is not None else ''}]"
-        parser.define(
-            f.name,
-            default=f.default,
-            type=f.type if isinstance(f.type, type) else None,
-            help=f.metadata["help"] + bounds,
-            group="echoes",
-        )
-    return parser
-
-
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """Build Settings from argv (argv[0] is the program) and the environment."""
-    parser = _parser()
-    extra = _parse_args(parser, argv, "command line")
-    if extra:
-        raise ConfigError(f"unexpected argument: {extra[0]!r}")
-    path = parser.config or environ.get(ENV_PREFIX + "CONFIG")
-    if path:
-        _parse_file(parser, path)
-    env = [
-        f"--{name}={environ[ENV_PREFIX + name.upper()]}"
-        for name in parser.as_dict()
-        if ENV_PREFIX + name.upper() in environ and name != "config"
-    ]
-    _parse_args(parser, [argv[0], *env], "environment")
-    _parse_args(parser, argv, "command line")
-    values = {f.name: parser[f.name] for f in dataclasses.fields(Settings)}
-    return validate(Settings(**values))
-
-
-def _parse_args(
-    parser: tornado.options.OptionParser, args: Sequence[str], source: str
-) -> list[str]:
-    """Parse one argument at a time, so an error names the argument it is about."""
-    for i, arg in enumerate(args[1:], 1):
-        try:
-            extra = parser.parse_command_line([args[0], arg], final=False)
-        except (tornado.options.Error, ValueError) as e:
-            raise ConfigError(f"{arg} ({source}): {e}") from None
-        if extra:
-            return list(args[i:])
-    return []
-
-
-def _parse_file(parser: tornado.options.OptionParser, path: str) -> None:
-    """Apply a config file (Python, like tornado.options'), refusing names that are no option."""
-    try:
-        source = Path(path).read_text("utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config file: {e}") from None
-    namespace: dict[str, Any] = {"__file__": str(Path(path).resolve())}
-    try:
-        exec(compile(source, path, "exec"), namespace)
-    except Exception as e:  # the file is Python: any error in it is a configuration error
-        raise ConfigError(f"config file {path}: {type(e).__name__}: {e}") from None
-    known = parser.as_dict()
-    for name, value in namespace.items():
-        if name.startswith("__"):
-            continue
-        if name not in known or name == "config":
-            raise ConfigError(f"config file {path}: {name!r} is not an option")
-        if isinstance(value, str):
-            _parse_args(parser, ["echoes", f"--{name}={value}"], f"config file {path}")
-            continue
-        try:
-            setattr(parser, name, value)
-        except tornado.options.Error as e:
-            raise ConfigError(f"config file {path}: {e}") from None
-
-
 def validate(settings: Settings) -> Settings:
-    """Check bounds and formats; raise ConfigError naming the first bad option."""
-    for f in dataclasses.fields(Settings):
-        value, lo, hi = getattr(settings, f.name), f.metadata["lo"], f.metadata["hi"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"--{f.name}={value} is out of range {lo}..{hi or ''}")
-    if settings.wake not in WAKE_MODES:
-        raise ConfigError(f"--wake must be one of {', '.join(WAKE_MODES)}")
-    if settings.log_format not in LOG_FORMATS:
-        raise ConfigError(f"--log_format must be one of {', '.join(LOG_FORMATS)}")
-    if settings.log_level not in LOG_LEVELS:
-        raise ConfigError(f"--log_level must be one of {', '.join(LOG_LEVELS)}")
+    """Check what one option's type and bounds cannot say; raise ConfigError naming it."""
     if any(c in settings.key_prefix for c in "{}"):
-        raise ConfigError("--key_prefix may not contain '{' or '}' (they mark hash tags)")
+        raise ConfigError("--key-prefix may not contain '{' or '}' (they mark hash tags)")
     if settings.redis_url != EMBEDDED and urlsplit(settings.redis_url).scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            f"--redis_url must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}"
+            f"--redis-url must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}"
             f" or be '{EMBEDDED}'"
         )
     return settings
-
-
-def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """load(), printing one line and exiting with status 2 on a bad configuration."""
-    try:
-        return load(argv, environ)
-    except ConfigError as e:
-        print(f"echoes: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def markdown_table() -> str:

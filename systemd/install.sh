@@ -14,6 +14,12 @@ install -d -m 755 "$root/etc/echoes" "$root/etc/systemd/system"
 if [ ! -e "$root/etc/echoes/echoes.conf" ]; then
   install -m 644 "$src/conf/echoes.conf" "$root/etc/echoes/echoes.conf"
 fi
+# The Redis URL holds its password: a file only root reads, which the unit passes to the
+# service as a credential (LoadCredential=redis_url:...), so it works with DynamicUser.
+if [ ! -e "$root/etc/echoes/redis_url" ]; then
+  (umask 077 && echo "redis://127.0.0.1:6379/0" > "$root/etc/echoes/redis_url")
+fi
+chmod 600 "$root/etc/echoes/redis_url"
 install -m 644 "$src/systemd/echoes.service" "$root/etc/systemd/system/echoes.service"
 
 if [ -z "$root" ]; then

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -385,7 +386,23 @@ def test_install_script_lays_out_a_working_service(tmp_path):
         [str(installed), "--help", f"--config={conf}"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "--redis-url" in result.stdout + result.stderr
-    # A second run keeps the configuration an operator edited.
+    # The secret is in a file only root reads; the config file, readable by all, has none.
+    secret = tmp_path / "etc/echoes/redis_url"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.stat().st_uid == os.getuid()
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o644
+    assert "LoadCredential=redis_url:/etc/echoes/redis_url" in unit
+    # The installed echoes reads it as systemd hands it over ($CREDENTIALS_DIRECTORY).
+    secret.write_text("http://not-redis\n")
+    result = subprocess.run(
+        [str(installed), f"--config={conf}"],
+        env=dict(os.environ, CREDENTIALS_DIRECTORY=str(secret.parent)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--redis-url must start with" in result.stderr
+    # A second run keeps the configuration and the secret an operator edited.
     conf.write_text(conf.read_text() + "\nport = 9000\n")
+    secret.write_text("redis://echoes:pw@127.0.0.1:6379/0\n")
     subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
-    assert "port = 9000" in conf.read_text()
+    assert "port = 9000" in conf.read_text() and "pw@" in secret.read_text()

@@ -9,8 +9,10 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from conftest import ECHOES
 
+from echoes import __version__
 from echoes.config import Settings
 
 
@@ -25,11 +27,18 @@ def curl(port, sender, path, data=None):
         return json.load(response)
 
 
-def test_help_lists_every_option():
-    result = subprocess.run([ECHOES, "--help"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_option_on_stdout(flag):
+    # `echoes --help | less` must show it: help goes to stdout, with status 0.
+    result = subprocess.run([ECHOES, flag], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == ""
     for name in Settings.__dataclass_fields__:
-        assert "--" + name.replace("_", "-") in result.stdout + result.stderr
+        assert "--" + name.replace("_", "-") in result.stdout
+
+
+def test_version_is_one_line():
+    result = subprocess.run([ECHOES, "--version"], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"echoes {__version__}\n", "")
 
 
 def test_bad_option_exits_2_with_one_line():

@@ -1,0 +1,182 @@
+"""Where option values come from, and the checks that name the source of a bad one.
+
+Precedence, highest first: the command line (``--name value`` or ``--name=value``), an
+environment variable ``ECHOES_<NAME>``, a systemd credential (``$CREDENTIALS_DIRECTORY/<name>``,
+for secrets: ``LoadCredential=redis_url:/etc/echoes/redis_url`` in the unit), the TOML file
+named by ``--config`` (or ``ECHOES_CONFIG``), and the defaults of ``config.Settings``, which is
+the one table of every option. A bad value stops start-up with one line that names the option
+as it was written and where it came from (command line, variable, credential, file:line).
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import ENV_PREFIX, ConfigError, Settings, validate
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+# Options that may come from a systemd credential: the ones that can hold a secret.
+CREDENTIALS = ("redis_url",)
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Value:
+    """An option's raw value and where it came from (for error messages)."""
+
+    raw: Any
+    source: str
+    spelled: str
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as ConfigError (one line, status 2, by the caller)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: every Settings field as --name-with-dashes (underscores work too)."""
+    p = _Parser(
+        prog="echoes",
+        description="echoes: a Redis-backed message inbox with an HTTP JSON API.",
+        epilog="Each option may also be set as ECHOES_<NAME> or in the --config TOML file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--version", action="version", version=f"echoes {__version__}")
+    p.add_argument("--config", metavar="FILE", help="a TOML file of options (name = value)")
+    for name, f in FIELDS.items():
+        flags = [f"--{name.replace('_', '-')}"] + (["--" + name] if "_" in name else [])
+        lo, hi = f.metadata["lo"], f.metadata["hi"]
+        bounds = "" if lo is None else f" [{lo}..{hi if hi is not None else ''}]"
+        p.add_argument(
+            *flags,
+            dest=name,
+            metavar=name.upper(),
+            help=f"{f.metadata['help']}{bounds} (default: {f.default!r})",
+        )
+    return p
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Settings from the command line (argv[0] is the program), environment, credentials, file."""
+    spelled = _spellings(argv[1:])
+    args = vars(parser().parse_args(list(argv[1:])))
+    path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Value] = _from_file(path) if path else {}
+    values |= _from_credentials(environ.get(CREDENTIALS_ENV))
+    for name in FIELDS:
+        variable = ENV_PREFIX + name.upper()
+        if variable in environ:
+            values[name] = Value(environ[variable], variable, variable)
+    for name, raw in args.items():
+        values[name] = Value(raw, "command line", spelled.get(name, "--" + name))
+    settings = Settings(**{name: convert(name, value) for name, value in values.items()})
+    return validate(settings)
+
+
+def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """load(), printing one line and exiting with status 2 on a bad configuration."""
+    try:
+        return load(argv, environ)
+    except ConfigError as e:
+        print(f"echoes: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def convert(name: str, value: Value) -> Any:
+    """``value`` as the type of option ``name``, or ConfigError naming option and source."""
+    kind, raw = FIELDS[name].type, value.raw
+    where = f"{value.spelled}: {raw!r} ({value.source})"
+    if kind is int:
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise ConfigError(f"{where} is not a whole number")
+        if isinstance(raw, str) and not re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+            raise ConfigError(f"{where} is not a whole number")
+        whole = int(raw)
+        _check_bounds(name, whole, where)
+        return whole
+    if kind is float:
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} is not a number of seconds") from None
+        _check_bounds(name, number, where)
+        return number
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where} is not a string (quote it)")
+    choices = FIELDS[name].metadata.get("choices")
+    if choices:
+        if raw.lower() not in choices:
+            raise ConfigError(f"{where} is not one of: {', '.join(choices)}")
+        return raw.lower()
+    return raw
+
+
+def _check_bounds(name: str, number: float, where: str) -> None:
+    lo, hi = FIELDS[name].metadata["lo"], FIELDS[name].metadata["hi"]
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        raise ConfigError(f"{where} is out of range {lo}..{'' if hi is None else hi}")
+
+
+def _spellings(args: Sequence[str]) -> dict[str, str]:
+    """How each option was written on the command line (--max-wait or --max_wait)."""
+    found = {}
+    for arg in args:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            found[flag[2:].replace("-", "_")] = flag
+    return found
+
+
+def _from_file(path: str) -> dict[str, Value]:
+    """The options of a TOML file, each with its file:line."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    lines = text.splitlines()
+    values = {}
+    for key, raw in document.items():
+        line = _line_of(key, lines)
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            known = ", ".join(sorted(FIELDS))
+            raise ConfigError(f"{path}:{line}: {key!r} is not an option (options: {known})")
+        values[name] = Value(raw, f"{path}:{line}", key)
+    return values
+
+
+def _line_of(key: str, lines: list[str]) -> int:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.\[]")
+    for number, text in enumerate(lines, 1):
+        if pattern.match(text) or text.strip() == f"[{key}]":
+            return number
+    return 0
+
+
+def _from_credentials(directory: str | None) -> dict[str, Value]:
+    """Options passed as systemd credentials: files named after the option."""
+    if not directory:
+        return {}
+    values = {}
+    for name in CREDENTIALS:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            raw = Path(path).read_text("utf-8").strip()
+            values[name] = Value(raw, f"credential {name}", name)
+    return values
