@@ -24,6 +24,9 @@ WAKE_MODES = ("keyspace", "publish")
 # Keyspace events (K) of sorted-set commands (z); a record's arrival is a "zadd" on its queue.
 NOTIFY_FLAGS = "Kz"
 ARRIVAL_EVENT = b"zadd"
+# The inbox a listener writes to when it cannot read notify-keyspace-events (CONFIG refused)
+# to see whether keyspace events arrive. No client can name it: names may not hold controls.
+PROBE_NAME = "\x00"
 
 
 def encode_name(name: str) -> str:

@@ -16,9 +16,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .keys import ARRIVAL_EVENT, name_in
+from .keys import ARRIVAL_EVENT, PROBE_NAME, name_in
 from .metrics import Metrics
-from .redisconfig import enable_notifications
+from .redisconfig import enable_notifications, notifications_missing
 from .store import Store
 from .waiters import Waiters
 
@@ -59,6 +59,9 @@ class Listener:
         self.state = ListenerState(mode=wake)
         self._sweep_now = asyncio.Event()
         self.subscribed = asyncio.Event()
+        self._probe_seen = asyncio.Event()
+        self._probing: asyncio.Task[None] | None = None
+        self._warned = False
 
     async def run(self) -> None:
         """Subscribe, dispatch and sweep until cancelled."""
@@ -66,20 +69,24 @@ class Listener:
         try:
             await self._listen_forever()
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            tasks = [sweeper, *([self._probing] if self._probing else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _listen_forever(self) -> None:
         backoff = 0.1
         while True:
             pubsub = self.client.pubsub()
             try:
+                enabled: bool | None = False
                 if self.state.mode == "keyspace":
                     async with asyncio.timeout(self.recheck_interval):
-                        self.state.notifications = await enable_notifications(self.store.client)
+                        enabled = await enable_notifications(self.store.client)
+                    self.state.notifications = bool(enabled)
                 await pubsub.psubscribe(self.pattern)
                 backoff = 0.1
-                await self._dispatch(pubsub)
+                await self._dispatch(pubsub, probe=enabled is None)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as e:
@@ -94,8 +101,12 @@ class Listener:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _dispatch(self, pubsub: aioredis.client.PubSub) -> None:
-        """Read messages with a timeout, never awaiting a Redis command in between."""
+    async def _dispatch(self, pubsub: aioredis.client.PubSub, probe: bool = False) -> None:
+        """Read messages with a timeout, never awaiting a Redis command in between.
+
+        ``probe``: notify-keyspace-events could not be read, so once subscribed a test event
+        tells whether notifications arrive.
+        """
         while True:
             message = await pubsub.get_message(timeout=1.0)
             if message is None:
@@ -108,6 +119,8 @@ class Listener:
                 # Subscribed, or subscribed again: anything may have been missed meanwhile.
                 self._connected(True)
                 self._sweep_now.set()
+                if probe:
+                    self._probing = asyncio.create_task(self._probe())
 
     def _connected(self, connected: bool) -> None:
         self.state.connected = connected
@@ -123,7 +136,28 @@ class Listener:
         except ValueError:  # not a channel echoes publishes on (bad base64 or UTF-8)
             log.debug("ignored a notification on %r", channel)
             return
+        if name == PROBE_NAME:
+            self._probe_seen.set()
+            return
         self.metrics.wakeups.inc(self.waiters.wake(name))
+
+    async def _probe(self) -> None:
+        """Write to the probe inbox and see whether its keyspace event arrives."""
+        self._probe_seen.clear()
+        try:
+            async with asyncio.timeout(self.recheck_interval):
+                await self.store.touch_probe()
+                await self._probe_seen.wait()
+        except (RedisError, OSError, TimeoutError) as e:
+            self.state.notifications = False
+            if not self._warned:
+                self._warned = True
+                log.debug("no test event arrived: %r", e)
+                notifications_missing()
+            return
+        if not self.state.notifications:
+            log.info("keyspace notifications arrive (checked with a test event)")
+        self.state.notifications = True
 
     async def _sweep_forever(self) -> None:
         while True:

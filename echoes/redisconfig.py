@@ -10,8 +10,12 @@ from .keys import NOTIFY_FLAGS
 log = logging.getLogger("echoes.redis")
 
 
-async def enable_notifications(client: aioredis.Redis) -> bool:
-    """Add the keyspace-event flags echoes needs to Redis's (never remove any); True if on."""
+async def enable_notifications(client: aioredis.Redis) -> bool | None:
+    """Add the keyspace-event flags echoes needs to Redis's (never remove any); True if on.
+
+    None when CONFIG is refused (an ACL, managed Redis): the listener then checks with a
+    test event (listener.py) instead of reporting notifications off.
+    """
     try:
         reply = await client.config_get("notify-keyspace-events")  # keys and values: str
         current = str(reply.get("notify-keyspace-events", ""))
@@ -23,16 +27,35 @@ async def enable_notifications(client: aioredis.Redis) -> bool:
         wanted = current + "".join(missing)
         await client.config_set("notify-keyspace-events", wanted)
     except ResponseError as e:
-        log.error(
-            "cannot check or enable keyspace notifications (%s): make sure Redis's"
-            " notify-keyspace-events includes %r, or run echoes with --wake=publish; without"
-            " them waiting requests see new records only every --recheck-interval",
-            e,
-            NOTIFY_FLAGS,
-        )
-        return False
+        log.info("cannot read notify-keyspace-events (%s): checking with a test event", e)
+        return None
     log.info("notify-keyspace-events was %r; set it to %r", current, wanted)
     return True
+
+
+def notifications_missing() -> None:
+    """Say, once, what to set when keyspace notifications do not arrive."""
+    log.warning(
+        "keyspace notifications do not arrive: make sure Redis's notify-keyspace-events"
+        " includes %r, or run echoes with --wake=publish; meanwhile waiting requests see new"
+        " records only every --recheck-interval",
+        NOTIFY_FLAGS,
+    )
+
+
+async def warn_if_not_persistent(client: aioredis.Redis) -> None:
+    """Log a warning when Redis keeps nothing across a restart: acknowledged records would go."""
+    try:
+        reply = await client.config_get("appendonly")
+        reply |= await client.config_get("save")
+    except ResponseError as e:
+        log.info("cannot check Redis's persistence (%s); it should have appendonly yes", e)
+        return
+    if reply.get("appendonly") == "no" and not str(reply.get("save", "")).strip():
+        log.warning(
+            "Redis persists nothing (appendonly no, no save points): a Redis restart loses"
+            " every record echoes acknowledged; set appendonly yes (conf/redis.conf)"
+        )
 
 
 async def warn_if_evicting(client: aioredis.Redis) -> None:

@@ -23,7 +23,7 @@ from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
 from .metrics import Metrics
-from .redisconfig import warn_if_evicting
+from .redisconfig import warn_if_evicting, warn_if_not_persistent
 from .store import Store, connect
 from .waiters import Waiters
 
@@ -121,9 +121,10 @@ class Echoes:
     async def ready(self) -> None:
         """Return once Redis answered and the wake-up listener is subscribed."""
         await self.listener.subscribed.wait()
-        with contextlib.suppress(RedisError, TimeoutError):  # only a warning: never block readiness
+        with contextlib.suppress(RedisError, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
                 await warn_if_evicting(self.store.client)
+                await warn_if_not_persistent(self.store.client)
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""

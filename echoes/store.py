@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import records
-from .keys import Keys
+from .keys import PROBE_NAME, Keys
 from .scripts import NAMES, Call, Scripts, pipeline
 
 log = logging.getLogger("echoes.store")
@@ -170,6 +170,11 @@ class Store:
         if lost:
             log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
         return len(calls) - len(lost)
+
+    async def touch_probe(self) -> None:
+        """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
+        queue = self.keys.inbox(PROBE_NAME).queue
+        await pipeline(self.client, [("ZADD", queue, 0, "probe"), ("ZREM", queue, "probe")])
 
     async def holding_records(self, names: list[str]) -> list[str]:
         """Those of ``names`` whose inbox holds records (maybe expired).

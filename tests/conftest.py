@@ -7,6 +7,7 @@
 - ``fake_echoes``: the same against fakeredis (fast; no notifications, no restarts).
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
+- ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
   ``Process`` with its port, log, memory and CPU time.
@@ -14,6 +15,7 @@
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import json
 import os
@@ -22,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -119,6 +122,19 @@ class Client:
 
 
 StartEchoes = Callable[..., Awaitable[Client]]
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Poll ``condition`` (plain or async) until it holds, up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
 
 
 def needs(tool: str) -> pytest.MarkDecorator:

@@ -4,6 +4,8 @@ import asyncio
 import time
 
 import pytest
+import redis.asyncio as aioredis
+from conftest import eventually
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -14,14 +16,6 @@ KEY = "key-000000000001"
 
 def without_times(records):
     return [{k: v for k, v in r.items() if k not in ("sentAt", "receivedAt")} for r in records]
-
-
-async def eventually(condition, timeout=10.0):
-    """Poll an async condition until it holds, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_spec_example(echoes):
@@ -330,3 +324,19 @@ async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
 
 def test_find_binary_finds_a_redis_server():
     assert find_binary().endswith("redis-server")
+
+
+async def test_a_redis_that_persists_nothing_is_warned_about_once(start_echoes, own_redis, caplog):
+    # Issue 12: one acknowledged record in 13,686 was lost when such a Redis restarted, and
+    # echoes said nothing.
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("appendonly", "no")
+    await admin.config_set("save", "")
+    echoes = await start_echoes(redis_url=own_redis.url)
+    await echoes.echoes.ready()
+    assert caplog.text.count("Redis persists nothing") == 1
+    await admin.config_set("appendonly", "yes")
+    caplog.clear()
+    await echoes.echoes.ready()
+    assert "persists nothing" not in caplog.text
+    await admin.aclose()

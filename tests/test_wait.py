@@ -5,13 +5,14 @@ benchmarks: recheck_interval is set far above them wherever a test is about noti
 """
 
 import asyncio
+import logging
 import signal
 import socket
 import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import http_post
+from conftest import eventually, http_post
 
 from echoes.embedded import RedisServer
 from echoes.keys import Keys, name_in
@@ -22,20 +23,13 @@ SLOW_SWEEP = {"recheck_interval": 60.0}
 WOKEN_WITHIN = 5.0
 
 
-async def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
 def waiting(echoes, name, query="?wait=30", path="/receive", body=None):
     """Start a long-poll as a task; return it once its waiter is registered."""
 
     async def start():
         before = len(echoes.echoes.waiters)
         task = asyncio.create_task(echoes.post(f"{path}{query}", name, body))
-        await wait_until(lambda: len(echoes.echoes.waiters) > before or task.done())
+        await eventually(lambda: len(echoes.echoes.waiters) > before or task.done())
         assert not task.done(), task.result().body
         return task
 
@@ -174,8 +168,8 @@ async def test_a_disconnected_waiter_is_forgotten_and_consumes_nothing(start_ech
         sock.sendall(
             b"POST /receive?wait=30 HTTP/1.1\r\nHost: x\r\nFrom: b\r\nContent-Length: 0\r\n\r\n"
         )
-        await wait_until(lambda: len(echoes.echoes.waiters) == 1)
-    await wait_until(lambda: len(echoes.echoes.waiters) == 0)
+        await eventually(lambda: len(echoes.echoes.waiters) == 1)
+    await eventually(lambda: len(echoes.echoes.waiters) == 0)
     await echoes.send("a", KEY, ["b"], "kept")
     assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
 
@@ -220,7 +214,7 @@ async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
     own_redis.stop()
     own_redis.start()
     state, registry = echoes.echoes.listener.state, echoes.echoes.metrics.registry
-    await wait_until(
+    await eventually(
         lambda: registry.get_sample_value("echoes_listener_reconnects_total") and state.connected
     )
     await echoes.send("a", KEY, ["b"], "after restart")
@@ -247,7 +241,7 @@ async def test_the_subscription_killed_repeatedly_sleeps_past_no_record(start_ec
         assert await bodies(task) == [i]
 
 
-async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_redis):
+async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_redis, caplog):
     admin = aioredis.Redis.from_url(own_redis.url)
     await admin.config_set("notify-keyspace-events", "")
     await admin.acl_setuser(
@@ -264,6 +258,36 @@ async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_
     task = await waiting(echoes, "b")
     await echoes.send("a", KEY, ["b"], "found by the sweep")
     assert await bodies(task) == ["found by the sweep"]
+    # The test event did not arrive: one warning with what to set, and no ERROR.
+    await eventually(lambda: "notifications do not arrive" in caplog.text)
+    assert caplog.text.count("notifications do not arrive") == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    await admin.aclose()
+
+
+async def test_without_config_rights_a_test_event_shows_notifications_work(
+    start_echoes, own_redis, caplog
+):
+    # Issue 12: under the ACL of conf/redis.conf every start logged an ERROR and /health said
+    # "notifications": false although the flags were set in redis.conf and wake-ups worked.
+    caplog.set_level(logging.INFO)
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("notify-keyspace-events", "Kz")
+    await admin.acl_setuser(
+        "echoes",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-config"],
+    )
+    echoes = await start_echoes(redis_url=f"unix://echoes:pw@{own_redis.socket}")
+    await eventually(lambda: echoes.echoes.listener.state.notifications)
+    assert (await echoes.request("GET", "/health")).json["notifications"] is True
+    assert "checked with a test event" in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    # The probe left no key behind.
+    assert await admin.keys("*") == []
     await admin.aclose()
 
 
