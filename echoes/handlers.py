@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import tornado.web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__, metrics, openapi, schemas, validation
@@ -342,7 +342,13 @@ class MetricsHandler(APIHandler):
 
     allow = "GET, OPTIONS"
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:  # Redis's memory, for the alert on it; a scrape still answers without Redis
+            used, limit = await self.redis(self.store.memory())
+            self.metrics.redis_memory.labels("used").set(used)
+            self.metrics.redis_memory.labels("max").set(limit)
+        except (APIError, RedisError) as e:
+            log.debug("no Redis memory figures for /metrics: %s", e)
         self.set_header("Content-Type", metrics.CONTENT_TYPE)
         self.finish(self.metrics.exposition())
 

@@ -2,7 +2,10 @@
 
 With --processes, __main__ points PROMETHEUS_MULTIPROC_DIR at a fresh directory before
 prometheus_client is first imported; every worker writes its values there, and whichever worker
-answers a scrape reports the sum over all of them (waiters: over the live ones).
+answers a scrape reports the sum over all of them (waiters: over the live ones). The process_*
+metrics are per worker then, labelled by pid. No *_created series: they double the series of
+every counter and no alert or dashboard of echoes reads them. Alert rules on these metrics:
+conf/echoes-alerts.yml.
 """
 
 import os
@@ -13,22 +16,61 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from . import __version__
 from .config import METRICS_DIR_ENV
+
+disable_created_metrics()
 
 __all__ = ["Metrics", "mark_process_dead"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+class WorkerProcess:
+    """process_* of one worker where they cannot be summed (several processes): gauges
+    labelled by pid, refreshed from ProcessCollector by each worker (see server.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._source = ProcessCollector(registry=None)
+        self._gauges = {
+            sample.name: Gauge(
+                sample.name, family.documentation, registry=registry, multiprocess_mode="liveall"
+            )
+            for family in self._source.collect()
+            for sample in family.samples
+        }
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read this process's figures from /proc into the gauges."""
+        for family in self._source.collect():
+            for sample in family.samples:
+                self._gauges[sample.name].set(sample.value)
+
+
 class Metrics:
     """The metrics of one echoes process."""
 
-    def __init__(self, wake_mode: str) -> None:
+    def __init__(self, wake_mode: str, max_waiters: int = 0) -> None:
         r = self.registry = CollectorRegistry()
+        several = bool(os.environ.get(METRICS_DIR_ENV))
+        self.process = WorkerProcess(r) if several else None
+        if not several:
+            ProcessCollector(registry=r)
+        build = Gauge(
+            "echoes_build_info",
+            "The running version",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        build.labels(__version__).set(1)
         self.requests = Counter(
             "echoes_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
         )
@@ -49,6 +91,20 @@ class Metrics:
             "echoes_waiters",
             "Requests waiting for a record",
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        waiters_limit = Gauge(
+            "echoes_waiters_limit",
+            "Most requests that may wait (--max-waiters, summed over processes)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        waiters_limit.set(max_waiters)
+        self.redis_memory = Gauge(
+            "echoes_redis_memory_bytes",
+            "Redis's used_memory and its maxmemory (0: no limit), read at each scrape",
+            ["kind"],
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.wakeups = Counter("echoes_wakeups", "Waiting requests woken", registry=r)
@@ -82,6 +138,8 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format of every metric, summed over processes when there are several."""
+        if self.process:
+            self.process.refresh()
         if os.environ.get(METRICS_DIR_ENV):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)

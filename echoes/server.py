@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 from redis.exceptions import RedisError
@@ -97,7 +98,7 @@ class Echoes:
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
-        self.metrics = metrics.Metrics(settings.wake)
+        self.metrics = metrics.Metrics(settings.wake, settings.max_waiters)
         self.store = make_store(settings, client)
         self.waiters = Waiters(settings.max_waiters, settings.max_waiters_per_caller)
         self.listener = listener.Listener(
@@ -112,11 +113,15 @@ class Echoes:
         self.inflight: InFlight = self.app.settings["inflight"]
         self.server = make_server(self.app, settings)
         self._listening: asyncio.Task[None] | None = None
+        self._refreshing: tornado.ioloop.PeriodicCallback | None = None
 
     def start(self, sockets: list[socket.socket]) -> None:
         """Serve on ``sockets`` and start the wake-up listener."""
         self._listening = asyncio.create_task(self.listener.run())
         self.server.add_sockets(sockets)
+        if self.metrics.process:  # several workers: each keeps its own process_* current
+            self._refreshing = tornado.ioloop.PeriodicCallback(self.metrics.process.refresh, 5000)
+            self._refreshing.start()
 
     async def ready(self) -> None:
         """Return once Redis answered and the wake-up listener is subscribed."""
@@ -129,6 +134,8 @@ class Echoes:
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""
         self.server.stop()
+        if self._refreshing:
+            self._refreshing.stop()
         self.waiters.close()
         if not await self.inflight.drained(DRAIN_SECONDS):
             log.warning("%d requests still in flight at shutdown", self.inflight.count)

@@ -171,6 +171,11 @@ class Store:
             log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
         return len(calls) - len(lost)
 
+    async def memory(self) -> tuple[int, int]:
+        """Redis's used_memory and maxmemory (0: no limit), in bytes."""
+        info = await self.client.info("memory")
+        return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
     async def touch_probe(self) -> None:
         """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
         queue = self.keys.inbox(PROBE_NAME).queue

@@ -25,7 +25,7 @@ from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
 
-from echoes import logs, systemd
+from echoes import __version__, logs, systemd
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "key-000000000001"
@@ -207,6 +207,12 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
         results = [w.result(timeout=10) for w in waits]
     assert [r[1][0]["body"] for r in results] == list(range(20))
 
+    # process_* per worker (labelled by pid), not summed; the limit summed over workers.
+    metrics = get(echoes.url + "/metrics")[1].decode()
+    for pid in pids:
+        assert f'process_open_fds{{pid="{pid}"}}' in metrics
+    assert "echoes_waiters_limit 20000.0" in metrics and "_created" not in metrics
+
     # A worker killed outright is replaced.
     victim = pids.pop()
     os.kill(victim, signal.SIGKILL)
@@ -372,6 +378,33 @@ def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, tmp_p
     finally:
         nginx.terminate()
         nginx.wait(10)
+
+
+@needs("promtool")
+def test_alert_rules_are_valid_and_fire_when_they_should():
+    rules = ROOT / "conf" / "echoes-alerts.yml"
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        cwd=ROOT / "tests",
+        capture_output=True,
+        text=True,
+    )
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
+async def test_metrics_have_process_build_and_limit_series_and_no_created(echoes):
+    text = (await echoes.request("GET", "/metrics")).body.decode()
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        f'echoes_build_info{{version="{__version__}"}} 1.0',
+        f"echoes_waiters_limit {float(echoes.settings.max_waiters)}",
+        'echoes_redis_memory_bytes{kind="used"} ',
+    ]:
+        assert series in text, series
+    assert "_created" not in text
 
 
 def test_install_script_lays_out_a_working_service(tmp_path):
