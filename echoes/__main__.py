@@ -13,7 +13,7 @@ from .embedded import EmbeddedError
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the configuration and serve until stopped."""
     settings = options.load_or_exit(sys.argv if argv is None else argv, os.environ)
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, with_pid=settings.processes != 1)
     metrics_dir = None
     if settings.processes != 1:
         # Workers sum their metrics through files; prometheus_client reads this variable

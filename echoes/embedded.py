@@ -10,12 +10,15 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from .keys import NOTIFY_FLAGS
 
@@ -55,6 +58,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# Redis marks each log line with its level: . debug, - verbose, * notice, # warning. It logs
+# its start-up banner at "warning" too, so only "#" lines that say WARNING are warnings here.
+_LEVELS = {".": logging.DEBUG, "-": logging.DEBUG, "*": logging.INFO, "#": logging.INFO}
+server_log = logging.getLogger("echoes.redis-server")
+
+
+def _forward(pipe: IO[bytes]) -> None:
+    """Log each line redis-server writes, at its level, until it exits.
+
+    Its lines go to echoes' own log stream (journald under systemd), rotated with it,
+    rather than to a file in --data-dir that nothing rotates.
+    """
+    with pipe:
+        for raw in pipe:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line.strip():
+                continue
+            # "pid:role dd Mon yyyy hh:mm:ss.mmm * message": keep the marker's level, drop the time.
+            match = re.match(r"^\d+:\w \d+ \w+ \d+ [\d:.]+ ([.*#-]) (.*)$", line)
+            if match:
+                marker, message = match.groups()
+                warning = marker == "#" and message.startswith("WARNING")
+                server_log.log(logging.WARNING if warning else _LEVELS[marker], "%s", message)
+            else:
+                server_log.info("%s", line)
+
+
 class RedisServer:
     """One redis-server process with its data and socket in ``data_dir``."""
 
@@ -67,7 +97,7 @@ class RedisServer:
             "unixsocket": str(self.socket),
             "unixsocketperm": "700",
             "dir": str(self.data_dir),
-            "logfile": str(self.data_dir / "redis.log"),
+            "logfile": "",  # standard output, forwarded into echoes' own log (see _forward)
             "pidfile": str(self.data_dir / "redis.pid"),
             "appendonly": "yes",
             "appendfsync": "everysec",
@@ -104,10 +134,13 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C meant for echoes must not kill Redis first
             preexec_fn=_die_with_parent,
         )
+        assert self.process.stdout is not None
+        threading.Thread(target=_forward, args=(self.process.stdout,), daemon=True).start()
 
     def ready(self, deadline: float) -> bool:
         """Whether the spawned server answers; EmbeddedError once it died or the deadline passed."""
@@ -115,7 +148,7 @@ class RedisServer:
             return True
         if not self.running or time.monotonic() > deadline:
             self.stop()
-            raise EmbeddedError(f"redis-server did not start; see {self.options['logfile']}")
+            raise EmbeddedError("redis-server did not start; its log lines (echoes.redis-server)")
         return False
 
     def ping(self) -> bool:

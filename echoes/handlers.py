@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, metrics, openapi, schemas, validation
+from . import __version__, logs, metrics, openapi, schemas, validation
 from .config import Settings
 from .errors import APIError, error_body
 from .listener import ListenerState
@@ -406,11 +406,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     m.received.inc(taken)
     if not access_log.isEnabledFor(level):
         return
-    fields = {"method": request.method, "path": request.path, "status": status}
+    # The path with its query (a client's ?wait= matters); logfmt() quotes what clients send.
+    fields = {"method": request.method, "path": request.uri, "status": status}
     fields |= {"duration_ms": round(duration * 1000, 2), "sent": sent, "taken": taken}
     if access_log.isEnabledFor(logging.DEBUG):
         fields["from"] = getattr(handler, "caller", "")
-    access_log.log(level, " ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+    access_log.log(level, "%s", logs.logfmt(fields), extra=fields)
 
 
 def make_app(

@@ -17,6 +17,7 @@ from typing import Any
 from tornado.iostream import IOStream
 
 from .errors import error_body
+from .logs import logfmt
 from .metrics import Metrics
 
 access_log = logging.getLogger("echoes.access")
@@ -56,7 +57,7 @@ def shape_errors(stream: IOStream, metrics: Metrics | None) -> None:
             data = answer(400, [f"malformed HTTP request: {_reasons.last}"])
             if metrics:
                 metrics.requests.labels("other", "400").inc()
-            access_log.info("status=400 malformed=%s", json.dumps(_reasons.last))
+            access_log.info("%s", logfmt({"status": 400, "malformed": _reasons.last}))
         return write(data, *args, **kwargs)
 
     stream.write = shaped  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -157,12 +158,52 @@ async def test_one_access_line_per_request_with_from_only_at_debug(echoes, caplo
     assert getattr(line, "from") == "b" and line.taken == 1
 
 
-def test_json_log_lines_carry_the_extra_fields():
+async def test_the_access_line_keeps_the_query_and_quotes_what_clients_send(echoes, caplog):
+    # Issue 12: the query (a client's wait) was dropped, and a From of "v status=200 sent=999"
+    # forged fields of the line at debug level.
+    caplog.set_level(logging.DEBUG, logger="echoes.access")
+    await echoes.post("/receive?wait=0.1&limit=5", "v status=200 sent=999")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "echoes.access"]
+    fields = dict(token.split("=", 1) for token in shlex.split(line))  # as a log shipper would
+    assert fields["path"] == "/receive?wait=0.1&limit=5" and fields["status"] == "200"
+    assert fields["from"] == "v status=200 sent=999" and fields["sent"] == "0"
+
+
+def test_json_log_lines_carry_the_extra_fields_an_rfc3339_time_and_the_pid():
     record = logging.LogRecord("echoes.access", logging.INFO, "", 0, "hello %s", ("you",), None)
     record.status = 200
     entry = json.loads(logs.JsonFormatter().format(record))
     assert entry["message"] == "hello you" and entry["status"] == 200
     assert entry["level"] == "info" and entry["logger"] == "echoes.access"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    assert entry["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_under_journald_lines_carry_a_priority_and_no_time_of_their_own(tmp_path, fmt):
+    # JOURNAL_STREAM names the stream systemd connected to stderr (here: a file).
+    log = tmp_path / "journal"
+    # Run the formatter as echoes configures it, in a child whose stderr is that file.
+    code = (
+        "import logging; from echoes import logs;"
+        f"logs.configure('info', {fmt!r}, with_pid=True);"
+        "logging.getLogger('echoes').warning('careful'); logging.getLogger('echoes').info('hi')"
+    )
+    with log.open("w") as stderr:
+        stream = os.fstat(stderr.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{stream.st_dev}:{stream.st_ino}")
+        subprocess.run([sys.executable, "-c", code], stderr=stderr, env=env, check=True)
+    warning, info = log.read_text().splitlines()
+    assert warning.startswith("<4>") and info.startswith("<6>")
+    if fmt == "text":
+        assert re.fullmatch(r"<4>echoes\[\d+\]: careful", warning)
+    else:
+        assert json.loads(warning[3:])["message"] == "careful"
+    # Without JOURNAL_STREAM: no priority prefix, a time of its own.
+    with log.open("w") as stderr:
+        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+        subprocess.run([sys.executable, "-c", code], stderr=stderr, env=env, check=True)
+    assert not log.read_text().startswith("<")
 
 
 async def test_an_evicting_redis_is_warned_about(start_echoes, own_redis, caplog):
