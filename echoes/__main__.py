@@ -12,7 +12,8 @@ from .embedded import EmbeddedError
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the configuration and serve until stopped."""
-    settings = options.load_or_exit(sys.argv if argv is None else argv, os.environ)
+    argv = sys.argv if argv is None else argv
+    settings = options.load_or_exit(argv, os.environ)
     logs.configure(settings.log_level, settings.log_format, with_pid=settings.processes != 1)
     metrics_dir = None
     if settings.processes != 1:
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .server import run
 
     try:
-        raise SystemExit(run(settings))
+        raise SystemExit(run(settings, reload=lambda: options.load(argv, os.environ)))
     except EmbeddedError as e:
         print(f"echoes: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -93,7 +93,7 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        waiters_limit = Gauge(
+        self.waiters_limit = waiters_limit = Gauge(
             "echoes_waiters_limit",
             "Most requests that may wait (--max-waiters, summed over processes)",
             multiprocess_mode="livesum",

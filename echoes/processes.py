@@ -1,7 +1,7 @@
 """--processes=N: worker processes sharing the listening sockets, supervised by the parent.
 
 Each worker builds its own Redis clients and wake-up listener after the fork. The parent
-restarts a worker that dies abnormally, forwards SIGTERM and SIGINT to every worker, and
+restarts a worker that dies abnormally, forwards SIGTERM, SIGINT and SIGHUP to every worker, and
 exits 0 once they have all exited. (Tornado's fork_processes restarts workers too, but
 neither forwards signals nor says which pids it started.)
 """
@@ -32,6 +32,7 @@ def supervise(count: int, work: Callable[[], int], on_exit: Callable[[int], None
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker handles it
             status = 1
             try:
                 status = work()
@@ -46,8 +47,14 @@ def supervise(count: int, work: Callable[[], int], on_exit: Callable[[int], None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def forward(signum: int, frame: object) -> None:
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, forward)  # reload: each worker reads the configuration
     for index in range(count):
         spawn(index)
     log.info("started %d worker processes: %s", count, " ".join(map(str, workers)))

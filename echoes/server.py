@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,19 +18,34 @@ import tornado.web
 from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
-from . import accept, listener, malformed, metrics, processes, systemd
-from .config import EMBEDDED, Settings
+from . import accept, listener, logs, malformed, metrics, processes, systemd
+from .config import EMBEDDED, ConfigError, Settings, display_url
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
 from .metrics import Metrics
+from .origins import Origins
 from .redisconfig import warn_if_evicting, warn_if_not_persistent
 from .store import Store, connect
 from .waiters import Waiters
 
 log = logging.getLogger("echoes")
+Reload = Callable[[], Settings]
 
 MAX_HEADER_SIZE = 65536
+# Options a SIGHUP cannot apply: they shape sockets, processes, Redis clients and key names.
+RESTART_ONLY = frozenset(
+    {
+        "address",
+        "port",
+        "processes",
+        "redis_url",
+        "data_dir",
+        "key_prefix",
+        "wake",
+        "redis_max_connections",
+    }
+)
 # Thousands of long-poll clients reconnect at once after a restart: Tornado's default
 # backlog (128) drops their SYNs and they retry seconds later. The kernel caps it at somaxconn.
 LISTEN_BACKLOG = 4096
@@ -115,6 +130,45 @@ class Echoes:
         self._listening: asyncio.Task[None] | None = None
         self._refreshing: tornado.ioloop.PeriodicCallback | None = None
 
+    def reconfigure(self, new: Settings) -> None:
+        """Apply what changed in ``new`` that can change while running; log the rest."""
+        old = self.settings
+        changed = [
+            f.name
+            for f in dataclasses.fields(Settings)
+            if getattr(old, f.name) != getattr(new, f.name)
+        ]
+        later = [name for name in changed if name in RESTART_ONLY]
+        self.settings = dataclasses.replace(new, **{name: getattr(old, name) for name in later})
+        self._apply(self.settings)
+        live = [_change(name, old, new) for name in changed if name not in RESTART_ONLY]
+        log.info(
+            "reloaded the configuration: %s; needs a restart to change: %s",
+            ", ".join(live) or "nothing changed",
+            ", ".join(later) or "nothing",
+        )
+
+    def _apply(self, settings: Settings) -> None:
+        """Hand every part the options it reads while running."""
+        self.app.settings["config"] = settings
+        self.app.settings["origins"] = Origins(settings.cors_origins)
+        self.store.set_limits(
+            settings.message_ttl,
+            settings.attempt_ttl,
+            settings.max_batch_bytes,
+            settings.max_inbox_records,
+            settings.max_request_bytes,
+        )
+        self.waiters.limit = settings.max_waiters
+        self.waiters.per_name = settings.max_waiters_per_caller
+        self.metrics.waiters_limit.set(settings.max_waiters)
+        self.listener.recheck_interval = settings.recheck_interval
+        params = self.server.conn_params  # what new connections get
+        params.max_body_size = settings.max_body_size
+        params.body_timeout = settings.body_timeout
+        params.header_timeout = settings.idle_connection_timeout
+        logs.configure(settings.log_level, settings.log_format, settings.processes != 1)
+
     def start(self, sockets: list[socket.socket]) -> None:
         """Serve on ``sockets`` and start the wake-up listener."""
         self._listening = asyncio.create_task(self.listener.run())
@@ -154,14 +208,18 @@ class Echoes:
             log.warning("connections still closing after %.0f s; exiting anyway", CLOSE_SECONDS)
 
 
-async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
-    """Serve on ``sockets`` until SIGTERM or SIGINT; tell systemd how it goes."""
+async def serve(
+    settings: Settings, sockets: list[socket.socket], reload: Reload | None = None
+) -> None:
+    """Serve on ``sockets`` until SIGTERM or SIGINT, reloading on SIGHUP; tell systemd."""
     echoes = Echoes(settings)
     echoes.start(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reload:
+        loop.add_signal_handler(signal.SIGHUP, reloading, echoes, reload)
     helpers = [asyncio.create_task(announce_ready(echoes))]
     interval = systemd.watchdog_interval()
     if interval:
@@ -172,6 +230,23 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     for task in helpers:
         task.cancel()
     await echoes.stop()
+
+
+def _change(name: str, old: Settings, new: Settings) -> str:
+    """``name old -> new``, with no password shown."""
+    show = display_url if name == "redis_url" else repr
+    return f"{name} {show(getattr(old, name))} -> {show(getattr(new, name))}"
+
+
+def reloading(echoes: Echoes, reload: Reload) -> None:
+    """SIGHUP: read the configuration again and apply what can change while running."""
+    systemd.notify("RELOADING=1")
+    try:
+        echoes.reconfigure(reload())
+    except ConfigError as e:
+        log.error("reload refused, the running configuration stays: %s", e)
+    finally:
+        systemd.notify("READY=1")
 
 
 async def announce_ready(echoes: Echoes) -> None:
@@ -188,13 +263,18 @@ async def watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def run(settings: Settings) -> int:
-    """Start the embedded Redis if asked, bind, and serve in one process or several."""
+def run(settings: Settings, reload: Reload | None = None) -> int:
+    """Start the embedded Redis if asked, bind, and serve in one process or several.
+
+    ``reload`` reads the configuration again (SIGHUP).
+    """
     embedded = None
     if settings.redis_url == EMBEDDED:
         embedded = RedisServer(settings.data_dir)
         embedded.start()
         settings = dataclasses.replace(settings, redis_url=embedded.url)
+        if reload:
+            reload = _with_redis_url(reload, embedded.url)
     sockets = tornado.netutil.bind_sockets(settings.port, settings.address, backlog=LISTEN_BACKLOG)
     count = settings.processes or os.cpu_count() or 1
     log.info(
@@ -208,28 +288,47 @@ def run(settings: Settings) -> int:
     )
     try:
         if count == 1:
-            asyncio.run(serve_with(settings, sockets, embedded))
+            asyncio.run(serve_with(settings, sockets, embedded, reload))
             return 0
-        return run_workers(count, settings, sockets, embedded)
+        return run_workers(count, settings, sockets, embedded, reload)
     finally:
         if embedded:
             embedded.stop()
 
 
+def _with_redis_url(reload: Reload, url: str) -> Reload:
+    """``reload``, with the embedded Redis's URL where the configuration says 'embedded'."""
+
+    def reread() -> Settings:
+        settings = reload()
+        if settings.redis_url == EMBEDDED:
+            settings = dataclasses.replace(settings, redis_url=url)
+        return settings
+
+    return reread
+
+
 async def serve_with(
-    settings: Settings, sockets: list[socket.socket], embedded: RedisServer | None
+    settings: Settings,
+    sockets: list[socket.socket],
+    embedded: RedisServer | None,
+    reload: Reload | None = None,
 ) -> None:
     """serve(), restarting the embedded Redis whenever it dies."""
     supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
     try:
-        await serve(settings, sockets)
+        await serve(settings, sockets, reload)
     finally:
         if supervisor:
             supervisor.cancel()
 
 
 def run_workers(
-    count: int, settings: Settings, sockets: list[socket.socket], embedded: RedisServer | None
+    count: int,
+    settings: Settings,
+    sockets: list[socket.socket],
+    embedded: RedisServer | None,
+    reload: Reload | None = None,
 ) -> int:
     """``count`` worker processes on the same sockets (metrics: see __main__)."""
 
@@ -240,7 +339,7 @@ def run_workers(
             embedded.start()
 
     def work() -> int:
-        asyncio.run(serve(settings, sockets))
+        asyncio.run(serve(settings, sockets, reload))
         return 0
 
     return processes.supervise(count, work, reaped)

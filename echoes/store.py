@@ -92,6 +92,19 @@ class Store:
         self.publish = publish
         self.keys = keys
         self.scripts = Scripts(*NAMES)
+        self.set_limits(
+            message_ttl, attempt_ttl, max_batch_bytes, max_inbox_records, max_request_bytes
+        )
+
+    def set_limits(
+        self,
+        message_ttl: float,
+        attempt_ttl: float,
+        max_batch_bytes: int,
+        max_inbox_records: int,
+        max_request_bytes: int,
+    ) -> None:
+        """Set the lifetimes and limits the store applies (at start, and on a reload)."""
         self._ttl_ms = int(message_ttl * 1000)
         self._attempt_ms = int(attempt_ttl * 1000)
         self._batch_bytes = max_batch_bytes

@@ -215,6 +215,48 @@ async def test_an_evicting_redis_is_warned_about(start_echoes, own_redis, caplog
     assert any("allkeys-lru" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
+# --- reload on SIGHUP -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
+    spawn_echoes, settings, tmp_path, processes
+):
+    # Issue 12: kill -HUP ended echoes without a log line.
+    conf = tmp_path / "echoes.conf"
+    conf.write_text('log_level = "warning"\nmax_destinations = 1\n')
+    echoes = spawn_echoes(
+        f"--config={conf}",
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--processes={processes}",
+    )
+    two = {"idempotencyKey": KEY, "destination": ["b", "c"], "body": 1}
+    assert post(echoes.url + "/send", "a", two)[0] == 400  # over max_destinations
+    conf.write_text('log_level = "info"\nmax_destinations = 10\nwake = "publish"\n')
+    echoes.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while echoes.log.read_text().count("reloaded the configuration") < processes:
+        assert echoes.popen.poll() is None and time.monotonic() < deadline, echoes.log.read_text()
+        time.sleep(0.05)
+    log = echoes.log.read_text()
+    assert "log_level 'warning' -> 'info'" in log and "max_destinations 1 -> 10" in log
+    assert "needs a restart to change: wake" in log
+    # Every worker took the new limit, and the access lines now show (level info).
+    for _ in range(4):
+        assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2})
+    assert "path=/send status=200" in echoes.log.read_text()
+    # A bad file on reload keeps the running configuration.
+    conf.write_text("max_destinations = 'many'\n")
+    echoes.popen.send_signal(signal.SIGHUP)
+    while "reload refused" not in echoes.log.read_text():
+        assert echoes.popen.poll() is None and time.monotonic() < deadline + 10
+        time.sleep(0.05)
+    assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2})
+    echoes.popen.send_signal(signal.SIGTERM)
+    assert echoes.popen.wait(10) == 0
+
+
 # --- several processes ----------------------------------------------------------------------
 
 
