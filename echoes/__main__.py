@@ -1,4 +1,5 @@
-"""Entry point: ``echoes [--option=value ...]`` or ``python -m echoes``."""
+"""Entry point: ``echoes [serve] [--option value ...]``, ``echoes send|receive|exchange|follow
+...`` (the clients), or ``python -m echoes``."""
 
 import os
 import shutil
@@ -6,13 +7,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from . import config, logs, options
+from . import cli, config, logs, options
 from .embedded import EmbeddedError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the configuration and serve until stopped."""
+    """Run a client command, or parse the configuration and serve until stopped."""
     argv = sys.argv if argv is None else argv
+    if len(argv) > 1 and argv[1] in cli.COMMANDS:
+        try:
+            args = options.parse(argv[1:])
+        except config.ConfigError as e:
+            print(f"echoes: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise SystemExit(cli.run(args, os.environ))
     settings = options.load_or_exit(argv, os.environ)
     logs.configure(settings.log_level, settings.log_format, with_pid=settings.processes != 1)
     metrics_dir = None

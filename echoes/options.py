@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, cli
 from .config import ENV_PREFIX, ConfigError, Settings, validate
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -44,13 +44,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: every Settings field as --name-with-dashes (underscores work too)."""
-    p = _Parser(
-        prog="echoes",
+    """The one command line: ``echoes [serve] [options]`` runs the server, and the client
+    commands of cli.py (``echoes send ...``) hang on the same parser."""
+    top = _Parser(prog="echoes", description="echoes: a message inbox on Redis, and its clients.")
+    top.add_argument("--version", action="version", version=f"echoes {__version__}")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (what `echoes` alone does)",
         description="echoes: a Redis-backed message inbox with an HTTP JSON API.",
-        epilog="Each option may also be set as ECHOES_<NAME> or in the --config TOML file.",
+        epilog=(
+            "Each option may also be set as ECHOES_<NAME> or in the --config TOML file."
+            " Client commands: echoes send|receive|exchange|follow --help."
+        ),
         argument_default=argparse.SUPPRESS,
     )
+    _server_options(serve)
+    cli.add_commands(commands)
+    return top
+
+
+def parse(args: Sequence[str]) -> argparse.Namespace:
+    """The command line (without the program name); with no command, ``serve``."""
+    if not args or args[0] not in ("serve", *cli.COMMANDS):
+        args = ["serve", *args]
+    return parser().parse_args(list(args))
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    """Every Settings field as --name-with-dashes (underscores work too)."""
     p.add_argument("--version", action="version", version=f"echoes {__version__}")
     p.add_argument("--config", metavar="FILE", help="a TOML file of options (name = value)")
     for name, f in FIELDS.items():
@@ -63,13 +85,14 @@ def parser() -> argparse.ArgumentParser:
             metavar=name.upper(),
             help=f"{f.metadata['help']}{bounds} (default: {f.default!r})",
         )
-    return p
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Settings from the command line (argv[0] is the program), environment, credentials, file."""
     spelled = _spellings(argv[1:])
-    args = vars(parser().parse_args(list(argv[1:])))
+    args = vars(parse(argv[1:]))
+    if args.pop("command") != "serve":
+        raise ConfigError("not the server's command line")
     path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     values: dict[str, Value] = _from_file(path) if path else {}
     values |= _from_credentials(environ.get(CREDENTIALS_ENV))

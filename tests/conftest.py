@@ -199,10 +199,11 @@ def http_post(
 def spawn_echoes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     processes: list[Process] = []
 
-    def spawn(*args: str, open_files: int | None = None) -> Process:
-        """``open_files``: the process's RLIMIT_NOFILE, as systemd's LimitNOFILE sets it."""
-        port = free_port()
-        log = tmp_path / f"echoes-{port}.log"
+    def spawn(*args: str, open_files: int | None = None, port: int | None = None) -> Process:
+        """``open_files``: the process's RLIMIT_NOFILE, as systemd's LimitNOFILE sets it;
+        ``port``: a given port (a restart on the same address), else a free one."""
+        port = port or free_port()
+        log = tmp_path / f"echoes-{port}-{len(processes)}.log"
 
         def limit() -> None:
             if open_files:
