@@ -26,8 +26,8 @@ setup(
         "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
     ],
     python_requires=">=3.11",
-    packages=["echoes", "echoes.lua"],
-    package_data={"echoes.lua": ["*.lua"]},
+    packages=["echoes", "echoes.lua", "echoes.web"],
+    package_data={"echoes.lua": ["*.lua"], "echoes.web": ["*.js", "*.html"]},
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",
@@ -48,6 +48,8 @@ setup(
             "fakeredis[lua]>=2.26",
             "hypothesis>=6.100",
             "schemathesis>=4.0",
+            # Drives Debian's chromium for the browser client's tests (tests/test_browser.py).
+            "playwright>=1.40",
         ],
         "dev": ["ruff>=0.6", "mypy>=1.10", "types-jsonschema"],
     },

@@ -85,7 +85,7 @@ class APIHandler(tornado.web.RequestHandler):
             self.finish()
             return
         self.set_header("Access-Control-Allow-Methods", self.allow)
-        self.set_header("Access-Control-Allow-Headers", "From, Content-Type")
+        self.set_header("Access-Control-Allow-Headers", "From, Content-Type, Authorization")
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
         self.finish()

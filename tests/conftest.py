@@ -9,12 +9,16 @@
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
 - ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
+- ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
+  olivia, maurice, josé and 李, password PASSWORD (``basic_auth(user)`` is the header).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
   ``Process`` with its port, log, memory and CPU time.
 """
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import inspect
 import itertools
 import json
@@ -144,6 +148,7 @@ def needs(tool: str) -> pytest.MarkDecorator:
 
 
 ECHOES = str(Path(sys.executable).with_name("echoes"))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass
@@ -226,6 +231,57 @@ def spawn_echoes(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         if process.popen.poll() is None:
             process.popen.kill()
             process.popen.wait()
+
+
+USERS = ("olivia", "maurice", "josé", "李")
+PASSWORD = "secret"
+
+
+def basic_auth(user: str) -> dict[str, str]:
+    """The Authorization header of ``user`` (password PASSWORD) for nginx_proxy."""
+    token = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def nginx_proxy(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """A real nginx with conf/nginx.conf in front of an echoes port; its URL. Users: USERS."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(echoes_port: int) -> str:
+        digest = base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
+        lines = "".join(f"{user}:{{SHA}}{digest}\n" for user in USERS)
+        (tmp_path / "htpasswd").write_text(lines, "utf-8")
+        port = free_port()
+        site = (ROOT / "conf" / "nginx.conf").read_text()
+        site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+        site = site.replace("127.0.0.1:8000", f"127.0.0.1:{echoes_port}")
+        site = site.replace("/etc/nginx/echoes.htpasswd", str(tmp_path / "htpasswd"))
+        (tmp_path / "site.conf").write_text(site)
+        # As root, nginx's workers drop to a user who cannot read pytest's private tmp_path.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (tmp_path / "nginx.conf").write_text(
+            f"{user}pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; daemon off;\n"
+            f"events {{}}\nhttp {{ access_log off; client_body_temp_path {tmp_path};"
+            f" proxy_temp_path {tmp_path}; include {tmp_path}/site.conf; }}\n"
+        )
+        nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+        started.append(nginx)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if http_get(url + "/health")[0] == 200:
+                    return url
+            except urllib.error.URLError:
+                pass  # nginx is not listening yet
+            assert nginx.poll() is None and time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+
+    yield start
+    for nginx in started:
+        nginx.terminate()
+        nginx.wait(10)
 
 
 @pytest.fixture(scope="session")

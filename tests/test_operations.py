@@ -1,8 +1,6 @@
 """Running echoes in production: systemd, health, metrics, logs, processes, ACL, the proxy."""
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import free_port, needs
+from conftest import basic_auth, needs
 from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
@@ -397,70 +395,44 @@ async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
 
 
 @needs("nginx")
-def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, tmp_path):
+def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, nginx_proxy):
     echoes = spawn_echoes(
         f"--redis-url={settings.redis_url}", f"--key-prefix={settings.key_prefix}"
     )
-    digest = base64.b64encode(hashlib.sha1(b"secret").digest()).decode()
-    (tmp_path / "htpasswd").write_text(f"olivia:{{SHA}}{digest}\nmaurice:{{SHA}}{digest}\n")
-    port = free_port()
-    site = (ROOT / "conf" / "nginx.conf").read_text()
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    site = site.replace("127.0.0.1:8000", f"127.0.0.1:{echoes.port}")
-    site = site.replace("/etc/nginx/echoes.htpasswd", str(tmp_path / "htpasswd"))
-    (tmp_path / "site.conf").write_text(site)
-    # As root, nginx's workers drop to a user who cannot read pytest's private tmp_path.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (tmp_path / "nginx.conf").write_text(
-        f"{user}pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; daemon off;\n"
-        f"events {{}}\nhttp {{ access_log off; client_body_temp_path {tmp_path};"
-        f" proxy_temp_path {tmp_path}; include {tmp_path}/site.conf; }}\n"
+    url = nginx_proxy(echoes.port)
+    auth = basic_auth
+    body = {"idempotencyKey": KEY, "destination": ["maurice"], "body": "hi"}
+    # The client claims to be mallory; nginx sends the authenticated name instead.
+    assert post(url + "/send", "mallory", body, auth("olivia")) == (200, {"sent": 1})
+    status, records = post(url + "/receive", "olivia", None, auth("maurice"))
+    assert status == 200 and [r["origin"] for r in records] == ["olivia"]
+    assert post(url + "/receive", "maurice", None, {})[0] == 401
+    # A long poll is answered as soon as the record arrives, through the proxy.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        wait = pool.submit(post, url + "/receive?wait=30", None, None, auth("maurice"))
+        time.sleep(0.5)
+        post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
+        status, records = wait.result(timeout=10)
+    assert status == 200 and [r["body"] for r in records] == ["later"]
+    # A page on another site makes the logged-in user's browser POST (text/plain needs no
+    # preflight, the browser adds the credentials): refused, and nothing is consumed.
+    post(url + "/send", None, body | {"body": "kept"}, auth("olivia"))
+    forged = auth("maurice") | {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    assert post(url + "/receive", None, None, forged)[0] == 403
+    assert post(url + "/send", None, body, forged)[0] == 403
+    # The same from the proxy's own origin passes.
+    own = auth("maurice") | {"Origin": url}
+    status, records = post(url + "/receive", None, None, own)
+    assert status == 200 and [r["body"] for r in records] == ["kept"]
+    # A CORS preflight passes without credentials; the POST after it still needs them.
+    preflight = urllib.request.Request(
+        url + "/exchange", method="OPTIONS", headers={"Origin": "https://app.example"}
     )
-    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if get(url + "/health")[0] == 200:
-                    break
-            except urllib.error.URLError:
-                pass  # nginx is not listening yet
-            assert nginx.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-        def auth(user):
-            token = base64.b64encode(f"{user}:secret".encode()).decode()
-            return {"Authorization": f"Basic {token}"}
-
-        body = {"idempotencyKey": KEY, "destination": ["maurice"], "body": "hi"}
-        # The client claims to be mallory; nginx sends the authenticated name instead.
-        assert post(url + "/send", "mallory", body, auth("olivia")) == (200, {"sent": 1})
-        status, records = post(url + "/receive", "olivia", None, auth("maurice"))
-        assert status == 200 and [r["origin"] for r in records] == ["olivia"]
-        assert post(url + "/receive", "maurice", None, {})[0] == 401
-        # A long poll is answered as soon as the record arrives, through the proxy.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            wait = pool.submit(post, url + "/receive?wait=30", None, None, auth("maurice"))
-            time.sleep(0.5)
-            post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
-            status, records = wait.result(timeout=10)
-        assert status == 200 and [r["body"] for r in records] == ["later"]
-        # A page on another site makes the logged-in user's browser POST (text/plain needs no
-        # preflight, the browser adds the credentials): refused, and nothing is consumed.
-        post(url + "/send", None, body | {"body": "kept"}, auth("olivia"))
-        forged = auth("maurice") | {"Origin": "https://evil.example", "Content-Type": "text/plain"}
-        assert post(url + "/receive", None, None, forged)[0] == 403
-        assert post(url + "/send", None, body, forged)[0] == 403
-        # The same from the proxy's own origin passes.
-        own = auth("maurice") | {"Origin": url}
-        status, records = post(url + "/receive", None, None, own)
-        assert status == 200 and [r["body"] for r in records] == ["kept"]
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
+    with urllib.request.urlopen(preflight, timeout=10) as answer:
+        assert answer.status == 204
+    assert post(url + "/receive", None, None, {"Origin": url})[0] == 401
 
 
 @needs("promtool")

@@ -1,0 +1,154 @@
+"""echoes/web/echoes.js in a real headless Chromium (Debian's, driven by Playwright), from a
+page on another origin: against echoes directly and through conf/nginx.conf in a real nginx,
+with names outside ASCII and a long poll."""
+
+import base64
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PASSWORD, free_port, needs
+from playwright.sync_api import sync_playwright
+
+WEB = Path(__file__).resolve().parent.parent / "echoes" / "web"
+CHROMIUM = "/usr/bin/chromium"
+# As the machine's own probe starts it: no sandbox as root, nothing fetched from outside.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = needs("chromium")
+
+
+@pytest.fixture
+def page_origin() -> Iterator[str]:
+    """echoes/web served on its own port: the page's origin, not echoes'."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(WEB))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def page(page_origin):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            tab = browser.new_page()
+            tab.goto(page_origin + "/example.html")
+            yield tab
+        finally:
+            browser.close()
+
+
+# Runs in the page: josé sends to 李, who is long-polling with follow(); 李 answers with an
+# ack request; josé reads the reply and the ack. Returns what each saw.
+SCENARIO = """
+async ([url, headers, tryRefusal]) => {
+  const { Echoes, EchoesError } = await import("./echoes.js");
+  const as = (name) => new Echoes(url, name, { headers: headers[name] || {} });
+  const jose = as("josé"), li = as("李");
+  const stop = new AbortController();
+  const seen = [];
+  const following = (async () => {
+    for await (const record of li.follow({ wait: 10, signal: stop.signal })) {
+      seen.push(record);
+      stop.abort();
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 500));   // 李 is waiting now
+  const started = Date.now();
+  const sent = await jose.send(["李"], { text: "¿qué tal?" }, { ack: true });
+  await following;
+  const woken = Date.now() - started;
+  const reply = await li.exchange(["josé"], "bien", { wait: 0 });
+  const got = await jose.receive({ wait: 2 });
+  let refused = null;
+  if (tryRefusal) {
+    try {
+      await as("bad\\u202ename").receive();
+    } catch (e) {
+      refused = e instanceof EchoesError && e.status;
+    }
+  }
+  return { sent, seen, woken, reply, got, refused };
+}
+"""
+
+
+def check(result):
+    assert result["sent"] == 1
+    [message] = result["seen"]
+    assert message["origin"] == "josé" and message["body"] == {"text": "¿qué tal?"}
+    assert result["woken"] < 5000  # the long poll answered on arrival, not on timeout
+    assert result["reply"] == []
+    assert sorted(r["type"] for r in result["got"]) == ["ack", "msg"]
+    ack = next(r for r in result["got"] if r["type"] == "ack")
+    assert ack["destination"] == "李"
+    assert next(r for r in result["got"] if r["type"] == "msg")["origin"] == "李"
+
+
+def test_the_browser_client_against_echoes_directly(page, page_origin, spawn_echoes, settings):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--cors-origins={page_origin}",
+    )
+    result = page.evaluate(SCENARIO, [echoes.url, {}, True])
+    check(result)
+    assert result["refused"] == 400
+    print(f"browser, direct: long poll woken in {result['woken']} ms")
+
+
+@needs("nginx")
+def test_the_browser_client_through_nginx(page, page_origin, spawn_echoes, settings, nginx_proxy):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--cors-origins={page_origin}",
+    )
+    url = nginx_proxy(echoes.port)
+    # Each user's password goes in an Authorization header the page sets (preflighted: nginx
+    # passes the OPTIONS without credentials, echoes allows the header for this origin).
+    headers = {
+        name: {"Authorization": "Basic " + base64.b64encode(f"{name}:{PASSWORD}".encode()).decode()}
+        for name in ("josé", "李")
+    }
+    result = page.evaluate(SCENARIO, [url, headers, False])
+    check(result)
+    print(f"browser, through nginx: long poll woken in {result['woken']} ms")
+
+
+def test_the_example_page_follows_and_sends(page, page_origin, spawn_echoes, settings):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--cors-origins={page_origin}",
+    )
+    page.goto(f"{page_origin}/example.html?url={echoes.url}")
+    page.fill("#me", "李")
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#log').textContent.includes('following')")
+    page.fill("#to", "李")
+    page.fill("#text", "a note to myself")
+    page.click("#send")
+    page.wait_for_function(
+        "document.querySelector('#log').textContent.includes('李: \"a note to myself\"')",
+        timeout=10000,
+    )
+    page.wait_for_function(
+        "document.querySelector('#log').textContent.includes('ack from 李')", timeout=10000
+    )
