@@ -6,6 +6,7 @@ import base64
 import functools
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,11 +30,15 @@ FLAGS = [
 pytestmark = needs("chromium")
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @pytest.fixture
 def page_origin() -> Iterator[str]:
     """echoes/web served on its own port: the page's origin, not echoes'."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(WEB))
-    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    handler = functools.partial(Quiet, directory=str(WEB))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -152,3 +157,22 @@ def test_the_example_page_follows_and_sends(page, page_origin, spawn_echoes, set
     page.wait_for_function(
         "document.querySelector('#log').textContent.includes('ack from 李')", timeout=10000
     )
+
+
+def test_the_readme_browser_example_runs(page, page_origin, spawn_echoes, settings):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    marker = "<!-- tests/test_browser.py runs the next block in a page -->"
+    code = readme.split(marker, 1)[1].split("```js\n", 1)[1].split("```", 1)[0]
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--cors-origins={page_origin}",
+    )
+    messages = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.add_script_tag(content=code.replace("http://127.0.0.1:8000", echoes.url), type="module")
+    page.wait_for_function("true")
+    deadline = time.monotonic() + 10
+    while "josé hola" not in messages:
+        assert time.monotonic() < deadline, messages
+        page.wait_for_timeout(50)

@@ -213,3 +213,19 @@ def test_the_readme_client_examples_run(server, tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0 and "olivia" in result.stdout, result.stderr
+
+
+def test_follow_honours_retry_after_and_backs_off_with_jitter(tmp_path):
+    said = []
+    follower = echoes_client.Follower(
+        "http://x", "me", echoes_client.State(tmp_path / "s"), on_retry=lambda r, d: said.append(r)
+    )
+    token = follower.token
+    assert 3 <= follower.failed(echoes_client.Unavailable("503: busy", 3.0)) <= 4.5
+    backoffs = [follower.failed(echoes_client.Unavailable("down")) for _ in range(8)]
+    assert backoffs[0] < backoffs[-1] <= echoes_client.MAX_BACKOFF * 1.5
+    assert said[0] == "503: busy" and len(said) == 9
+    assert follower.request().url.endswith(f"attempt={token}")  # same token until handed out
+    assert (tmp_path / "s").read_text().strip() == token
+    follower.handed_out()
+    assert follower.token != token and not (tmp_path / "s").exists()
