@@ -241,9 +241,10 @@ async def test_the_subscription_killed_repeatedly_sleeps_past_no_record(start_ec
         assert await bodies(task) == [i]
 
 
-async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_redis, caplog):
+async def without_config(own_redis, notify: str) -> tuple[aioredis.Redis, str]:
+    """An admin client, and the URL of a user that may do all but CONFIG; ``notify`` set."""
     admin = aioredis.Redis.from_url(own_redis.url)
-    await admin.config_set("notify-keyspace-events", "")
+    await admin.config_set("notify-keyspace-events", notify)
     await admin.acl_setuser(
         "echoes",
         enabled=True,
@@ -252,7 +253,11 @@ async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_
         channels=["*"],
         commands=["+@all", "-config"],
     )
-    url = f"unix://echoes:pw@{own_redis.socket}"
+    return admin, f"unix://echoes:pw@{own_redis.socket}"
+
+
+async def test_without_config_rights_the_sweep_still_delivers(start_echoes, own_redis, caplog):
+    admin, url = await without_config(own_redis, "")
     echoes = await start_echoes(redis_url=url, recheck_interval=0.3)
     assert echoes.echoes.listener.state.notifications is False
     task = await waiting(echoes, "b")
@@ -271,17 +276,8 @@ async def test_without_config_rights_a_test_event_shows_notifications_work(
     # Issue 12: under the ACL of conf/redis.conf every start logged an ERROR and /health said
     # "notifications": false although the flags were set in redis.conf and wake-ups worked.
     caplog.set_level(logging.INFO)
-    admin = aioredis.Redis.from_url(own_redis.url)
-    await admin.config_set("notify-keyspace-events", "Kz")
-    await admin.acl_setuser(
-        "echoes",
-        enabled=True,
-        passwords=["+pw"],
-        keys=["*"],
-        channels=["*"],
-        commands=["+@all", "-config"],
-    )
-    echoes = await start_echoes(redis_url=f"unix://echoes:pw@{own_redis.socket}")
+    admin, url = await without_config(own_redis, "Kz")
+    echoes = await start_echoes(redis_url=url)
     await eventually(lambda: echoes.echoes.listener.state.notifications)
     assert (await echoes.request("GET", "/health")).json["notifications"] is True
     assert "checked with a test event" in caplog.text
