@@ -31,7 +31,9 @@ setup(
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",
-        "redis[hiredis]>=8.1",
+        # <9: scripts.pipeline uses redis-py's connection-level API (pack_commands,
+        # read_response), which a major version may change.
+        "redis[hiredis]>=8.1,<9",
         "jsonschema>=4.20",
         # Compiles the send schema for the hot path; jsonschema still reports the errors.
         "fastjsonschema>=2.19",

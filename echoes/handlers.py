@@ -9,17 +9,14 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import tornado.web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__, logs, metrics, openapi, schemas, validation
 from .config import Settings
 from .errors import APIError, error_body
+from .failures import OutOfMemory, Unavailable
 from .listener import ListenerState
 from .metrics import Metrics
 from .origins import Origins
-from .scripts import NotLoaded
 from .store import Message, Outcome, Store, Take, TooLarge
 from .waiters import CallerFull, Full, Waiter, Waiters
 
@@ -108,20 +105,15 @@ class APIHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     async def redis(self, work: Awaitable[T], attempt: str | None = None) -> T:
-        """Await store work within redis_timeout, turning Redis trouble into 503/507."""
+        """Await store work within redis_timeout: the one place Redis trouble becomes HTTP."""
         try:
             async with asyncio.timeout(self.config.redis_timeout):
                 return await work
-        except (
-            RedisConnectionError,
-            RedisTimeoutError,
-            TimeoutError,
-            ReadOnlyError,
-            NotLoaded,
-        ) as e:
-            self.metrics.redis_errors.labels(type(e).__name__).inc()
-            details = [f"Redis at {self.config.redis_display} is unavailable ({type(e).__name__})"]
-            if isinstance(e, NotLoaded):
+        except (Unavailable, TimeoutError) as e:
+            kind = e.kind if isinstance(e, Unavailable) else "TimeoutError"
+            self.metrics.redis_errors.labels(kind).inc()
+            details = [f"Redis at {self.config.redis_display} is unavailable ({kind})"]
+            if kind == "NotLoaded":
                 log.error("%s", e)
                 details = ["Redis lacks echoes' function library: see the server's log"]
             if attempt:
@@ -129,11 +121,13 @@ class APIHandler(tornado.web.RequestHandler):
                     f"retry with ?attempt={attempt} to get what this request may have taken"
                 )
             raise unavailable(*details) from e
-        except ResponseError as e:
-            self.metrics.redis_errors.labels(type(e).__name__).inc()
-            if out_of_memory(e):
-                raise APIError(507, "Redis is out of memory: nothing was stored") from e
-            raise
+        except OutOfMemory as e:
+            raise self.insufficient_storage("nothing was stored") from e
+
+    def insufficient_storage(self, *details: str) -> APIError:
+        """507: Redis is out of memory (maxmemory with noeviction)."""
+        self.metrics.redis_errors.labels("OutOfMemoryError").inc()
+        return APIError(507, "Redis is out of memory", *details)
 
 
 @tornado.web.stream_request_body
@@ -226,7 +220,7 @@ class InboxHandler(APIHandler):
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
         """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
-        if not (outcome.error or outcome.full):
+        if not (outcome.out_of_memory or outcome.full):
             return
         details = [f"stored for {outcome.sent} of the destinations"]
         if take and outcome.batch and outcome.batch.count:
@@ -234,11 +228,8 @@ class InboxHandler(APIHandler):
                 f"the records this request took are kept: POST /receive?attempt={take.attempt}"
                 f" within {self.config.attempt_ttl} s to get them"
             )
-        if outcome.error:
-            if not out_of_memory(outcome.error):
-                raise outcome.error
-            self.metrics.redis_errors.labels(type(outcome.error).__name__).inc()
-            raise APIError(507, "Redis is out of memory", *details)
+        if outcome.out_of_memory:
+            raise self.insufficient_storage(*details)
         names = ", ".join(repr(n) for n in outcome.full[:10])
         more = f" and {len(outcome.full) - 10} more" if len(outcome.full) > 10 else ""
         limit = self.config.max_inbox_records
@@ -274,7 +265,7 @@ class InboxHandler(APIHandler):
         self.metrics.waiters.inc()
         try:
             first = outcome = await self.exchange(caller, message, take)
-            if first.error or first.full:
+            if first.out_of_memory or first.full:
                 return first  # the send failed: answer now, do not wait
             while outcome.batch and outcome.batch.count == 0 and not (self.gone or waiters.closing):
                 left = deadline - time.monotonic()
@@ -288,12 +279,6 @@ class InboxHandler(APIHandler):
             self.metrics.waiters.dec()
             waiters.unregister(self.waiter)
             self.waiter = None
-
-
-def out_of_memory(error: Exception) -> bool:
-    """Whether Redis refused a write for lack of memory (maxmemory with noeviction)."""
-    # Redis 7 answers -OOM (OutOfMemoryError); 6.2 may wrap it in a script error.
-    return isinstance(error, OutOfMemoryError) or "OOM command not allowed" in str(error)
 
 
 class RootHandler(APIHandler):
@@ -316,7 +301,7 @@ class HealthHandler(APIHandler):
         listener: ListenerState = self.application.settings["listener"]
         problems = []
         try:
-            await self.redis(self.store.client.ping())
+            await self.redis(self.store.ping())
         except APIError as e:
             problems += e.details
         if not listener.connected:
@@ -347,7 +332,7 @@ class MetricsHandler(APIHandler):
             used, limit = await self.redis(self.store.memory())
             self.metrics.redis_memory.labels("used").set(used)
             self.metrics.redis_memory.labels("max").set(limit)
-        except (APIError, RedisError) as e:
+        except APIError as e:
             log.debug("no Redis memory figures for /metrics: %s", e)
         self.set_header("Content-Type", metrics.CONTENT_TYPE)
         self.finish(self.metrics.exposition())

@@ -16,9 +16,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .keys import ARRIVAL_EVENT, PROBE_NAME, name_in
+from .keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from .metrics import Metrics
-from .redisconfig import enable_notifications, notifications_missing
+from .redisconfig import notifications_missing
 from .store import Store
 from .waiters import Waiters
 
@@ -44,6 +44,7 @@ class Listener:
         self,
         client: aioredis.Redis,
         store: Store,
+        keys: Keys,
         waiters: Waiters,
         wake: str,
         recheck_interval: float,
@@ -55,7 +56,7 @@ class Listener:
         self.recheck_interval = recheck_interval
         self.metrics = metrics
         db = client.connection_pool.connection_kwargs.get("db", 0)
-        self.pattern = store.keys.wake_pattern(wake, db)
+        self.pattern = keys.wake_pattern(wake, db)
         self.state = ListenerState(mode=wake)
         self._sweep_now = asyncio.Event()
         self.subscribed = asyncio.Event()
@@ -82,7 +83,7 @@ class Listener:
                 enabled: bool | None = False
                 if self.state.mode == "keyspace":
                     async with asyncio.timeout(self.recheck_interval):
-                        enabled = await enable_notifications(self.store.client)
+                        enabled = await self.store.enable_notifications()
                     self.state.notifications = bool(enabled)
                 await pubsub.psubscribe(self.pattern)
                 backoff = 0.1

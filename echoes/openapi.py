@@ -22,7 +22,8 @@ def document(config: Settings) -> dict[str, Any]:
             "description": (
                 "A Redis-backed message inbox. Callers name themselves in the From header;"
                 " a name is any string of at most max_from_length UTF-8 bytes, without"
-                " control characters or surrounding white space. Every error has the body"
+                " control, format or separator characters or surrounding white space (compared"
+                " in Unicode NFC). Every error has the body"
                 " {error, status, details}."
             ),
         },
@@ -45,12 +46,10 @@ def document(config: Settings) -> dict[str, Any]:
                     "Send, then receive, in one call.", config, sends=True, receives=True
                 )
             },
-            "/": {"get": _get("The service's name and version.", schemas.ABOUT)},
-            "/health": {
-                "get": _get(
-                    "Redis and the wake-up listener are fine.", schemas.HEALTH, unavailable=True
-                )
-            },
+            "/": _with_head(_get("The service's name and version.", schemas.ABOUT)),
+            "/health": _with_head(
+                _get("Redis and the wake-up listener are fine.", schemas.HEALTH, unavailable=True)
+            ),
             "/metrics": {"get": _text("Prometheus metrics.")},
             "/openapi.json": {"get": _get("This document.", {"type": "object"})},
         },
@@ -145,6 +144,12 @@ def _get(summary: str, schema: dict[str, Any], unavailable: bool = False) -> dic
     if unavailable:
         responses["503"] = _error("Not healthy; the details say why.")
     return {"summary": summary, "responses": responses}
+
+
+def _with_head(get: dict[str, Any]) -> dict[str, Any]:
+    """GET and HEAD of one resource: HEAD answers the same statuses, without a body."""
+    responses = {code: {"description": r["description"]} for code, r in get["responses"].items()}
+    return {"get": get, "head": {"summary": get["summary"], "responses": responses}}
 
 
 def _text(summary: str) -> dict[str, Any]:

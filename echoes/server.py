@@ -25,7 +25,6 @@ from .handlers import InFlight, make_app
 from .keys import Keys
 from .metrics import Metrics
 from .origins import Origins
-from .redisconfig import warn_if_evicting, warn_if_not_persistent
 from .store import Store, connect
 from .waiters import Waiters
 
@@ -54,13 +53,13 @@ DRAIN_SECONDS = 4.0
 CLOSE_SECONDS = 0.9
 
 
-def make_store(settings: Settings, client: aioredis.Redis | None = None) -> Store:
+def make_store(settings: Settings, keys: Keys, client: aioredis.Redis | None = None) -> Store:
     """The store for these settings, on ``client`` or else a connection pool of its own."""
     if client is None:
         client = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
     return Store(
         client,
-        Keys(settings.key_prefix),
+        keys,
         message_ttl=settings.message_ttl,
         attempt_ttl=settings.attempt_ttl,
         max_batch_bytes=settings.max_batch_bytes,
@@ -114,11 +113,13 @@ class Echoes:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
         self.metrics = metrics.Metrics(settings.wake, settings.max_waiters)
-        self.store = make_store(settings, client)
+        keys = Keys(settings.key_prefix)
+        self.store = make_store(settings, keys, client)
         self.waiters = Waiters(settings.max_waiters, settings.max_waiters_per_caller)
         self.listener = listener.Listener(
             client or listener.connect(settings.redis_url, settings.redis_timeout),
             self.store,
+            keys,
             self.waiters,
             settings.wake,
             settings.recheck_interval,
@@ -182,8 +183,7 @@ class Echoes:
         await self.listener.subscribed.wait()
         with contextlib.suppress(RedisError, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
-                await warn_if_evicting(self.store.client)
-                await warn_if_not_persistent(self.store.client)
+                await self.store.check_settings()
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""
@@ -203,7 +203,7 @@ class Echoes:
                 if self._listening:
                     await asyncio.gather(self._listening, return_exceptions=True)
                 await self.listener.client.aclose()
-                await self.store.client.aclose()
+                await self.store.close()
         except TimeoutError:
             log.warning("connections still closing after %.0f s; exiting anyway", CLOSE_SECONDS)
 

@@ -13,10 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import records
+from . import records, redisconfig
+from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Keys
 from .scripts import NAMES, Call, Scripts, pipeline
 
@@ -62,15 +61,16 @@ class Batch:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one store call did: copies stored, inboxes found full, a send error, the batch.
+    """What one store call did: copies stored, inboxes found full, whether Redis refused a
+    copy for lack of memory, the batch.
 
-    ``error`` is Redis's refusal of a copy (out of memory): the other copies and the take
-    went ahead, so a batch may be here too (and is parked under its attempt token).
+    When a copy was refused the other copies and the take went ahead, so a batch may be here
+    too (and is parked under its attempt token).
     """
 
     sent: int = 0
     full: tuple[str, ...] = ()
-    error: Exception | None = None
+    out_of_memory: bool = False
     batch: Batch | None = None
 
 
@@ -112,27 +112,34 @@ class Store:
         self._request_bytes = max_request_bytes
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
-        """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked)."""
+        """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
+
+        Raises failures.Unavailable or failures.OutOfMemory (the take itself refused).
+        """
         calls = self.puts(caller, message) if message else []
         if take:
             inbox = self.keys.inbox(caller)
             keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt), inbox.parked)
             args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt)
             calls.append(Call("take", keys, args))
-        results = await self.scripts.run(self.client, calls)
+        results = await classified(self.scripts.run(self.client, calls))
         batch = None
         if take:
             taken = results.pop()
             if isinstance(taken, Exception):
-                raise taken
+                raise classify(taken) from taken
             batch_json, count, remaining, *wanting_ack = taken
             acks = await self._queue_acks(caller, wanting_ack) if wanting_ack else 0
             batch = Batch(batch_json, int(count), int(remaining), acks=acks)
         destinations = message.destinations if message else ()
+        refused = [classify(r) for r in results if isinstance(r, Exception)]
+        for error in refused:
+            if not isinstance(error, OutOfMemory):
+                raise error  # a copy failed for another reason: a bug, answered 500
         return Outcome(
             sent=results.count(1),
             full=tuple(d for d, r in zip(destinations, results, strict=True) if r == 0),
-            error=next((r for r in results if isinstance(r, Exception)), None),
+            out_of_memory=bool(refused),
             batch=batch,
         )
 
@@ -176,18 +183,35 @@ class Store:
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
             calls.append(self._put(origin, records.ack_id(consumer, key), ack, False, 0))
         try:
-            results = await self.scripts.run(self.client, calls)
-        except (RedisConnectionError, RedisTimeoutError) as e:
+            results = await classified(self.scripts.run(self.client, calls))
+        except Unavailable as e:
             results = [e] * len(calls)
         lost = [r for r in results if isinstance(r, Exception)]
         if lost:
             log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
         return len(calls) - len(lost)
 
+    async def ping(self) -> None:
+        """Return once Redis answers (failures.Unavailable if it does not)."""
+        await classified(self.client.ping())
+
     async def memory(self) -> tuple[int, int]:
         """Redis's used_memory and maxmemory (0: no limit), in bytes."""
-        info = await self.client.info("memory")
+        info = await classified(self.client.info("memory"))
         return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
+    async def enable_notifications(self) -> bool | None:
+        """Add the keyspace-event flags echoes needs (redisconfig.enable_notifications)."""
+        return await redisconfig.enable_notifications(self.client)
+
+    async def check_settings(self) -> None:
+        """Warn, in words, about Redis settings that lose acknowledged records."""
+        await redisconfig.warn_if_evicting(self.client)
+        await redisconfig.warn_if_not_persistent(self.client)
+
+    async def close(self) -> None:
+        """Close the connections to Redis."""
+        await self.client.aclose()
 
     async def touch_probe(self) -> None:
         """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""

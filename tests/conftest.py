@@ -7,6 +7,8 @@
 - ``fake_echoes``: the same against fakeredis (fast; no notifications, no restarts).
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
+- ``KEY``: an idempotency key; ``waiting(echoes, name)``: a long poll started as a task, once
+  its waiter is registered.
 - ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
@@ -126,6 +128,23 @@ class Client:
 
 
 StartEchoes = Callable[..., Awaitable[Client]]
+# An idempotency key for tests that send one message.
+KEY = "key-000000000001"
+
+
+def waiting(
+    echoes: Client, name: str, query: str = "?wait=30", path: str = "/receive", body: Any = None
+) -> Awaitable["asyncio.Task[Response]"]:
+    """Start a long poll as a task; return it once its waiter is registered (no fixed sleep)."""
+
+    async def start() -> "asyncio.Task[Response]":
+        before = len(echoes.echoes.waiters)
+        task = asyncio.create_task(echoes.post(f"{path}{query}", name, body))
+        await eventually(lambda: len(echoes.echoes.waiters) > before or task.done())
+        assert not task.done(), task.result().body
+        return task
+
+    return start()
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> None:

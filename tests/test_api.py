@@ -2,6 +2,7 @@
 
 import fakeredis
 import pytest
+from conftest import KEY
 from jsonschema import Draft202012Validator
 from tornado.httputil import HTTPHeaders
 
@@ -11,7 +12,6 @@ from echoes.errors import error_body
 received = Draft202012Validator(
     schemas.RECEIVED, format_checker=Draft202012Validator.FORMAT_CHECKER
 )
-KEY = "key-000000000001"
 
 
 def assert_error(response, status, *fragments):

@@ -24,6 +24,7 @@ from schemathesis.generation.modes import GenerationMode
 from echoes import schemas, validation
 from echoes.config import Settings
 from echoes.errors import error_body
+from echoes.handlers import routes
 from echoes.openapi import document
 
 MAX_EXAMPLES = 90  # per operation and mode: about 550 requests in all
@@ -90,6 +91,15 @@ def test_the_document_is_built_from_the_validating_schemas():
         names = [p["name"] for p in paths[path]["post"]["parameters"] if p["in"] == "query"]
         assert tuple(names) == validation.TAKE_PARAMETERS
     assert not [p for p in paths["/send"]["post"]["parameters"] if p["in"] == "query"]
+
+
+def test_the_document_lists_exactly_the_routed_endpoints_and_methods():
+    paths = document(Settings())["paths"]
+    routed = {path: handler for path, handler, _ in routes()}
+    assert set(paths) == set(routed)
+    for path, handler in routed.items():
+        allowed = {m.strip().lower() for m in handler.allow.split(",")} - {"options"}
+        assert set(paths[path]) == allowed, path
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 405, 413, 429, 503, 507])

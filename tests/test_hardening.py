@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import http_get, http_post
-
-KEY = "key-000000000001"
+from conftest import KEY, http_get, http_post, waiting
 
 
 def message(destinations, body="x", key=KEY):
@@ -265,13 +263,10 @@ def test_a_client_that_sends_its_whole_body_first_reads_the_413(spawn_echoes, ow
 
 async def test_one_caller_cannot_take_every_waiting_slot(start_echoes):
     echoes = await start_echoes(max_waiters_per_caller=2, max_waiters=10)
-    waits = [asyncio.create_task(echoes.post("/receive?wait=2", "greedy")) for _ in range(2)]
-    await asyncio.sleep(0.3)
+    waits = [await waiting(echoes, "greedy", "?wait=2") for _ in range(2)]
     third = await echoes.post("/receive?wait=10", "greedy")
     assert third.status == 429 and third.headers["Retry-After"] == "1"
-    other = asyncio.create_task(echoes.post("/receive?wait=2", "other"))
-    await asyncio.sleep(0.3)
-    assert not other.done()  # another caller still gets a slot
+    other = await waiting(echoes, "other", "?wait=2")  # another caller still gets a slot
     await echoes.send("x", KEY, ["greedy", "other"])
     for task in [*waits, other]:
         assert (await asyncio.wait_for(task, 5)).status == 200

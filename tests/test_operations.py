@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import basic_auth, needs
+from conftest import KEY, basic_auth, eventually, needs, waiting
 from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
@@ -27,7 +27,6 @@ from redis.exceptions import NoPermissionError
 from echoes import __version__, logs, systemd
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "key-000000000001"
 needs_systemd_analyze = needs("systemd-analyze")
 
 
@@ -110,10 +109,11 @@ async def test_health_follows_redis(start_echoes, own_redis):
     assert response.status == 503 and response.json["error"] == "Service Unavailable"
     assert any("Redis" in d for d in response.json["details"])
     own_redis.start()
-    deadline = time.monotonic() + 15
-    while (await echoes.request("GET", "/health")).status != 200:
-        assert time.monotonic() < deadline, "health never recovered"
-        await asyncio.sleep(0.1)
+
+    async def healthy():
+        return (await echoes.request("GET", "/health")).status == 200
+
+    await eventually(healthy, timeout=15)
 
 
 async def test_metrics_move(echoes):
@@ -122,9 +122,8 @@ async def test_metrics_move(echoes):
 
     await echoes.send("a", KEY, ["b", "c"], ack=True)
     await echoes.receive("b")
-    task = asyncio.create_task(echoes.post("/receive?wait=30", "d"))
-    while value("echoes_waiters") != 1:
-        await asyncio.sleep(0.01)
+    task = await waiting(echoes, "d")
+    assert value("echoes_waiters") == 1
     await echoes.send("a", KEY, ["d"])
     assert (await task).status == 200
     response = await echoes.request("GET", "/metrics")
@@ -337,8 +336,7 @@ async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, se
     url = f"unix://echoes:pw@{own_redis.socket}"
     echoes = await start_echoes(redis_url=url, wake=wake, recheck_interval=60)
     await echoes.send("olivia", KEY, ["maurice"], "hi", ack=True)
-    task = asyncio.create_task(echoes.post("/receive?wait=30", "george"))
-    await asyncio.sleep(0.2)
+    task = await waiting(echoes, "george")
     await echoes.send("maurice", KEY, ["george"], "hello")
     assert [r["body"] for r in (await asyncio.wait_for(task, 5)).json] == ["hello"]
     assert [r["type"] for r in await echoes.receive("maurice")] == ["msg"]

@@ -5,13 +5,11 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import eventually
+from conftest import KEY, eventually
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echoes.embedded import RedisServer, find_binary, shipped_binary
-
-KEY = "key-000000000001"
 
 
 def without_times(records):

@@ -8,11 +8,9 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import free_port, needs
+from conftest import KEY, free_port, needs, waiting
 
 from echoes.embedded import RedisServer
-
-KEY = "key-000000000001"
 
 
 async def closed_within(port: int, send: list[bytes], pause: float, timeout: float) -> float:
@@ -183,8 +181,7 @@ async def test_rediss_with_an_acl_user(start_echoes, tmp_path):
         await admin.aclose()
         url = f"rediss://echoes:s3cret@127.0.0.1:{tls_port}/0?ssl_ca_certs={certs['ca.crt']}"
         echoes = await start_echoes(redis_url=url, recheck_interval=60)
-        task = asyncio.create_task(echoes.post("/receive?wait=30", "b"))
-        await asyncio.sleep(0.3)
+        task = await waiting(echoes, "b")
         await echoes.send("a", KEY, ["b"], "over TLS")
         assert [r["body"] for r in (await asyncio.wait_for(task, 5)).json] == ["over TLS"]
         health = await echoes.request("GET", "/health")

@@ -12,28 +12,14 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import eventually, http_post
+from conftest import KEY, eventually, http_post, waiting
 
 from echoes.embedded import RedisServer
 from echoes.keys import Keys, name_in
 from echoes.waiters import Full, Waiters
 
-KEY = "key-000000000001"
 SLOW_SWEEP = {"recheck_interval": 60.0}
 WOKEN_WITHIN = 5.0
-
-
-def waiting(echoes, name, query="?wait=30", path="/receive", body=None):
-    """Start a long-poll as a task; return it once its waiter is registered."""
-
-    async def start():
-        before = len(echoes.echoes.waiters)
-        task = asyncio.create_task(echoes.post(f"{path}{query}", name, body))
-        await eventually(lambda: len(echoes.echoes.waiters) > before or task.done())
-        assert not task.done(), task.result().body
-        return task
-
-    return start()
 
 
 async def bodies(task, timeout=WOKEN_WITHIN):

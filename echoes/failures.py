@@ -1,0 +1,54 @@
+"""The Redis trouble the store reports, in the two kinds the HTTP layer answers differently.
+
+The store is the only code that sees redis-py's exceptions: it turns them into these, so
+handlers neither import a Redis exception nor match an error string.
+"""
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .scripts import NotLoaded
+
+T = TypeVar("T")
+
+
+class Unavailable(Exception):
+    """Redis cannot serve now: unreachable, timed out, read-only, or lacking echoes'
+    function library. ``kind`` names the cause (for metrics and the 503's details)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(detail or kind)
+        self.kind = kind
+
+
+class OutOfMemory(Exception):
+    """Redis refused to store: maxmemory reached with noeviction."""
+
+
+def out_of_memory(error: Exception) -> bool:
+    """Whether Redis refused a write for lack of memory."""
+    # Redis 7 answers -OOM (OutOfMemoryError); 6.2 may wrap it in a script error.
+    return isinstance(error, OutOfMemoryError) or "OOM command not allowed" in str(error)
+
+
+def classify(error: Exception) -> Exception:
+    """The failure ``error`` stands for: Unavailable, OutOfMemory, or itself (a bug)."""
+    if isinstance(error, NotLoaded):
+        return Unavailable("NotLoaded", str(error))
+    if isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
+        return Unavailable(type(error).__name__)
+    if isinstance(error, ResponseError) and out_of_memory(error):
+        return OutOfMemory(str(error))
+    return error
+
+
+async def classified(work: Awaitable[T]) -> T:
+    """Await ``work``, raising what it raises as classify() says."""
+    try:
+        return await work
+    except (RedisConnectionError, RedisTimeoutError, ResponseError, NotLoaded) as e:
+        raise classify(e) from e
