@@ -92,13 +92,14 @@ async def receive_cost(
     client = aioredis.Redis.from_url(redis_url)
     store = Store(client, Keys("echoes:"), 3600, 300, 8 << 20)
     legacy = original.Original(aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1"))
-    http = await Connection.open("127.0.0.1", echoes.port)
     rows, stored = [], 0
     probe = Message("probe-000000", "ping", False, ("probe",))
     for size in sizes:
         await fill(store, stored, size, users=max(1, size // 10))
         await legacy.fill(stored, size, users=max(1, size // 10))
         stored = size
+        # A connection per size: filling a million records outlasts the idle timeout.
+        http = await Connection.open("127.0.0.1", echoes.port)
         store_ms, http_ms, legacy_ms = [], [], []
         for i in range(-WARMUP, repeats):  # the first WARMUP rounds are not kept
             await store.exchange("bench", probe, None)
@@ -118,6 +119,7 @@ async def receive_cost(
             started = time.perf_counter()
             assert len(await legacy.receive("probe")) == 1
             legacy_ms.append((time.perf_counter() - started) * 1000)
+        http.close()
         rows.append(
             {
                 "stored": size,
@@ -126,7 +128,6 @@ async def receive_cost(
                 "original_ms": median(legacy_ms),
             }
         )
-    http.close()
     await client.aclose()
     await legacy.client.aclose()
     return rows

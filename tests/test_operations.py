@@ -307,6 +307,23 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
     assert echoes.popen.wait(10) == 0
 
 
+def test_workers_do_not_outlive_a_killed_supervisor(spawn_echoes, settings):
+    echoes = spawn_echoes(f"--redis-url={settings.redis_url}", "--processes=2")
+    pids = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 2:
+        status, body = get(echoes.url + "/health")
+        if status == 200:
+            pids.add(json.loads(body)["pid"])
+        assert time.monotonic() < deadline, f"only {pids} answered"
+    echoes.popen.kill()  # SIGKILL: the supervisor cannot forward anything
+    echoes.popen.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, "workers outlived their supervisor"
+        time.sleep(0.05)
+
+
 # --- the least-privilege Redis user of conf/redis.conf --------------------------------------
 
 
