@@ -25,6 +25,9 @@ access_log = logging.getLogger("echoes.access")
 T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = "1"
+# Longest a new waiter waits for its inbox's subscription before its first take; past it the
+# periodic sweep (--recheck-interval) still finds its records.
+COVER_SECONDS = 1.0
 # A body over --max-body-size announced by Content-Length is read and dropped, up to this
 # many bytes, before the 413 is sent: a client that writes its whole body before reading
 # (urllib, most scripts) then reads the 413 instead of a connection reset. Larger ones are
@@ -264,6 +267,9 @@ class InboxHandler(APIHandler):
         self.waited = True
         self.metrics.waiters.inc()
         try:
+            # Subscribed to the inbox before the take that decides to wait: no arrival missed.
+            if not await waiters.covered(caller, min(COVER_SECONDS, self.config.redis_timeout)):
+                log.debug("wake-up subscription for a waiter not confirmed; the sweep covers it")
             first = outcome = await self.exchange(caller, message, take)
             if first.out_of_memory or first.full:
                 return first  # the send failed: answer now, do not wait

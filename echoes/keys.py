@@ -12,12 +12,12 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
                                 expiry (ms); counts parked records against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
 
-Waiting requests are woken by one pattern subscription per process: keyspace events of the
-``:q`` keys (``--wake=keyspace``), or the ``:w`` channels (``--wake=publish``).
+Waiting requests are woken through one subscription per waited-on inbox (subscriptions.py):
+the keyspace events of its ``:q`` key (``--wake=keyspace``), or its ``:w`` channel
+(``--wake=publish``).
 """
 
 import base64
-import re
 from dataclasses import dataclass
 
 WAKE_MODES = ("keyspace", "publish")
@@ -72,9 +72,9 @@ class Keys:
             queue=f"{tag}:q", records=f"{tag}:r", parked=f"{tag}:p", channel=f"{tag}:w", tag=tag
         )
 
-    def wake_pattern(self, wake: str, db: int) -> str:
-        """The one channel pattern a process subscribes to for wake-ups."""
-        prefix = re.sub(r"([\\*?\[\]])", r"\\\1", self.prefix)  # glob-escape the prefix
+    def wake_channel(self, name: str, wake: str, db: int) -> str:
+        """The channel that announces arrivals in ``name``'s inbox."""
+        inbox = self.inbox(name)
         if wake == "publish":
-            return f"{prefix}{{*}}:w"
-        return f"__keyspace@{db}__:{prefix}{{*}}:q"
+            return inbox.channel
+        return f"__keyspace@{db}__:{inbox.queue}"

@@ -1,10 +1,12 @@
-"""The one wake-up task per process: a pattern subscription, and a periodic sweep.
+"""The one wake-up task per process: a subscription per waited-on inbox, and a periodic sweep.
 
+One pub/sub connection per process subscribes to the channels of the inboxes that have
+waiting requests here, and to nothing while nothing waits (subscriptions.py says which).
 Notifications are hints and can be lost: redis-py drops what was published while a pub/sub
 connection was down, and ``notify-keyspace-events`` is server-global, not persisted by
-CONFIG SET and forbidden on managed Redis. So after every (re)subscription, and every
-``recheck_interval`` seconds whatever the notifications say, one pipelined sweep asks which
-waited-on inboxes hold records and wakes only those: one round trip, not one per waiter.
+CONFIG SET and forbidden on managed Redis. So after every reconnect (once the subscriptions
+are restored), and every ``recheck_interval`` seconds whatever the notifications say, one
+pipelined sweep asks which waited-on inboxes hold records and wakes only those.
 """
 
 import asyncio
@@ -20,6 +22,7 @@ from .keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from .metrics import Metrics
 from .redisconfig import notifications_missing
 from .store import Store
+from .subscriptions import Subscriptions
 from .waiters import Waiters
 
 log = logging.getLogger("echoes.listener")
@@ -56,13 +59,15 @@ class Listener:
         self.recheck_interval = recheck_interval
         self.metrics = metrics
         db = client.connection_pool.connection_kwargs.get("db", 0)
-        self.pattern = keys.wake_pattern(wake, db)
+        self.subscriptions = Subscriptions(lambda name: keys.wake_channel(name, wake, db))
+        waiters.watch = self.subscriptions
         self.state = ListenerState(mode=wake)
         self._sweep_now = asyncio.Event()
         self.subscribed = asyncio.Event()
         self._probe_seen = asyncio.Event()
         self._probing: asyncio.Task[None] | None = None
         self._warned = False
+        self._restoring = 0
 
     async def run(self) -> None:
         """Subscribe, dispatch and sweep until cancelled."""
@@ -75,19 +80,33 @@ class Listener:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def covered(self, name: str, timeout: float) -> bool:
+        """Return once arrivals in ``name``'s inbox wake its waiters here (False: timed out,
+        the sweep covers it)."""
+        return await self.subscriptions.covered(name, timeout)
+
     async def _listen_forever(self) -> None:
         backoff = 0.1
         while True:
             pubsub = self.client.pubsub()
+            flushing = None
             try:
                 enabled: bool | None = False
                 if self.state.mode == "keyspace":
                     async with asyncio.timeout(self.recheck_interval):
                         enabled = await self.store.enable_notifications()
                     self.state.notifications = bool(enabled)
-                await pubsub.psubscribe(self.pattern)
+                await pubsub.connect()
+                self.subscriptions.lost()  # a new connection: every wanted inbox again
+                self._restoring = len(self.subscriptions.wanted)
+                self._connected(True)
+                if not self._restoring:
+                    self._sweep_now.set()
+                if enabled is None:
+                    self._probing = asyncio.create_task(self._probe())
                 backoff = 0.1
-                await self._dispatch(pubsub, probe=enabled is None)
+                flushing = asyncio.create_task(self._flush_forever(pubsub))
+                await self._dispatch(pubsub, flushing)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as e:
@@ -97,31 +116,51 @@ class Listener:
                 self.metrics.reconnects.inc()
                 log.exception("wake-up listener failed; again in %.1fs", backoff)
             finally:
+                if flushing:
+                    flushing.cancel()
+                    await asyncio.gather(flushing, return_exceptions=True)
                 self._connected(False)
                 await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _dispatch(self, pubsub: aioredis.client.PubSub, probe: bool = False) -> None:
-        """Read messages with a timeout, never awaiting a Redis command in between.
-
-        ``probe``: notify-keyspace-events could not be read, so once subscribed a test event
-        tells whether notifications arrive.
-        """
+    async def _flush_forever(self, pubsub: aioredis.client.PubSub) -> None:
+        """Send the subscribes and unsubscribes wanted, as one command each, as they come."""
         while True:
+            await self.subscriptions.changed.wait()
+            await asyncio.sleep(0)  # let waiters arriving together join this batch
+            subscribe, unsubscribe = self.subscriptions.changes()
+            if unsubscribe:  # never with no arguments: that would unsubscribe from all
+                await pubsub.unsubscribe(*unsubscribe)
+            if subscribe:
+                await pubsub.subscribe(*subscribe)
+            self.metrics.subscriptions.set(len(self.subscriptions.wanted))
+
+    async def _dispatch(self, pubsub: aioredis.client.PubSub, flushing: asyncio.Task[None]) -> None:
+        """Read messages with a timeout, never awaiting a Redis command in between."""
+        while True:
+            if flushing.done():
+                flushing.result()  # a failed subscribe: raise it, and reconnect
             message = await pubsub.get_message(timeout=1.0)
             if message is None:
                 continue
             kind = message["type"]
-            if kind == "pmessage":
+            if kind == "message":
                 if self.state.mode == "publish" or message["data"] == ARRIVAL_EVENT:
                     self._wake(message["channel"])
-            elif kind == "psubscribe":
-                # Subscribed, or subscribed again: anything may have been missed meanwhile.
-                self._connected(True)
+            elif kind == "subscribe":
+                self._subscribed(message["channel"])
+
+    def _subscribed(self, channel: bytes) -> None:
+        try:
+            name = name_in(channel)
+        except ValueError:
+            return
+        self.subscriptions.confirmed(name)
+        if self._restoring:
+            self._restoring -= 1
+            if not self._restoring:  # every subscription restored: catch up on what passed
                 self._sweep_now.set()
-                if probe:
-                    self._probing = asyncio.create_task(self._probe())
 
     def _connected(self, connected: bool) -> None:
         self.state.connected = connected
@@ -143,10 +182,12 @@ class Listener:
         self.metrics.wakeups.inc(self.waiters.wake(name))
 
     async def _probe(self) -> None:
-        """Write to the probe inbox and see whether its keyspace event arrives."""
+        """Subscribe to the probe inbox, write to it, and see whether its event arrives."""
         self._probe_seen.clear()
+        self.subscriptions.want(PROBE_NAME)
         try:
             async with asyncio.timeout(self.recheck_interval):
+                await self.subscriptions.covered(PROBE_NAME, self.recheck_interval)
                 await self.store.touch_probe()
                 await self._probe_seen.wait()
         except (RedisError, OSError, TimeoutError) as e:
@@ -156,6 +197,8 @@ class Listener:
                 log.debug("no test event arrived: %r", e)
                 notifications_missing()
             return
+        finally:
+            self.subscriptions.release(PROBE_NAME)
         if not self.state.notifications:
             log.info("keyspace notifications arrive (checked with a test event)")
         self.state.notifications = True

@@ -108,6 +108,12 @@ class Metrics:
             registry=r,
         )
         self.wakeups = Counter("echoes_wakeups", "Waiting requests woken", registry=r)
+        self.subscriptions = Gauge(
+            "echoes_listener_subscriptions",
+            "Inboxes the wake-up listener subscribes to (those with waiters, and lingering)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.slow_readers = Counter(
             "echoes_slow_readers",
             "Connections cut off for not reading their answer within --write-timeout",

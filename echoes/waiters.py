@@ -2,11 +2,22 @@
 
 It knows nothing of Redis: the listener calls ``wake(name)`` for notifications, the sweep
 calls it for inboxes found non-empty. A wake-up is only a hint: the waiter re-reads its
-inbox and goes back to waiting if another waiter got there first. Kept behind this small
-interface so per-inbox subscriptions can later replace the one pattern subscription.
+inbox and goes back to waiting if another waiter got there first. ``watch`` (the listener's
+subscriptions) hears when an inbox gets its first waiter and loses its last.
 """
 
 import asyncio
+from typing import Protocol
+
+
+class Watch(Protocol):
+    """What hears of inboxes getting their first waiter and losing their last."""
+
+    def want(self, name: str) -> None: ...
+
+    def release(self, name: str) -> None: ...
+
+    async def covered(self, name: str, timeout: float) -> bool: ...
 
 
 class Full(Exception):
@@ -61,8 +72,9 @@ def _expire(future: "asyncio.Future[bool]") -> None:
 class Waiters:
     """Inbox name -> the requests of this process waiting on it."""
 
-    def __init__(self, limit: int, per_name: int | None = None):
+    def __init__(self, limit: int, per_name: int | None = None, watch: Watch | None = None):
         self.limit = limit
+        self.watch = watch
         self.per_name = limit if per_name is None else per_name
         self.closing = False
         self._by_name: dict[str, set[Waiter]] = {}
@@ -81,7 +93,14 @@ class Waiters:
         waiter = Waiter(name)
         group.add(waiter)
         self._count += 1
+        if len(group) == 1 and self.watch is not None:
+            self.watch.want(name)
         return waiter
+
+    async def covered(self, name: str, timeout: float) -> bool:
+        """Return once arrivals in ``name``'s inbox reach this registry (see Watch);
+        False if that took longer than ``timeout`` (the listener's sweep covers it then)."""
+        return await self.watch.covered(name, timeout) if self.watch is not None else True
 
     def unregister(self, waiter: Waiter) -> None:
         """Forget ``waiter``."""
@@ -92,6 +111,8 @@ class Waiters:
         self._count -= 1
         if not group:
             del self._by_name[waiter.name]
+            if self.watch is not None:
+                self.watch.release(waiter.name)
 
     def wake(self, name: str) -> int:
         """Wake every waiter on ``name``; how many there were."""

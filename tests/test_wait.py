@@ -55,8 +55,10 @@ def test_channels_name_their_inbox():
     inbox = keys.inbox("jo:sé {*}")
     assert name_in(b"__keyspace@3__:" + inbox.queue.encode()) == "jo:sé {*}"
     assert name_in(inbox.channel.encode()) == "jo:sé {*}"
-    assert keys.wake_pattern("keyspace", 3) == "__keyspace@3__:p:{*}:q"
-    assert Keys("a*[b]?:").wake_pattern("publish", 0) == r"a\*\[b\]\?:{*}:w"
+    assert keys.wake_channel("jo:sé {*}", "keyspace", 3) == "__keyspace@3__:" + inbox.queue
+    assert keys.wake_channel("jo:sé {*}", "publish", 0) == inbox.channel
+    for wake in ("keyspace", "publish"):
+        assert name_in(keys.wake_channel("李", wake, 0).encode()) == "李"
 
 
 # --- on fakeredis: the handler's logic ------------------------------------------------------
@@ -303,3 +305,66 @@ def test_sigterm_with_a_waiter_exits_0_promptly(spawn_echoes, settings, tmp_path
 def test_embedded_redis_has_notifications_on(tmp_path):
     server = RedisServer(tmp_path / "r")
     assert server.options["notify-keyspace-events"] == "Kz"
+
+
+# --- per-inbox subscriptions (issue 9) ------------------------------------------------------
+
+
+async def channels(redis_url) -> set[bytes]:
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await admin.pubsub_numpat() == 0  # never a pattern subscription
+        return set(await admin.pubsub_channels())
+    finally:
+        await admin.aclose()
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_subscribed_to_exactly_the_waited_on_inboxes(start_echoes, own_redis, wake):
+    echoes = await start_echoes(redis_url=own_redis.url, wake=wake, **SLOW_SWEEP)
+    echoes.echoes.listener.subscriptions.linger = 0.2
+    assert await channels(own_redis.url) == set()  # nothing waits: no subscription at all
+    keys, db = echoes.store.keys, 0
+    tasks = [await waiting(echoes, name) for name in ("b", "b", "李")]
+    expected = {keys.wake_channel(n, wake, db).encode() for n in ("b", "李")}
+    assert await channels(own_redis.url) == expected  # one per waited-on inbox
+    await echoes.send("a", KEY, ["b", "李"], "hi")
+    assert await bodies(tasks[2]) == ["hi"]
+    done, [other] = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+    assert await bodies(done.pop()) == ["hi"]  # one of b's two waiters got it
+    await echoes.send("a", "key-000000000002", ["b"], "two")
+    assert await bodies(other) == ["two"]
+
+    async def none_left():
+        return await channels(own_redis.url) == set()
+
+    await eventually(none_left)  # gone once the waiters left (after the linger)
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_a_send_racing_the_first_waiters_subscription_is_never_missed(start_echoes, wake):
+    echoes = await start_echoes(wake=wake, **SLOW_SWEEP)  # no sweep to fall back on
+    started = time.monotonic()
+    for i in range(30):
+        name = f"racer{i}"
+        task = asyncio.create_task(echoes.post("/receive?wait=30", name))
+        await asyncio.sleep(0)  # the request is on its way, its subscription maybe not
+        await echoes.send("a", f"key-{i:012d}", [name], i)
+        assert await bodies(task) == [i]
+    assert time.monotonic() - started < 20  # woken by notifications, never by a timeout
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_subscriptions_come_back_after_redis_restarts(start_echoes, own_redis, wake):
+    echoes = await start_echoes(redis_url=own_redis.url, wake=wake, **SLOW_SWEEP)
+    task = await waiting(echoes, "b")
+    own_redis.stop()
+    own_redis.start()
+    expected = {echoes.store.keys.wake_channel("b", wake, 0).encode()}
+
+    async def restored():
+        return await channels(own_redis.url) == expected
+
+    await eventually(restored, timeout=15)
+    await echoes.send("a", KEY, ["b"], "after the restart")
+    assert await bodies(task) == ["after the restart"]

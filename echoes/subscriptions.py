@@ -1,0 +1,105 @@
+"""Which wake-up channels this process subscribes to: one per inbox it has waiters on.
+
+No Redis here: the listener sends what ``changes()`` returns and reports back what Redis
+confirmed. An inbox is subscribed when its first waiter comes (``want``) and unsubscribed
+``linger`` seconds after its last waiter left (``release``), so a client that polls again at
+once costs no churn; subscribes and unsubscribes wanted in the same moment go out as one
+command each. ``covered(name)`` returns once Redis confirmed the inbox's subscription: a
+waiter that awaits it before its first take misses no arrival.
+"""
+
+import asyncio
+from collections.abc import Callable
+
+LINGER_SECONDS = 5.0
+
+
+class Subscriptions:
+    """Wanted, sent and confirmed subscriptions, by inbox name."""
+
+    def __init__(self, channel_of: Callable[[str], str], linger: float = LINGER_SECONDS):
+        self.channel_of = channel_of
+        self.linger = linger
+        self.changed = asyncio.Event()  # something to send: the listener's flush waits on it
+        self._wanted: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._covering: dict[str, asyncio.Future[None]] = {}
+        self._leaving: dict[str, asyncio.TimerHandle] = {}
+
+    def want(self, name: str) -> None:
+        """``name`` has a waiter: subscribe to its channel (if not already)."""
+        leaving = self._leaving.pop(name, None)
+        if leaving:
+            leaving.cancel()
+        if name in self._wanted:
+            return
+        self._wanted.add(name)
+        self._to_unsubscribe.discard(name)
+        if name not in self._confirmed:
+            self._to_subscribe.add(name)
+            self.changed.set()
+
+    def release(self, name: str) -> None:
+        """``name`` has no waiter left: unsubscribe after ``linger`` seconds unless wanted again."""
+        if name not in self._wanted or name in self._leaving:
+            return
+        loop = asyncio.get_running_loop()
+        self._leaving[name] = loop.call_later(self.linger, self._leave, name)
+
+    def _leave(self, name: str) -> None:
+        self._leaving.pop(name, None)
+        self._wanted.discard(name)
+        self._to_subscribe.discard(name)
+        if name in self._confirmed:
+            self._to_unsubscribe.add(name)
+            self.changed.set()
+
+    async def covered(self, name: str, timeout: float) -> bool:
+        """Return once ``name``'s subscription is confirmed; False after ``timeout`` s."""
+        if name in self._confirmed:
+            return True
+        future = self._covering.get(name)
+        if future is None:
+            future = self._covering[name] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def changes(self) -> tuple[list[str], list[str]]:
+        """Channels to subscribe to and to unsubscribe from now; taken, not left pending."""
+        subscribe = [self.channel_of(n) for n in self._to_subscribe]
+        unsubscribe = [self.channel_of(n) for n in self._to_unsubscribe]
+        # Not covered from the moment the unsubscribe is sent: a waiter coming back now waits
+        # for a new subscription, which Redis confirms after the unsubscribe (same connection).
+        self._confirmed -= self._to_unsubscribe
+        self._to_subscribe.clear()
+        self._to_unsubscribe.clear()
+        self.changed.clear()
+        return subscribe, unsubscribe
+
+    def confirmed(self, name: str) -> None:
+        """Redis confirmed the subscription of ``name``'s channel."""
+        self._confirmed.add(name)
+        future = self._covering.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def lost(self) -> None:
+        """The connection is gone, and its subscriptions with it: every wanted one again."""
+        self._confirmed.clear()
+        self._to_unsubscribe.clear()
+        self._to_subscribe = set(self._wanted)
+        if self._to_subscribe:
+            self.changed.set()
+
+    @property
+    def wanted(self) -> set[str]:
+        """Inboxes subscribed to, or to be."""
+        return set(self._wanted)
+
+    def __len__(self) -> int:
+        return len(self._confirmed)
