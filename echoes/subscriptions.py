@@ -100,6 +100,3 @@ class Subscriptions:
     def wanted(self) -> set[str]:
         """Inboxes subscribed to, or to be."""
         return set(self._wanted)
-
-    def __len__(self) -> int:
-        return len(self._confirmed)
