@@ -80,11 +80,6 @@ class Listener:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def covered(self, name: str, timeout: float) -> bool:
-        """Return once arrivals in ``name``'s inbox wake its waiters here (False: timed out,
-        the sweep covers it)."""
-        return await self.subscriptions.covered(name, timeout)
-
     async def _listen_forever(self) -> None:
         backoff = 0.1
         while True:

@@ -50,6 +50,7 @@ class Subscriptions:
 
     def _leave(self, name: str) -> None:
         self._leaving.pop(name, None)
+        self._covering.pop(name, None)  # its waiters are gone; nobody awaits this any more
         self._wanted.discard(name)
         self._to_subscribe.discard(name)
         if name in self._confirmed:
