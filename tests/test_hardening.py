@@ -162,6 +162,10 @@ def test_out_of_file_descriptors_pauses_accepts(spawn_echoes, own_redis):
     # Issue 13: 1100 idle connections under LimitNOFILE=1024 spun echoes at 100% CPU and
     # wrote 87 MB of "Too many open files" tracebacks in 14 s; /health timed out.
     echoes = spawn_echoes(f"--redis-url={own_redis.url}", open_files=128)
+    deadline = time.monotonic() + 10  # started: Redis and the wake-up listener connected
+    while http_get(echoes.url + "/health")[0] != 200:
+        assert time.monotonic() < deadline, echoes.log.read_text()[-2000:]
+        time.sleep(0.05)
     keep = socket.create_connection(("127.0.0.1", echoes.port))  # an established client
     keep.settimeout(10)
 
@@ -169,9 +173,10 @@ def test_out_of_file_descriptors_pauses_accepts(spawn_echoes, own_redis):
         keep.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         return keep.recv(4096).split(b"\r\n")[0]
 
-    assert b" 200 " in health()  # Redis connected before the descriptors run out
-    flood = [socket.create_connection(("127.0.0.1", echoes.port)) for _ in range(200)]
+    flood: list[socket.socket] = []
     try:
+        assert b" 200 " in health()  # Redis connected before the descriptors run out
+        flood = [socket.create_connection(("127.0.0.1", echoes.port)) for _ in range(200)]
         time.sleep(0.5)
         cpu = echoes.cpu_seconds()
         time.sleep(3)
