@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from echoes.config import Settings
 from echoes.keys import Keys
 from echoes.scripts import Call
 from echoes.store import Message, Store, Take
@@ -21,6 +22,8 @@ from .httpclient import Connection
 from .services import HERE, Service, worker_pid
 
 Row = dict[str, Any]
+# The store the figures drive directly: records live an hour, no inbox cap.
+STORE_SETTINGS = Settings(message_ttl=3600, max_inbox_records=0)
 WARMUP = 20
 
 
@@ -82,7 +85,7 @@ async def fill(store: Store, start: int, stop: int, users: int) -> None:
             body = {"n": i, "text": "x" * 60}
             message = Message(f"fill-{i:012d}", body, False, (f"user{i % users}",))
             calls += store.puts(f"sender{i % 7}", message)
-        await store.scripts.run(store.client, calls)
+        await store.scripts.run(store.pipeline, calls)
 
 
 async def receive_cost(
@@ -90,7 +93,7 @@ async def receive_cost(
 ) -> list[Row]:
     """Median time to take one waiting record, with ``sizes`` records stored for others."""
     client = aioredis.Redis.from_url(redis_url)
-    store = Store(client, Keys("echoes:"), 3600, 300, 8 << 20)
+    store = Store(client, Keys("echoes:"), STORE_SETTINGS)
     legacy = original.Original(aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1"))
     rows, stored = [], 0
     probe = Message("probe-000000", "ping", False, ("probe",))
@@ -228,15 +231,15 @@ async def held(kind: str, waiter: Service, names: list[str], timeout: float = 12
 async def memory_per_record(redis_url: str, records: int) -> Row:
     """INFO used_memory growth per record of a 100-byte body, in a fresh database."""
     client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")
-    store = Store(client, Keys("mem:"), 3600, 300, 8 << 20)
-    await store.scripts.load(client)  # the function library's own memory is not a record's
+    store = Store(client, Keys("mem:"), STORE_SETTINGS)
+    await store.scripts.load(store.pipeline)  # the function library's own memory is not a record's
     before = (await client.info("memory"))["used_memory"]
     for base in range(0, records, 1000):
         calls: list[Call] = []
         for i in range(base, min(base + 1000, records)):
             message = Message(f"mem-{i:012d}", "x" * 100, False, (f"user{i % 1000}",))
             calls += store.puts("sender", message)
-        await store.scripts.run(client, calls)
+        await store.scripts.run(store.pipeline, calls)
     after = (await client.info("memory"))["used_memory"]
     await client.flushdb()
     await client.aclose()

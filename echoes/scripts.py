@@ -18,11 +18,9 @@ import importlib.resources
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .pipeline import Pipeline
 
 NAMES = ("put", "take")
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
@@ -71,18 +69,18 @@ class Scripts:
             )
         return "\n".join(parts) + "\n"
 
-    async def run(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+    async def run(self, pipeline: Pipeline, calls: list[Call]) -> list[Any]:
         """Run ``calls`` in one pipeline; their results, an error reply as an exception."""
-        results = await self._pipeline(client, calls)
+        results = await self._pipeline(pipeline, calls)
         if any(self._missing(r) for r in results):
-            await self.load(client)
-            results = await self._pipeline(client, calls)  # every script is safe to rerun
+            await self.load(pipeline)
+            results = await self._pipeline(pipeline, calls)  # every script is safe to rerun
         return results
 
-    async def load(self, client: aioredis.Redis) -> None:
+    async def load(self, pipeline: Pipeline) -> None:
         """Load the library (or, on Redis 6.2, every script into the script cache)."""
         if self.functions:
-            [reply] = await pipeline(client, [("FUNCTION", "LOAD", self.library_code())])
+            [reply] = await pipeline.run([("FUNCTION", "LOAD", self.library_code())])
             if not isinstance(reply, Exception) or "already exists" in str(reply):
                 return
             if not _unknown_command(reply):
@@ -92,7 +90,7 @@ class Scripts:
                     " `python -m echoes.scripts | redis-cli -x FUNCTION LOAD REPLACE`"
                 )
             self.functions = False
-        replies = await pipeline(client, [("SCRIPT", "LOAD", s) for s in self.source.values()])
+        replies = await pipeline.run([("SCRIPT", "LOAD", s) for s in self.source.values()])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -104,51 +102,17 @@ class Scripts:
             return False
         return "Function not found" in str(reply) or _unknown_command(reply)
 
-    async def _pipeline(self, client: aioredis.Redis, calls: list[Call]) -> list[Any]:
+    async def _pipeline(self, pipeline: Pipeline, calls: list[Call]) -> list[Any]:
         if self.functions:
             name, call = self.function, "FCALL"
         else:
             name, call = self.sha, "EVALSHA"
         commands = [(call, name[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
-        return await pipeline(client, commands)
+        return await pipeline.run(commands)
 
 
 def _unknown_command(reply: Exception) -> bool:
     return "unknown command" in str(reply).lower()
-
-
-async def pipeline(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
-    """Write every command at once on one pooled connection, then read every reply.
-
-    What redis-py's Pipeline does, without its per-command bookkeeping, which cost about a
-    third of echoes' CPU per request (BENCHMARKS.md). Error replies are returned, not
-    raised. A dropped connection is retried once on a fresh one: every command echoes
-    pipelines is safe to run twice.
-    """
-    pool = client.connection_pool
-    for attempt in (1, 2):
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            return [await _reply(conn) for _ in commands]
-        except (RedisConnectionError, RedisTimeoutError):
-            await conn.disconnect()
-            if attempt == 2:
-                raise
-        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")
-
-
-async def _reply(conn: AbstractConnection) -> Any:
-    """One reply; an error reply is returned, not raised, so the others are still read."""
-    try:
-        return await conn.read_response()
-    except ResponseError as e:
-        return e
 
 
 if __name__ == "__main__":

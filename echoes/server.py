@@ -57,16 +57,7 @@ def make_store(settings: Settings, keys: Keys, client: aioredis.Redis | None = N
     """The store for these settings, on ``client`` or else a connection pool of its own."""
     if client is None:
         client = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
-    return Store(
-        client,
-        keys,
-        message_ttl=settings.message_ttl,
-        attempt_ttl=settings.attempt_ttl,
-        max_batch_bytes=settings.max_batch_bytes,
-        publish=settings.wake == "publish",
-        max_inbox_records=settings.max_inbox_records,
-        max_request_bytes=settings.max_request_bytes,
-    )
+    return Store(client, keys, settings)
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
@@ -153,13 +144,7 @@ class Echoes:
         """Hand every part the options it reads while running."""
         self.app.settings["config"] = settings
         self.app.settings["origins"] = Origins(settings.cors_origins)
-        self.store.set_limits(
-            settings.message_ttl,
-            settings.attempt_ttl,
-            settings.max_batch_bytes,
-            settings.max_inbox_records,
-            settings.max_request_bytes,
-        )
+        self.store.configure(settings)
         self.waiters.limit = settings.max_waiters
         self.waiters.per_name = settings.max_waiters_per_caller
         self.metrics.waiters_limit.set(settings.max_waiters)

@@ -3,7 +3,7 @@
 Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
 inbox touched, plus one more pipelined round when a receive queues acks. Every script
 touches the keys of one inbox only (see keys.py), and every script is safe to run twice,
-because ``pipeline()`` reruns a pipeline whose connection dropped.
+because the pipeline reruns a batch whose connection dropped (pipeline.py).
 """
 
 import logging
@@ -15,9 +15,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from . import records, redisconfig
+from .config import Settings
 from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Keys
-from .scripts import NAMES, Call, Scripts, pipeline
+from .pipeline import Pipeline
+from .scripts import NAMES, Call, Scripts
 
 log = logging.getLogger("echoes.store")
 SWEEP_CHUNK = 200
@@ -77,39 +79,22 @@ class Outcome:
 class Store:
     """Inboxes in Redis: send, take (delete-on-consume) and acks."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        keys: Keys,
-        message_ttl: float,
-        attempt_ttl: float,
-        max_batch_bytes: int,
-        publish: bool = False,
-        max_inbox_records: int = 0,
-        max_request_bytes: int = 1 << 62,
-    ):
+    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings):
         self.client = client
-        self.publish = publish
         self.keys = keys
+        self.pipeline = Pipeline(client.connection_pool, settings.redis_timeout)
+        self.publish = settings.wake == "publish"
         self.scripts = Scripts(*NAMES)
-        self.set_limits(
-            message_ttl, attempt_ttl, max_batch_bytes, max_inbox_records, max_request_bytes
-        )
+        self.configure(settings)
 
-    def set_limits(
-        self,
-        message_ttl: float,
-        attempt_ttl: float,
-        max_batch_bytes: int,
-        max_inbox_records: int,
-        max_request_bytes: int,
-    ) -> None:
-        """Set the lifetimes and limits the store applies (at start, and on a reload)."""
-        self._ttl_ms = int(message_ttl * 1000)
-        self._attempt_ms = int(attempt_ttl * 1000)
-        self._batch_bytes = max_batch_bytes
-        self._inbox_limit = max_inbox_records
-        self._request_bytes = max_request_bytes
+    def configure(self, settings: Settings) -> None:
+        """Take the lifetimes and limits the store applies (at start, and on a reload)."""
+        self._ttl_ms = settings.message_ttl * 1000
+        self._attempt_ms = settings.attempt_ttl * 1000
+        self._batch_bytes = settings.max_batch_bytes
+        self._inbox_limit = settings.max_inbox_records
+        self._request_bytes = settings.max_request_bytes
+        self.pipeline.timeout = settings.redis_timeout
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
@@ -120,9 +105,10 @@ class Store:
         if take:
             inbox = self.keys.inbox(caller)
             keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt), inbox.parked)
-            args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt)
+            counted = int(self._inbox_limit > 0)
+            args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt, counted)
             calls.append(Call("take", keys, args))
-        results = await classified(self.scripts.run(self.client, calls))
+        results = await classified(self.scripts.run(self.pipeline, calls))
         batch = None
         if take:
             taken = results.pop()
@@ -183,7 +169,7 @@ class Store:
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
             calls.append(self._put(origin, records.ack_id(consumer, key), ack, False, 0))
         try:
-            results = await classified(self.scripts.run(self.client, calls))
+            results = await classified(self.scripts.run(self.pipeline, calls))
         except Unavailable as e:
             results = [e] * len(calls)
         lost = [r for r in results if isinstance(r, Exception)]
@@ -210,13 +196,14 @@ class Store:
         await redisconfig.warn_if_not_persistent(self.client)
 
     async def close(self) -> None:
-        """Close the connections to Redis."""
+        """Close the connections to Redis, once the batches in flight are answered."""
+        await self.pipeline.close()
         await self.client.aclose()
 
     async def touch_probe(self) -> None:
         """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
         queue = self.keys.inbox(PROBE_NAME).queue
-        await pipeline(self.client, [("ZADD", queue, 0, "probe"), ("ZREM", queue, "probe")])
+        await self.pipeline.run([("ZADD", queue, 0, "probe"), ("ZREM", queue, "probe")])
 
     async def holding_records(self, names: list[str]) -> list[str]:
         """Those of ``names`` whose inbox holds records (maybe expired).
@@ -228,7 +215,7 @@ class Store:
         for start in range(0, len(names), SWEEP_CHUNK):
             chunk = names[start : start + SWEEP_CHUNK]
             commands = [("EXISTS", self.keys.inbox(name).queue) for name in chunk]
-            replies = await pipeline(self.client, commands)
+            replies = await self.pipeline.run(commands)
             found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
         return found
 
