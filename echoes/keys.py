@@ -5,12 +5,18 @@ slot and one script can touch them all. Names are base64url-encoded (UTF-8, no p
 before they go into a key: the encoding is injective and its alphabet has no ``:``, ``{``,
 ``}``, ``*`` or white space, so no name can reach or collide with another inbox's keys.
 
-    <prefix>{<name>}:q          sorted set: record ids by arrival (microseconds)
-    <prefix>{<name>}:r          hash: record id -> "<expires ms>:<ack flag>:<record JSON>"
-    <prefix>{<name>}:a:<token>  list: a consumed batch kept for retries under its attempt token
-    <prefix>{<name>}:p          sorted set: "<token>#<n>" for each parked record -> its batch's
-                                expiry (ms); counts parked records against the inbox's cap
+    <prefix>{<name>}:q          sorted set: record ids by arrival (a number the inbox counts up)
+    <prefix>{<name>}:r          hash: record id -> "<expires ms>:<ack flag>:<record JSON>", and
+                                "#n" -> the last arrival number
+    <prefix>{<name>}:a:<token>  string: a consumed batch kept for retries under its attempt token
+    <prefix>{<name>}:p          hash: "<ms>" -> how many records were parked in batches that
+                                expire by then (one field per sixteenth of --attempt-ttl), and
+                                "#" -> their sum: parked records count against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
+
+The ``:q`` and ``:r`` keys live as long as their newest record, plus an eighth of
+--message-ttl (at most an hour), so that few puts pay for extending them; ``:p`` likewise
+outlives its newest parked batch. An abandoned inbox leaves nothing behind.
 
 Waiting requests are woken through one subscription per waited-on inbox (subscriptions.py):
 the keyspace events of its ``:q`` key (``--wake=keyspace``), or its ``:w`` channel

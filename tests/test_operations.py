@@ -339,6 +339,18 @@ def acl_rules(user, prefix="echoes:"):
     return [passwords.get(r, r.replace("echoes:", prefix)) for r in rules]
 
 
+# What echoes sends itself, outside its scripts: health, memory figures, wake-ups, the sweep,
+# the notification probe (a zadd and a zrem), and the scripts' calls.
+PYTHON_COMMANDS = {"ping", "info", "fcall", "exists", "subscribe", "unsubscribe", "zadd", "zrem"}
+
+
+def test_the_acl_allows_exactly_what_echoes_and_its_scripts_run():
+    scripts = "".join(p.read_text() for p in (ROOT / "echoes" / "lua").glob("*.lua"))
+    called = {c.lower() for c in re.findall(r"redis\.p?call\('(\w+)'", scripts)}
+    allowed = {r[1:] for r in acl_rules("echoes") if r.startswith("+")}
+    assert called | PYTHON_COMMANDS == allowed
+
+
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
 async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, settings, wake):
     admin = aioredis.Redis.from_url(own_redis.url)
