@@ -1,10 +1,15 @@
 """Commands for one Redis server from every request in this process, written to it together.
 
 Each request hands its commands to ``Pipeline.run``; whatever the requests of one turn of the
-event loop asked for goes out as one write on one pooled connection, and the replies are read
-back in order and handed to each request. Under load that is one round trip for many
-requests: Redis reads and writes its socket once for all of them, and echoes pays for one
-connection hand-off and one write. A request's commands stay together and in order.
+event loop asked for goes out as one write on one connection, and the replies are read back
+in order and handed to each request. Under load that is one round trip for many requests:
+Redis reads and writes its socket once for all of them, and echoes pays for one write.
+A request's commands stay together and in order.
+
+The pipeline keeps its own connections (made by the client's pool, so with its address,
+credentials, TLS and, under Sentinel, its master discovery) and takes a free one without
+waiting on a lock: with ten thousand requests arriving at once, every turn of the event loop
+is long, and a batch that needs fewer turns to get its answer is answered sooner.
 
 Error replies are returned, not raised. A dropped connection is retried once on a fresh one,
 which is why every command echoes sends must be safe to run twice (lua/*.lua say how each
@@ -24,15 +29,19 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
+Waiting = tuple[Sequence[Command], "asyncio.Future[list[Any]]"]
 
 
 class Pipeline:
-    """The commands for one Redis server (one connection pool), batched per event-loop turn."""
+    """The commands for one Redis server, batched per event-loop turn, on at most
+    ``connections`` connections of its own."""
 
-    def __init__(self, pool: aioredis.ConnectionPool, timeout: float):
+    def __init__(self, pool: aioredis.ConnectionPool, timeout: float, connections: int = 64):
         self.pool = pool
         self.timeout = timeout
-        self._waiting: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
+        self._free: list[AbstractConnection] = []
+        self._slots = asyncio.Semaphore(connections)
+        self._waiting: list[Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
@@ -50,12 +59,12 @@ class Pipeline:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
+    async def _send(self, batch: list[Waiting]) -> None:
         commands = [command for commands, _ in batch for command in commands]
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    replies = await exchange(self.pool, commands)
+                    replies = await self._exchange(commands)
             except TimeoutError:
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
         except Exception as error:
@@ -69,35 +78,42 @@ class Pipeline:
                 future.set_result(replies[start : start + len(asked)])
             start += len(asked)
 
+    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
+        """Write every command at once on one connection, then read every reply.
+
+        What redis-py's Pipeline does, without its per-command bookkeeping, which cost about
+        a third of echoes' CPU per request (BENCHMARKS.md). A dropped connection is retried
+        once on a fresh one (echoes' own rerun, not redis-py's).
+        """
+        async with self._slots:
+            for attempt in (1, 2):
+                conn = self._free.pop() if self._free else self.pool.make_connection()
+                try:
+                    await conn.send_packed_command(conn.pack_commands(commands))
+                    replies = [await _reply(conn) for _ in commands]
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    await conn.disconnect()
+                    if attempt == 2:
+                        raise
+                    await self._forget_free()  # dropped too, most likely (Redis restarted)
+                    continue
+                except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+                    await conn.disconnect()
+                    raise
+                self._free.append(conn)
+                return replies
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
-        """Let batches in flight finish (each is bounded by the timeout)."""
+        """Let batches in flight finish (each is bounded by the timeout), then disconnect."""
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+        await self._forget_free()
 
-
-async def exchange(pool: aioredis.ConnectionPool, commands: Sequence[Command]) -> list[Any]:
-    """Write every command at once on one pooled connection, then read every reply.
-
-    What redis-py's Pipeline does, without its per-command bookkeeping, which cost about a
-    third of echoes' CPU per request (BENCHMARKS.md). Error replies are returned, not
-    raised. A dropped connection is retried once on a fresh one (this is echoes' own rerun,
-    not redis-py's).
-    """
-    for attempt in (1, 2):
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            return [await _reply(conn) for _ in commands]
-        except (RedisConnectionError, RedisTimeoutError):
+    async def _forget_free(self) -> None:
+        free, self._free = self._free, []
+        for conn in free:
             await conn.disconnect()
-            if attempt == 2:
-                raise
-        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-    raise AssertionError("unreachable")
 
 
 async def _reply(conn: AbstractConnection) -> Any:

@@ -82,7 +82,9 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings):
         self.client = client
         self.keys = keys
-        self.pipeline = Pipeline(client.connection_pool, settings.redis_timeout)
+        self.pipeline = Pipeline(
+            client.connection_pool, settings.redis_timeout, settings.redis_max_connections
+        )
         self.publish = settings.wake == "publish"
         self.scripts = Scripts(*NAMES)
         self.configure(settings)
