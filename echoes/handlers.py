@@ -146,7 +146,7 @@ class InboxHandler(APIHandler):
 
     def initialize(self, sends: bool, receives: bool) -> None:
         self.sends, self.receives = sends, receives
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes] | None = None
         self.waiter: Waiter | None = None
         self.gone = False
         self.discarding = False
@@ -171,8 +171,11 @@ class InboxHandler(APIHandler):
         return f"the body is larger than {self.config.max_body_size} bytes (--max-body-size)"
 
     def data_received(self, chunk: bytes) -> None:
-        if not self.discarding:
-            self.chunks.append(chunk)
+        if self.discarding:
+            return
+        if self.chunks is None:
+            self.chunks = []
+        self.chunks.append(chunk)
 
     def on_connection_close(self) -> None:
         self.gone = True
@@ -184,11 +187,7 @@ class InboxHandler(APIHandler):
         if self.discarding:
             raise APIError(413, self.too_large_detail())
         self.caller = validation.caller(self.request.headers.get_list("From"), self.config)
-        query = self.request.query_arguments
-        validation.no_other_parameters(query, validation.TAKE_PARAMETERS if self.receives else ())
-        body = b"".join(self.chunks)
-        message = validation.message(body, self.config) if self.sends else None
-        take = validation.take(query, self.config) if self.receives else None
+        message, take = self.parse()
         with self.application.settings["inflight"]:
             if take and take.wait > 0:
                 outcome = await self.wait_for_records(self.caller, message, take)
@@ -207,6 +206,15 @@ class InboxHandler(APIHandler):
         self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
         self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
         await self.finish_within(batch.json, self.config.write_timeout)
+
+    def parse(self) -> tuple[Message | None, Take | None]:
+        """The message and the take this request asks for; the raw body is let go."""
+        query = self.request.query_arguments
+        validation.no_other_parameters(query, validation.TAKE_PARAMETERS if self.receives else ())
+        body, self.chunks = b"".join(self.chunks or ()), None
+        message = validation.message(body, self.config) if self.sends else None
+        take = validation.take(query, self.config) if self.receives else None
+        return message, take
 
     async def finish_within(self, answer: bytes, timeout: float) -> None:
         """Finish with ``answer``; cut off a client that has not read it after ``timeout`` s.
@@ -270,9 +278,11 @@ class InboxHandler(APIHandler):
             # Subscribed to the inbox before the take that decides to wait: no arrival missed.
             if not await waiters.covered(caller, min(COVER_SECONDS, self.config.redis_timeout)):
                 log.debug("wake-up subscription for a waiter not confirmed; the sweep covers it")
-            first = outcome = await self.exchange(caller, message, take)
-            if first.out_of_memory or first.full:
-                return first  # the send failed: answer now, do not wait
+            outcome = await self.exchange(caller, message, take)
+            if outcome.out_of_memory or outcome.full:
+                return outcome  # the send failed: answer now, do not wait
+            # Ten thousand requests may wait at once: keep no more than the count while waiting.
+            sent, message = outcome.sent, None
             while outcome.batch and outcome.batch.count == 0 and not (self.gone or waiters.closing):
                 left = deadline - time.monotonic()
                 if left <= 0 or not await self.waiter.wait(left):
@@ -280,7 +290,7 @@ class InboxHandler(APIHandler):
                 if self.gone or waiters.closing:  # answer [] and take nothing
                     break
                 outcome = await self.exchange(caller, None, take)
-            return dataclasses.replace(outcome, sent=first.sent)
+            return dataclasses.replace(outcome, sent=sent)
         finally:
             self.metrics.waiters.dec()
             waiters.unregister(self.waiter)

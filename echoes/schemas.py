@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, ValidationError, validators
 
 # Response headers of /receive and /exchange.
 REMAINING_HEADER = "Echoes-Remaining"  # records still waiting after this batch
@@ -66,17 +65,38 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+@functools.cache
+def validator(schema_id: str) -> Any:
+    """jsonschema's validator of the schema named ``schema_id``, made on first use.
+
+    jsonschema (with referencing, attrs and rpds) is only needed to list what is wrong with
+    an invalid body; imported when first needed, it costs the other processes nothing (about
+    3.5 MB each).
+    """
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+        if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+            yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+    extended = validators.extend(Draft202012Validator, {"pattern": pattern})
+    return extended({"send": SEND, "token": TOKEN}[schema_id])
 
 
-Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
-_send = Validator(SEND)
-# The same schema compiled to Python by fastjsonschema: a valid body passes in about 1 us
+# The send schema compiled to Python by fastjsonschema: a valid body passes in about 1 us
 # instead of 22 us (BENCHMARKS.md). It stops at the first error, so an invalid body goes
 # on to jsonschema, the reference, which lists every error with its path.
 _send_fast = fastjsonschema.compile(SEND)
+_token_fast = fastjsonschema.compile(TOKEN)
+
+
+def is_token(value: Any) -> bool:
+    """Whether ``value`` is an idempotency key or attempt token (TOKEN)."""
+    try:
+        _token_fast(value)
+        return True
+    except fastjsonschema.JsonSchemaException:
+        return False
 
 
 def send_errors(document: Any, limit: int = 200) -> list[str]:
@@ -86,7 +106,7 @@ def send_errors(document: Any, limit: int = 200) -> list[str]:
         return []
     except fastjsonschema.JsonSchemaException:
         pass
-    errors = sorted(_send.iter_errors(document), key=lambda e: e.json_path)
+    errors = sorted(validator("send").iter_errors(document), key=lambda e: e.json_path)
     return [f"{e.json_path}: {_short(e.message, limit)}" for e in errors]
 
 

@@ -64,8 +64,12 @@ class HTTPServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTP server, whose accept loop pauses when out of file descriptors, and
     whose own refusals of unparsable requests come in the error shape (malformed.py)."""
 
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._stream_class = malformed.stream_class(self._metrics())
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        malformed.shape_errors(stream, self._metrics())
+        stream.__class__ = self._stream_class  # the same stream, answering 400s in shape
         super().handle_stream(stream, address)
 
     def _metrics(self) -> Metrics | None:

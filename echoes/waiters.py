@@ -31,42 +31,49 @@ class CallerFull(Exception):
 class Waiter:
     """One waiting request.
 
-    A bare future and a timer handle rather than an asyncio.Event and asyncio.timeout():
-    ten thousand of them are held at once, and this is about a kilobyte less each.
+    A bare future and a timer handle rather than an asyncio.Event and asyncio.timeout(), and
+    no coroutine of its own: ten thousand of them are held at once, and each of those would
+    cost hundreds of bytes more.
     """
 
-    __slots__ = ("_future", "_woken", "name")
+    __slots__ = ("_future", "_timer", "_woken", "name")
 
     def __init__(self, name: str):
         self.name = name
         self._woken = False
         self._future: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
         """Make the current or next wait() return True."""
         if self._future is not None and not self._future.done():
             self._future.set_result(True)
+            self.forget()
         else:
             self._woken = True
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for a wake-up; False if ``timeout`` seconds passed first."""
+    def wait(self, timeout: float) -> "asyncio.Future[bool]":
+        """A future that becomes True at the next wake-up, or False after ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         if self._woken:
             self._woken = False
-            return True
-        loop = asyncio.get_running_loop()
-        self._future = future = loop.create_future()
-        timer = loop.call_later(timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            self._future = None
+            future.set_result(True)
+            return future
+        self._future = future
+        self._timer = loop.call_later(timeout, self._expire)
+        return future
 
+    def _expire(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(False)
+        self.forget()
 
-def _expire(future: "asyncio.Future[bool]") -> None:
-    if not future.done():
-        future.set_result(False)
+    def forget(self) -> None:
+        """Drop the pending wait's timer (the request is over or was answered)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._future = self._timer = None
 
 
 class Waiters:
@@ -77,7 +84,8 @@ class Waiters:
         self.watch = watch
         self.per_name = limit if per_name is None else per_name
         self.closing = False
-        self._by_name: dict[str, set[Waiter]] = {}
+        # Lists, not sets: most inboxes have one waiter, and an empty set is 216 bytes.
+        self._by_name: dict[str, list[Waiter]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -87,11 +95,11 @@ class Waiters:
         """A new waiter on ``name``; unregister it when the request ends."""
         if self._count >= self.limit:
             raise Full(f"{self.limit} requests are already waiting in this process")
-        group = self._by_name.setdefault(name, set())
+        group = self._by_name.setdefault(name, [])
         if len(group) >= self.per_name:
             raise CallerFull(f"{self.per_name} requests of this caller are already waiting")
         waiter = Waiter(name)
-        group.add(waiter)
+        group.append(waiter)
         self._count += 1
         if len(group) == 1 and self.watch is not None:
             self.watch.want(name)
@@ -107,7 +115,8 @@ class Waiters:
         group = self._by_name.get(waiter.name)
         if group is None or waiter not in group:
             return
-        group.discard(waiter)
+        group.remove(waiter)
+        waiter.forget()
         self._count -= 1
         if not group:
             del self._by_name[waiter.name]
