@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import figures
+from . import figures, report
 from .services import (
     Service,
     raise_file_limit,
@@ -47,14 +47,6 @@ QUICK = {
     "samples": 20,
     "records": 1_000,
 }
-TARGETS = {
-    "throughput_ratio": 0.8,
-    "flat_ratio": 1.2,
-    "wake_p50_ms_1000": 1.0,
-    "wake_p99_ms_1000": 5.0,
-    "wake_p99_ms_10000": 20.0,
-    "rss_mb_10000": 250.0,
-}
 
 
 def main() -> None:
@@ -75,7 +67,7 @@ def main() -> None:
         results = run(Path(tmp), sizes)
     results["command"] = command
     figures.write_json(args.json, results)
-    print(report(results))
+    print(report.report(results))
 
 
 def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +81,7 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
             "echoes": lambda: start_echoes(url, workdir),
             "echoes_2_processes": lambda: start_echoes(url, workdir, "--processes=2"),
         }
-        throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"])
+        throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"], url)
         print("2: receive cost against stored volume", flush=True)
         with running(start_echoes(url, workdir)) as echoes:
             volume = asyncio.run(
@@ -106,7 +98,6 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
         redis.stop()
     return {
         "sizes": sizes,
-        "targets": TARGETS,
         "throughput": throughput,
         "receive_cost": volume,
         "wakeup": wake,
@@ -150,66 +141,6 @@ async def flushall(url: str) -> None:
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     await client.aclose()
-
-
-def report(r: dict[str, Any]) -> str:
-    """The results as markdown tables, each figure beside its baseline and target."""
-    t = r["throughput"]
-    ratio = t["echoes"]["rps"] / t["ceiling"]["rps"]
-    two = t["echoes_2_processes"]["rps"] / t["echoes"]["rps"]
-    lines = [
-        f"`{r['command']}`",
-        "",
-        "| 1, 6. POST /exchange, wrk -t1 -c32 | req/s | p50 ms | p99 ms | vs ceiling |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, row in t.items():
-        vs = row["rps"] / t["ceiling"]["rps"]
-        lines.append(
-            f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {vs:.2f} |"
-        )
-    lines += [
-        "",
-        f"echoes / ceiling: **{ratio:.2f}** (target >= {TARGETS['throughput_ratio']});"
-        f" 2 processes / 1 process: **{two:.2f}**",
-        "",
-        "| 2. stored for others | echoes take (store) ms | echoes POST /receive ms"
-        " | original (SCAN) ms |",
-        "| --- | --- | --- | --- |",
-    ]
-    for row in r["receive_cost"]:
-        lines.append(
-            f"| {row['stored']:,} | {row['echoes_store_ms']:.3f} | {row['echoes_http_ms']:.3f}"
-            f" | {row['original_ms']:.3f} |"
-        )
-    first, last = r["receive_cost"][0], r["receive_cost"][-1]
-    http_ratio = last["echoes_http_ms"] / first["echoes_http_ms"]
-    lines += [
-        "",
-        f"largest / smallest: echoes POST /receive **{http_ratio:.2f}**"
-        f" (target <= {TARGETS['flat_ratio']}), echoes take"
-        f" {last['echoes_store_ms'] / first['echoes_store_ms']:.2f}, original"
-        f" **{last['original_ms'] / first['original_ms']:.0f}**",
-        "",
-        "| 3, 4. waiting requests | echoes p50 ms | echoes p99 ms | echoes RSS MB"
-        " | Nchan p50 ms | Nchan p99 ms | Nchan worker RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    nchan = {row["waiters"]: row for row in r["wakeup"]["nchan"]}
-    for row in r["wakeup"]["echoes"]:
-        n = nchan.get(row["waiters"])
-        other = f"{n['p50_ms']:.2f} | {n['p99_ms']:.2f} | {n['rss_mb']:.0f}" if n else "- | - | -"
-        lines.append(
-            f"| {row['waiters']:,} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f}"
-            f" | {row['rss_mb']:.0f} | {other} |"
-        )
-    m = r["memory"]
-    lines += [
-        "",
-        f"5. Redis memory per stored record ({m['records']:,} records, 100-byte body):"
-        f" **{m['bytes_per_record']:.0f} bytes** beside a {m['payload']}-byte payload",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from echoes.keys import Keys
 from echoes.scripts import Call
 from echoes.store import Message, Store, Take
 
-from . import original
+from . import cpu, original
 from .httpclient import Connection
 from .services import HERE, Service, worker_pid
 
@@ -51,22 +51,29 @@ def wrk(url: str, seconds: float, connections: int = 32) -> Row:
         "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
+        "requests": result["requests"],
     }
 
 
 def throughput(
-    starters: dict[str, Callable[[], Service]], rounds: int, seconds: float
+    starters: dict[str, Callable[[], Service]], rounds: int, seconds: float, redis_url: str
 ) -> dict[str, Row]:
     """Each target in turn, round after round (interleaved), started afresh and alone each
-    time, warmed up for a second; medians over the rounds."""
+    time, warmed up for a second; medians over the rounds. Besides the rate and latency,
+    the CPU time the server and Redis spent per request while wrk ran (bench/cpu.py)."""
     runs: dict[str, list[Row]] = {name: [] for name in starters}
     for _ in range(rounds):
         for name, start in starters.items():
             service = start()
+            meter = cpu.Meter(service.popen.pid, redis_url)
             try:
                 wrk(service.url, 1)
-                runs[name].append(wrk(service.url, seconds))
+                before = meter.read()
+                row = wrk(service.url, seconds)
+                row |= cpu.per_request(before, meter.read(), row["requests"])
+                runs[name].append(row)
             finally:
+                meter.close()
                 service.stop()
     return {
         name: {key: median([r[key] for r in rows]) for key in rows[0]}

@@ -24,10 +24,23 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert "command: python -m bench --quick" in result.stdout
     r = json.loads(out.read_text())
     for name in ("ceiling", "echoes", "echoes_2_processes"):
-        assert r["throughput"][name]["rps"] > 0
+        row = r["throughput"][name]
+        assert row["rps"] > 0 and row["server_us"] > 0 and row["redis_us"] > 0
+        assert row["scripts"] >= 1  # the ceiling's one script, echoes' puts, take and acks
     assert [row["stored"] for row in r["receive_cost"]] == r["sizes"]["volumes"]
     assert all(row["original_ms"] > 0 and row["echoes_store_ms"] > 0 for row in r["receive_cost"])
     assert [row["waiters"] for row in r["wakeup"]["echoes"]] == r["sizes"]["waiters"]
     assert all(row["rss_mb"] > 0 for row in r["wakeup"]["echoes"])
     assert r["memory"]["bytes_per_record"] > 100
     assert "| echoes |" in result.stdout
+    assert "Projection, not a measurement" in result.stdout and "| 16 |" in result.stdout
+    assert "| figure | target | set by | measured | holds? |" in result.stdout
+
+
+def test_the_projection_is_bound_by_cores_then_by_redis():
+    from bench import projection
+
+    small, large = projection.project(900, 200, 2), projection.project(900, 200, 16)
+    assert small["bound"] == "all cores" and small["rps"] == 2e6 / 1100
+    assert large["bound"] == "Redis's one thread" and large["rps"] == 1e6 / 200
+    assert projection.redis_bound_cores(900, 200) == 5.5
