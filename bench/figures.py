@@ -1,6 +1,7 @@
 """Each figure of the benchmark, measured beside its baseline in the same run."""
 
 import asyncio
+import dataclasses
 import json
 import random
 import statistics
@@ -12,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from echoes import servers
 from echoes.config import Settings
 from echoes.keys import Keys
 from echoes.scripts import Call
@@ -24,6 +26,14 @@ from .services import HERE, Service, worker_pid
 Row = dict[str, Any]
 # The store the figures drive directly: records live an hour, no inbox cap.
 STORE_SETTINGS = Settings(message_ttl=3600, max_inbox_records=0)
+
+
+def store_at(redis_url: str, prefix: str) -> Store:
+    """A store of its own on ``redis_url``, as the figures drive it directly."""
+    settings = dataclasses.replace(STORE_SETTINGS, redis_url=redis_url)
+    return Store(servers.connect(settings), Keys(prefix), settings)
+
+
 WARMUP = 20
 
 
@@ -92,15 +102,14 @@ async def fill(store: Store, start: int, stop: int, users: int) -> None:
             body = {"n": i, "text": "x" * 60}
             message = Message(f"fill-{i:012d}", body, False, (f"user{i % users}",))
             calls += store.puts(f"sender{i % 7}", message)
-        await store.scripts.run(store.pipeline, calls)
+        await store.scripts.run(store.servers, calls)
 
 
 async def receive_cost(
     redis_url: str, echoes: Service, sizes: list[int], repeats: int, slow_repeats: int
 ) -> list[Row]:
     """Median time to take one waiting record, with ``sizes`` records stored for others."""
-    client = aioredis.Redis.from_url(redis_url)
-    store = Store(client, Keys("echoes:"), STORE_SETTINGS)
+    store = store_at(redis_url, "echoes:")
     legacy = original.Original(aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1"))
     rows, stored = [], 0
     probe = Message("probe-000000", "ping", False, ("probe",))
@@ -138,7 +147,7 @@ async def receive_cost(
                 "original_ms": median(legacy_ms),
             }
         )
-    await client.aclose()
+    await store.close()
     await legacy.client.aclose()
     return rows
 
@@ -238,18 +247,20 @@ async def held(kind: str, waiter: Service, names: list[str], timeout: float = 12
 async def memory_per_record(redis_url: str, records: int) -> Row:
     """INFO used_memory growth per record of a 100-byte body, in a fresh database."""
     client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")
-    store = Store(client, Keys("mem:"), STORE_SETTINGS)
-    await store.scripts.load(store.pipeline)  # the function library's own memory is not a record's
+    store = store_at(redis_url.rsplit("/", 1)[0] + "/2", "mem:")
+    # The function library's own memory is not a record's.
+    await store.scripts.load(store.servers.all()[0].pipeline)
     before = (await client.info("memory"))["used_memory"]
     for base in range(0, records, 1000):
         calls: list[Call] = []
         for i in range(base, min(base + 1000, records)):
             message = Message(f"mem-{i:012d}", "x" * 100, False, (f"user{i % 1000}",))
             calls += store.puts("sender", message)
-        await store.scripts.run(store.pipeline, calls)
+        await store.scripts.run(store.servers, calls)
     after = (await client.info("memory"))["used_memory"]
     await client.flushdb()
     await client.aclose()
+    await store.close()
     return {"records": records, "bytes_per_record": (after - before) / records, "payload": 100}
 
 

@@ -8,14 +8,13 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from . import topology
 from .keys import WAKE_MODES
 
 ENV_PREFIX = "ECHOES_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 EMBEDDED = "embedded"
 # prometheus_client's multiprocess mode (--processes): set before its first import.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -48,8 +47,9 @@ class Settings:
     )
     redis_url: str = option(
         "redis://127.0.0.1:6379/0",
-        "Redis to use: redis://, rediss:// or unix:// URL, or 'embedded' to run a private "
-        "redis-server in --data-dir",
+        "Redis to use: a redis://, rediss:// or unix:// URL, redis+sentinel://HOST:PORT[,...]"
+        "/MASTER for a master Sentinel names, redis+cluster://HOST:PORT[,...] for a Cluster,"
+        " or 'embedded' to run a private redis-server in --data-dir",
     )
     data_dir: str = option(
         "echoes-data", "directory of the embedded Redis (socket, append-only file)"
@@ -88,7 +88,17 @@ class Settings:
         5.0, "seconds a request waits on Redis before it answers 503", 0.01, 300
     )
     redis_max_connections: int = option(
-        64, "size of the Redis connection pool; requests queue for a free connection", 1
+        64,
+        "most connections to each Redis server; requests of the same moment share one, and"
+        " queue for a free one past this",
+        1,
+    )
+    redis_wait_replicas: int = option(
+        0,
+        "replicas that must have a send, a take or an ack before it is answered (WAIT, within"
+        " --redis-timeout, else 503); 0: replication is asynchronous",
+        0,
+        16,
     )
     cors_origins: str = option(
         "",
@@ -144,24 +154,18 @@ class ConfigError(Exception):
 
 def display_url(url: str) -> str:
     """Return ``url`` with any user name and password removed."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return topology.display(url)
 
 
 def validate(settings: Settings) -> Settings:
     """Check what one option's type and bounds cannot say; raise ConfigError naming it."""
     if any(c in settings.key_prefix for c in "{}"):
         raise ConfigError("--key-prefix may not contain '{' or '}' (they mark hash tags)")
-    if settings.redis_url != EMBEDDED and urlsplit(settings.redis_url).scheme not in REDIS_SCHEMES:
-        raise ConfigError(
-            f"--redis-url must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}"
-            f" or be '{EMBEDDED}'"
-        )
+    if settings.redis_url != EMBEDDED:
+        try:
+            topology.parse(settings.redis_url)
+        except topology.BadURL as e:
+            raise ConfigError(f"--redis-url {e} (or be '{EMBEDDED}')") from None
     return settings
 
 

@@ -7,11 +7,32 @@ handlers neither import a Redis exception nor match an error string.
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from redis.exceptions import (
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .pipeline import NotReplicated
 from .scripts import NotLoaded
+
+# Redis is there but cannot serve now: down, slow, a replica, a Cluster without a primary for
+# the slot (an election), a slot migrating, replicas that did not confirm the writes.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+    NotReplicated,
+)
 
 T = TypeVar("T")
 
@@ -39,8 +60,8 @@ def classify(error: Exception) -> Exception:
     """The failure ``error`` stands for: Unavailable, OutOfMemory, or itself (a bug)."""
     if isinstance(error, NotLoaded):
         return Unavailable("NotLoaded", str(error))
-    if isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError):
-        return Unavailable(type(error).__name__)
+    if isinstance(error, UNAVAILABLE):
+        return Unavailable(type(error).__name__, str(error))
     if isinstance(error, ResponseError) and out_of_memory(error):
         return OutOfMemory(str(error))
     return error
@@ -50,5 +71,5 @@ async def classified(work: Awaitable[T]) -> T:
     """Await ``work``, raising what it raises as classify() says."""
     try:
         return await work
-    except (RedisConnectionError, RedisTimeoutError, ResponseError, NotLoaded) as e:
+    except (RedisError, RedisClusterException) as e:
         raise classify(e) from e

@@ -315,11 +315,14 @@ class HealthHandler(APIHandler):
 
     async def get(self) -> None:
         listener: ListenerState = self.application.settings["listener"]
-        problems = []
         try:
-            await self.redis(self.store.ping())
-        except APIError as e:
-            problems += e.details
+            async with asyncio.timeout(self.config.redis_timeout):
+                trouble = await self.store.ping()
+        except TimeoutError:
+            trouble = {self.config.redis_display: "TimeoutError"}
+        for kind in trouble.values():
+            self.metrics.redis_errors.labels(kind).inc()
+        problems = [f"Redis at {name} is unavailable ({kind})" for name, kind in trouble.items()]
         if not listener.connected:
             problems.append("the wake-up listener is not subscribed")
         if problems:
@@ -332,6 +335,7 @@ class HealthHandler(APIHandler):
                 "wake": listener.mode,
                 "notifications": listener.notifications,
                 "waiters": len(self.application.settings["waiters"]),
+                "redis": {"topology": self.store.servers.kind, "servers": listener.servers},
             }
         )
 
@@ -345,9 +349,11 @@ class MetricsHandler(APIHandler):
 
     async def get(self) -> None:
         try:  # Redis's memory, for the alert on it; a scrape still answers without Redis
-            used, limit = await self.redis(self.store.memory())
-            self.metrics.redis_memory.labels("used").set(used)
-            self.metrics.redis_memory.labels("max").set(limit)
+            for server, used, limit in await self.redis(self.store.memory()):
+                self.metrics.redis_up.labels(server).set(int(used is not None))
+                if used is not None and limit is not None:
+                    self.metrics.redis_memory.labels("used", server).set(used)
+                    self.metrics.redis_memory.labels("max", server).set(limit)
         except APIError as e:
             log.debug("no Redis memory figures for /metrics: %s", e)
         self.set_header("Content-Type", metrics.CONTENT_TYPE)

@@ -1,34 +1,40 @@
-"""The one wake-up task per process: a subscription per waited-on inbox, and a periodic sweep.
+"""The wake-up task of each process: a subscription per waited-on inbox, and a periodic sweep.
 
-One pub/sub connection per process subscribes to the channels of the inboxes that have
-waiting requests here, and to nothing while nothing waits (subscriptions.py says which).
-Notifications are hints and can be lost: redis-py drops what was published while a pub/sub
-connection was down, and ``notify-keyspace-events`` is server-global, not persisted by
-CONFIG SET and forbidden on managed Redis. So after every reconnect (once the subscriptions
-are restored), and every ``recheck_interval`` seconds whatever the notifications say, one
-pipelined sweep asks which waited-on inboxes hold records and wakes only those.
+One pub/sub connection per Redis server (one, or each primary of a Cluster, whose keyspace
+events and shard channels are its own) subscribes to the channels of the inboxes that have
+waiting requests here and live on that server, and to nothing while nothing waits
+(subscriptions.py says which; ``Route`` says which server). Notifications are hints and can
+be lost: redis-py drops what was published while a pub/sub connection was down,
+``notify-keyspace-events`` is server-global, not persisted by CONFIG SET and forbidden on
+managed Redis, and a Cluster's slot can move to another primary. So after every reconnect
+(once the subscriptions are restored), after a slot changed primary, and every
+``recheck_interval`` seconds whatever the notifications say, one pipelined sweep asks which
+waited-on inboxes hold records and wakes only those.
 """
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from .metrics import Metrics
 from .redisconfig import notifications_missing
+from .servers import Server, Servers
 from .store import Store
-from .subscriptions import Subscriptions
+from .subscriptions import LINGER_SECONDS, Subscriptions
 from .waiters import Waiters
 
 log = logging.getLogger("echoes.listener")
 
 MAX_BACKOFF = 5.0
-HEALTH_CHECK_SECONDS = 30
+# How often a Cluster's listener checks that each waited-on inbox is subscribed on the
+# primary that serves it now (a failover, a slot moved).
+TOPOLOGY_SECONDS = 1.0
 
 
 @dataclass
@@ -38,6 +44,68 @@ class ListenerState:
     mode: str
     connected: bool = False
     notifications: bool = False
+    servers: int = 0  # servers subscribed on (a Cluster's primaries)
+
+
+class Route:
+    """The Watch the waiters call: each inbox's subscription on the server that serves it."""
+
+    def __init__(self, servers: Servers, keys: Keys, channel_of: Callable[[str], str]):
+        self.servers = servers
+        self.keys = keys
+        self.channel_of = channel_of
+        self.linger = LINGER_SECONDS
+        self.by_server: dict[str, Subscriptions] = {}
+        self.home: dict[str, str] = {}  # inbox name -> the server it is subscribed on
+        self.changed = asyncio.Event()  # a new server's subscriptions: its listener may start
+
+    def owner(self, name: str) -> Server:
+        return self.servers.for_key(self.keys.inbox(name).queue)
+
+    def of(self, server_name: str) -> Subscriptions:
+        """The subscriptions on ``server_name`` (made on first use)."""
+        subscriptions = self.by_server.get(server_name)
+        if subscriptions is None:
+            subscriptions = Subscriptions(self.channel_of, self.linger)
+            self.by_server[server_name] = subscriptions
+            self.changed.set()
+        return subscriptions
+
+    def want(self, name: str) -> None:
+        server = self.home.setdefault(name, self.owner(name).name)
+        self.of(server).want(name)
+
+    def release(self, name: str) -> None:
+        server = self.home.get(name)
+        if server is not None:
+            self.of(server).release(name, on_leave=lambda: self._left(name, server))
+
+    def _left(self, name: str, server: str) -> None:
+        if self.home.get(name) == server:
+            del self.home[name]
+
+    async def covered(self, name: str, timeout: float) -> bool:
+        server = self.home.get(name)
+        return server is not None and await self.of(server).covered(name, timeout)
+
+    def rehome(self) -> int:
+        """Move each wanted inbox to the server that serves it now; how many moved."""
+        moved = 0
+        for name, server in list(self.home.items()):
+            owner = self.owner(name).name
+            if owner == server:
+                continue
+            old = self.of(server)
+            waiting = old.drop(name)  # False: only lingering, nobody waits any more
+            del self.home[name]
+            if waiting:
+                self.want(name)
+            moved += 1
+        return moved
+
+    @property
+    def count(self) -> int:
+        return sum(len(s.wanted) for s in self.by_server.values())
 
 
 class Listener:
@@ -45,7 +113,7 @@ class Listener:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        servers: Servers,
         store: Store,
         keys: Keys,
         waiters: Waiters,
@@ -53,60 +121,114 @@ class Listener:
         recheck_interval: float,
         metrics: Metrics,
     ):
-        self.client = client  # its own connection: a subscribed connection does nothing else
+        self.servers = servers
         self.store = store
         self.waiters = waiters
         self.recheck_interval = recheck_interval
         self.metrics = metrics
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        self.subscriptions = Subscriptions(lambda name: keys.wake_channel(name, wake, db))
-        waiters.watch = self.subscriptions
+        self.shard = wake == "publish" and servers.kind == "cluster"
+        self.route = Route(servers, keys, lambda name: keys.wake_channel(name, wake, servers.db))
+        waiters.watch = self.route
         self.state = ListenerState(mode=wake)
-        self._sweep_now = asyncio.Event()
         self.subscribed = asyncio.Event()
+        self._sweep_now = asyncio.Event()
         self._probe_seen = asyncio.Event()
         self._probing: asyncio.Task[None] | None = None
         self._warned = False
-        self._restoring = 0
+        self._listening: dict[str, asyncio.Task[None]] = {}
+        self._connected: dict[str, bool] = {}
+        self._clients: dict[str, aioredis.Redis] = {}
+        self._notifications: dict[str, bool | None] = {}
+        self._suspect = asyncio.Event()  # the topology may have changed: ask the Cluster
 
     async def run(self) -> None:
-        """Subscribe, dispatch and sweep until cancelled."""
+        """Subscribe on every server, dispatch and sweep until cancelled."""
         sweeper = asyncio.create_task(self._sweep_forever())
         try:
-            await self._listen_forever()
+            await self._follow_servers()
         finally:
-            tasks = [sweeper, *([self._probing] if self._probing else [])]
+            tasks = [sweeper, *self._listening.values()]
+            if self._probing:
+                tasks.append(self._probing)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for client in self._clients.values():
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
 
-    async def _listen_forever(self) -> None:
-        backoff = 0.1
+    async def _follow_servers(self) -> None:
+        """Keep one listening task per server; after a topology change, rehome and sweep."""
         while True:
-            pubsub = self.client.pubsub()
+            try:
+                await self.servers.ready()
+                servers = self.servers.all()
+            except (RedisError, RedisClusterException, OSError) as e:
+                log.warning("cannot reach Redis to learn its servers (%s)", e)
+                await asyncio.sleep(MAX_BACKOFF)
+                continue
+            names = {server.name for server in servers}
+            for server in servers:
+                if server.name not in self._listening:
+                    task = asyncio.create_task(self._listen_forever(server))
+                    self._listening[server.name] = task
+            for gone in set(self._listening) - names:
+                self._listening.pop(gone).cancel()
+                self._connected.pop(gone, None)
+            self.state.servers = len(servers)
+            if self.route.rehome():
+                self._sweep_now.set()
+            self._update_connected()
+            if self.servers.kind != "cluster":
+                await asyncio.Event().wait()  # one server, for good: nothing to follow
+            await self._until_suspect()
+
+    async def _until_suspect(self) -> None:
+        """Return once a Cluster's topology should be asked for again: a primary is out of
+        reach, Redis moved a shard channel, or a while (a slot move is otherwise silent)."""
+        waited = 0.0
+        while waited < self.recheck_interval:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TOPOLOGY_SECONDS):
+                    await self._suspect.wait()
+            waited += TOPOLOGY_SECONDS
+            if self._suspect.is_set() or not all(self._connected.values()):
+                break
+        self._suspect.clear()
+        await self.servers.recover(ConnectionError("topology check"))
+
+    async def _listen_forever(self, server: Server) -> None:
+        backoff = 0.1
+        subscriptions = self.route.of(server.name)
+        while True:
+            client = self._clients.get(server.name) or self.servers.subscriber(server)
+            self._clients[server.name] = client
+            pubsub = client.pubsub()
             flushing = None
             try:
-                enabled: bool | None = False
                 if self.state.mode == "keyspace":
                     async with asyncio.timeout(self.recheck_interval):
-                        enabled = await self.store.enable_notifications()
-                    self.state.notifications = bool(enabled)
+                        enabled = await self.store.enable_notifications(server)
+                    self._notified(server.name, enabled)
                 await pubsub.connect()
-                self.subscriptions.lost()  # a new connection: every wanted inbox again
-                self._restoring = len(self.subscriptions.wanted)
-                self._connected(True)
-                if not self._restoring:
+                subscriptions.lost()  # a new connection: every wanted inbox again
+                restoring = len(subscriptions.wanted)
+                self._set_connected(server.name, True)
+                if not restoring:
                     self._sweep_now.set()
-                if enabled is None:
-                    self._probing = asyncio.create_task(self._probe())
                 backoff = 0.1
-                flushing = asyncio.create_task(self._flush_forever(pubsub))
-                await self._dispatch(pubsub, flushing)
+                flushing = asyncio.create_task(self._flush_forever(pubsub, subscriptions))
+                await self._dispatch(pubsub, flushing, subscriptions, restoring)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as e:
                 self.metrics.reconnects.inc()
-                log.warning("wake-up listener lost Redis (%s); again in %.1fs", e, backoff)
+                log.warning(
+                    "wake-up listener lost Redis at %s (%s); again in %.1fs",
+                    server.name,
+                    e,
+                    backoff,
+                )
             except Exception:  # a bug must not end wake-ups for good: log it and start over
                 self.metrics.reconnects.inc()
                 log.exception("wake-up listener failed; again in %.1fs", backoff)
@@ -114,24 +236,39 @@ class Listener:
                 if flushing:
                     flushing.cancel()
                     await asyncio.gather(flushing, return_exceptions=True)
-                self._connected(False)
-                await pubsub.aclose()
+                self._set_connected(server.name, False)
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _flush_forever(self, pubsub: aioredis.client.PubSub) -> None:
+    async def _flush_forever(
+        self, pubsub: aioredis.client.PubSub, subscriptions: Subscriptions
+    ) -> None:
         """Send the subscribes and unsubscribes wanted, as one command each, as they come."""
         while True:
-            await self.subscriptions.changed.wait()
+            await subscriptions.changed.wait()
             await asyncio.sleep(0)  # let waiters arriving together join this batch
-            subscribe, unsubscribe = self.subscriptions.changes()
+            subscribe, unsubscribe = subscriptions.changes()
             if unsubscribe:  # never with no arguments: that would unsubscribe from all
-                await pubsub.unsubscribe(*unsubscribe)
+                if self.shard:
+                    await pubsub.sunsubscribe(*unsubscribe)
+                else:
+                    await pubsub.unsubscribe(*unsubscribe)
             if subscribe:
-                await pubsub.subscribe(*subscribe)
-            self.metrics.subscriptions.set(len(self.subscriptions.wanted))
+                if self.shard:
+                    await pubsub.ssubscribe(*subscribe)
+                else:
+                    await pubsub.subscribe(*subscribe)
+            self.metrics.subscriptions.set(self.route.count)
 
-    async def _dispatch(self, pubsub: aioredis.client.PubSub, flushing: asyncio.Task[None]) -> None:
+    async def _dispatch(
+        self,
+        pubsub: aioredis.client.PubSub,
+        flushing: asyncio.Task[None],
+        subscriptions: Subscriptions,
+        restoring: int,
+    ) -> None:
         """Read messages with a timeout, never awaiting a Redis command in between."""
         while True:
             if flushing.done():
@@ -140,30 +277,60 @@ class Listener:
             if message is None:
                 continue
             kind = message["type"]
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 if self.state.mode == "publish" or message["data"] == ARRIVAL_EVENT:
                     self._wake(message["channel"])
-            elif kind == "subscribe":
-                self._subscribed(message["channel"])
+            elif kind in ("subscribe", "ssubscribe") and self._confirmed(
+                subscriptions, message["channel"]
+            ):
+                restoring -= 1
+                if restoring == 0:  # every subscription restored: catch up on what passed
+                    self._sweep_now.set()
+            elif kind == "sunsubscribe" and self._moved_away(subscriptions, message["channel"]):
+                self._sweep_now.set()
 
-    def _subscribed(self, channel: bytes) -> None:
+    def _confirmed(self, subscriptions: Subscriptions, channel: bytes) -> bool:
         try:
             name = name_in(channel)
         except ValueError:
-            return
-        self.subscriptions.confirmed(name)
-        if self._restoring:
-            self._restoring -= 1
-            if not self._restoring:  # every subscription restored: catch up on what passed
-                self._sweep_now.set()
+            return False
+        subscriptions.confirmed(name)
+        return True
 
-    def _connected(self, connected: bool) -> None:
+    def _moved_away(self, subscriptions: Subscriptions, channel: bytes) -> bool:
+        """Redis unsubscribed a shard channel itself: its slot moved to another primary."""
+        try:
+            name = name_in(channel)
+        except ValueError:
+            return False
+        if name not in subscriptions.wanted:
+            return False  # an unsubscribe echoes asked for
+        subscriptions.lost_one(name)
+        self._suspect.set()  # learn the new primary, then rehome (_follow_servers)
+        return True
+
+    def _set_connected(self, name: str, connected: bool) -> None:
+        self._connected[name] = connected
+        self._update_connected()
+
+    def _update_connected(self) -> None:
+        connected = bool(self._listening) and all(
+            self._connected.get(name) for name in self._listening
+        )
         self.state.connected = connected
         self.metrics.listener_connected.set(int(connected))
         if connected:
             self.subscribed.set()
         else:
             self.subscribed.clear()
+
+    def _notified(self, server: str, enabled: bool | None) -> None:
+        self._notifications[server] = enabled
+        if enabled is None:
+            if self._probing is None or self._probing.done():
+                self._probing = asyncio.create_task(self._probe())
+            return
+        self.state.notifications = all(self._notifications.values())
 
     def _wake(self, channel: bytes) -> None:
         try:
@@ -179,10 +346,10 @@ class Listener:
     async def _probe(self) -> None:
         """Subscribe to the probe inbox, write to it, and see whether its event arrives."""
         self._probe_seen.clear()
-        self.subscriptions.want(PROBE_NAME)
+        self.route.want(PROBE_NAME)
         try:
             async with asyncio.timeout(self.recheck_interval):
-                await self.subscriptions.covered(PROBE_NAME, self.recheck_interval)
+                await self.route.covered(PROBE_NAME, self.recheck_interval)
                 await self.store.touch_probe()
                 await self._probe_seen.wait()
         except (RedisError, OSError, TimeoutError) as e:
@@ -193,22 +360,20 @@ class Listener:
                 notifications_missing()
             return
         finally:
-            self.subscriptions.release(PROBE_NAME)
+            self.route.release(PROBE_NAME)
         if not self.state.notifications:
             log.info("keyspace notifications arrive (checked with a test event)")
         self.state.notifications = True
 
     async def _sweep_forever(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.recheck_interval):
                     await self._sweep_now.wait()
-            except TimeoutError:
-                pass
             self._sweep_now.clear()
             try:
                 await self.sweep()
-            except (RedisError, OSError, TimeoutError) as e:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as e:
                 log.debug("sweep failed: %s", e)
 
     async def sweep(self) -> None:
@@ -219,13 +384,3 @@ class Listener:
         async with asyncio.timeout(self.recheck_interval):
             for name in await self.store.holding_records(names):
                 self.metrics.wakeups.inc(self.waiters.wake(name))
-
-
-def connect(url: str, timeout: float) -> aioredis.Redis:
-    """A client for the subscription alone, without silent retries: the listener reconnects."""
-    return aioredis.Redis.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=timeout,
-        health_check_interval=HEALTH_CHECK_SECONDS,
-    )

@@ -102,9 +102,21 @@ class Metrics:
         waiters_limit.set(max_waiters)
         self.redis_memory = Gauge(
             "echoes_redis_memory_bytes",
-            "Redis's used_memory and its maxmemory (0: no limit), read at each scrape",
-            ["kind"],
+            "Redis's used_memory and its maxmemory (0: no limit), read at each scrape, by server",
+            ["kind", "server"],
             multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "echoes_redis_up",
+            "Whether each Redis server (a Cluster's primaries) answered the last scrape",
+            ["server"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.failovers = Counter(
+            "echoes_redis_failovers",
+            "Primaries replaced (a Cluster's or Sentinel's failover), as this process saw them",
             registry=r,
         )
         self.wakeups = Counter("echoes_wakeups", "Waiting requests woken", registry=r)

@@ -6,10 +6,14 @@ in order and handed to each request. Under load that is one round trip for many 
 Redis reads and writes its socket once for all of them, and echoes pays for one write.
 A request's commands stay together and in order.
 
-The pipeline keeps its own connections (made by the client's pool, so with its address,
+The pipeline keeps its own connections (made like its client's: with its address,
 credentials, TLS and, under Sentinel, its master discovery) and takes a free one without
 waiting on a lock: with ten thousand requests arriving at once, every turn of the event loop
 is long, and a batch that needs fewer turns to get its answer is answered sooner.
+
+With ``replicas`` (--redis-wait-replicas), a batch that holds writes ends with a WAIT: its
+writes are answered only once that many replicas have them, and a request whose writes they
+did not confirm in time gets NotReplicated instead of its replies.
 
 Error replies are returned, not raised. A dropped connection is retried once on a fresh one,
 which is why every command echoes sends must be safe to run twice (lua/*.lua say how each
@@ -19,38 +23,62 @@ state.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
-Waiting = tuple[Sequence[Command], "asyncio.Future[list[Any]]"]
+
+
+@dataclass
+class Waiting:
+    commands: Sequence[Command]
+    future: "asyncio.Future[list[Any]]"
+    replicated: bool
+
+
+class NotReplicated(RedisError):
+    """The replicas did not confirm a request's writes within the time allowed (WAIT)."""
+
+
+# The share of a batch's deadline a WAIT may take; the rest is for writing and reading.
+WAIT_SHARE = 0.8
 
 
 class Pipeline:
     """The commands for one Redis server, batched per event-loop turn, on at most
-    ``connections`` connections of its own."""
+    ``connections`` connections of its own, made by ``make_connection``."""
 
-    def __init__(self, pool: aioredis.ConnectionPool, timeout: float, connections: int = 64):
-        self.pool = pool
+    def __init__(
+        self,
+        make_connection: Callable[[], AbstractConnection],
+        timeout: float,
+        connections: int = 64,
+        replicas: int = 0,
+    ):
+        self.make_connection = make_connection
         self.timeout = timeout
+        self.replicas = replicas
         self._free: list[AbstractConnection] = []
         self._slots = asyncio.Semaphore(connections)
         self._waiting: list[Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def run(self, commands: Sequence[Command]) -> list[Any]:
-        """Send ``commands`` with whatever else this turn sends; their replies, in order."""
+    async def run(self, commands: Sequence[Command], writes: bool = False) -> list[Any]:
+        """Send ``commands`` with whatever else this turn sends; their replies, in order.
+
+        ``writes``: they store or take records, so replicas must have them (``replicas``).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush)
-        self._waiting.append((commands, future))
+        self._waiting.append(Waiting(commands, future, writes and self.replicas > 0))
         return await future
 
     def _flush(self) -> None:
@@ -60,7 +88,11 @@ class Pipeline:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[Waiting]) -> None:
-        commands = [command for commands, _ in batch for command in commands]
+        commands = [command for waiting in batch for command in waiting.commands]
+        replicated = any(waiting.replicated for waiting in batch)
+        if replicated:
+            ms = int(self.timeout * WAIT_SHARE * 1000)
+            commands.append(("WAIT", self.replicas, ms))
         try:
             try:
                 async with asyncio.timeout(self.timeout):
@@ -68,15 +100,23 @@ class Pipeline:
             except TimeoutError:
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
         except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(error)
             return
+        confirmed = replies.pop() if replicated else 0
         start = 0
-        for asked, future in batch:
-            if not future.done():  # its request gave up
-                future.set_result(replies[start : start + len(asked)])
-            start += len(asked)
+        for waiting in batch:
+            future, count = waiting.future, len(waiting.commands)
+            if future.done():  # its request gave up
+                pass
+            elif waiting.replicated and not _enough(confirmed, self.replicas):
+                future.set_exception(
+                    NotReplicated(f"{confirmed} of {self.replicas} replicas confirmed the writes")
+                )
+            else:
+                future.set_result(replies[start : start + count])
+            start += count
 
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
         """Write every command at once on one connection, then read every reply.
@@ -87,7 +127,7 @@ class Pipeline:
         """
         async with self._slots:
             for attempt in (1, 2):
-                conn = self._free.pop() if self._free else self.pool.make_connection()
+                conn = self._free.pop() if self._free else self.make_connection()
                 try:
                     await conn.send_packed_command(conn.pack_commands(commands))
                     replies = [await _reply(conn) for _ in commands]
@@ -114,6 +154,10 @@ class Pipeline:
         free, self._free = self._free, []
         for conn in free:
             await conn.disconnect()
+
+
+def _enough(confirmed: Any, wanted: int) -> bool:
+    return isinstance(confirmed, int) and confirmed >= wanted
 
 
 async def _reply(conn: AbstractConnection) -> Any:

@@ -20,7 +20,9 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .pipeline import Pipeline
+from . import routing
+from .pipeline import Command, Pipeline
+from .servers import Server, Servers
 
 NAMES = ("put", "take")
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
@@ -69,12 +71,18 @@ class Scripts:
             )
         return "\n".join(parts) + "\n"
 
-    async def run(self, pipeline: Pipeline, calls: list[Call]) -> list[Any]:
-        """Run ``calls`` in one pipeline; their results, an error reply as an exception."""
-        results = await self._pipeline(pipeline, calls)
+    async def run(self, servers: Servers, calls: list[Call]) -> list[Any]:
+        """Run ``calls``, each on the server of its inbox (routing.py), in one pipeline per
+        server; their results in order, an error reply as an exception."""
+        commands = [(c.keys[0], self._command(c)) for c in calls]
+        return await routing.run(servers, commands, writes=True, send=self._send)
+
+    async def _send(self, server: Server, commands: list[Command], writes: bool) -> list[Any]:
+        """``commands`` on ``server``, loading the scripts there first if it lacks them."""
+        results = await server.pipeline.run(commands, writes)
         if any(self._missing(r) for r in results):
-            await self.load(pipeline)
-            results = await self._pipeline(pipeline, calls)  # every script is safe to rerun
+            await self.load(server.pipeline)
+            results = await server.pipeline.run(self._renamed(commands), writes)  # safe to rerun
         return results
 
     async def load(self, pipeline: Pipeline) -> None:
@@ -102,13 +110,17 @@ class Scripts:
             return False
         return "Function not found" in str(reply) or _unknown_command(reply)
 
-    async def _pipeline(self, pipeline: Pipeline, calls: list[Call]) -> list[Any]:
+    def _command(self, call: Call) -> Command:
         if self.functions:
-            name, call = self.function, "FCALL"
-        else:
-            name, call = self.sha, "EVALSHA"
-        commands = [(call, name[c.script], len(c.keys), *c.keys, *c.args) for c in calls]
-        return await pipeline.run(commands)
+            return ("FCALL", self.function[call.script], len(call.keys), *call.keys, *call.args)
+        return ("EVALSHA", self.sha[call.script], len(call.keys), *call.keys, *call.args)
+
+    def _renamed(self, commands: list[Command]) -> list[Command]:
+        """``commands`` as FCALL or EVALSHA, whichever Redis turned out to have (load())."""
+        if self.functions:
+            return commands
+        by_function = {f: self.sha[n] for n, f in self.function.items()}
+        return [("EVALSHA", by_function[c[1]], *c[2:]) if c[0] == "FCALL" else c for c in commands]
 
 
 def _unknown_command(reply: Exception) -> bool:

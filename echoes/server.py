@@ -18,14 +18,14 @@ import tornado.web
 from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
-from . import accept, listener, logs, malformed, metrics, processes, systemd
+from . import accept, listener, logs, malformed, metrics, processes, servers, systemd
 from .config import EMBEDDED, ConfigError, Settings, display_url
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
 from .metrics import Metrics
 from .origins import Origins
-from .store import Store, connect
+from .store import Store
 from .waiters import Waiters
 
 log = logging.getLogger("echoes")
@@ -53,11 +53,11 @@ DRAIN_SECONDS = 4.0
 CLOSE_SECONDS = 0.9
 
 
-def make_store(settings: Settings, keys: Keys, client: aioredis.Redis | None = None) -> Store:
-    """The store for these settings, on ``client`` or else a connection pool of its own."""
+def make_servers(settings: Settings, client: aioredis.Redis | None = None) -> servers.Servers:
+    """The Redis servers --redis-url names, or ``client``'s one server (tests: fakeredis)."""
     if client is None:
-        client = connect(settings.redis_url, settings.redis_timeout, settings.redis_max_connections)
-    return Store(client, keys, settings)
+        return servers.connect(settings)
+    return servers.Servers(client, settings, settings.redis_display, subscriber=client)
 
 
 class HTTPServer(tornado.httpserver.HTTPServer):
@@ -109,10 +109,11 @@ class Echoes:
         self.settings = settings
         self.metrics = metrics.Metrics(settings.wake, settings.max_waiters)
         keys = Keys(settings.key_prefix)
-        self.store = make_store(settings, keys, client)
+        redis_servers = make_servers(settings, client)
+        self.store = Store(redis_servers, keys, settings)
         self.waiters = Waiters(settings.max_waiters, settings.max_waiters_per_caller)
         self.listener = listener.Listener(
-            client or listener.connect(settings.redis_url, settings.redis_timeout),
+            redis_servers,
             self.store,
             keys,
             self.waiters,
@@ -191,7 +192,6 @@ class Echoes:
                 await self.server.close_all_connections()
                 if self._listening:
                     await asyncio.gather(self._listening, return_exceptions=True)
-                await self.listener.client.aclose()
                 await self.store.close()
         except TimeoutError:
             log.warning("connections still closing after %.0f s; exiting anyway", CLOSE_SECONDS)

@@ -6,20 +6,17 @@ touches the keys of one inbox only (see keys.py), and every script is safe to ru
 because the pipeline reruns a batch whose connection dropped (pipeline.py).
 """
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-
-from . import records, redisconfig
+from . import records, redisconfig, routing
 from .config import Settings
 from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Keys
-from .pipeline import Pipeline
 from .scripts import NAMES, Call, Scripts
+from .servers import Server, Servers
 
 log = logging.getLogger("echoes.store")
 SWEEP_CHUNK = 200
@@ -79,13 +76,13 @@ class Outcome:
 class Store:
     """Inboxes in Redis: send, take (delete-on-consume) and acks."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings):
-        self.client = client
+    def __init__(self, servers: Servers, keys: Keys, settings: Settings):
+        self.servers = servers
         self.keys = keys
-        self.pipeline = Pipeline(
-            client.connection_pool, settings.redis_timeout, settings.redis_max_connections
-        )
+        # With --wake=publish, arrivals are announced on the inbox's channel: on a Cluster a
+        # shard channel (SPUBLISH, Redis >= 7), heard only on the inbox's own primary.
         self.publish = settings.wake == "publish"
+        self.shard_channels = servers.kind == "cluster"
         self.scripts = Scripts(*NAMES)
         self.configure(settings)
 
@@ -96,7 +93,8 @@ class Store:
         self._batch_bytes = settings.max_batch_bytes
         self._inbox_limit = settings.max_inbox_records
         self._request_bytes = settings.max_request_bytes
-        self.pipeline.timeout = settings.redis_timeout
+        self._replicated = settings.redis_wait_replicas > 0
+        self.servers.configure(settings)
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
@@ -110,7 +108,7 @@ class Store:
             counted = int(self._inbox_limit > 0)
             args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt, counted)
             calls.append(Call("take", keys, args))
-        results = await classified(self.scripts.run(self.pipeline, calls))
+        results = await classified(self.scripts.run(self.servers, calls))
         batch = None
         if take:
             taken = results.pop()
@@ -153,15 +151,21 @@ class Store:
         self, inbox_name: str, record_id: str, record: bytes, wants_ack: bool, limit: int
     ) -> Call:
         inbox = self.keys.inbox(inbox_name)
-        channel = inbox.channel if self.publish else ""
-        args = (record_id, record, int(wants_ack), self._ttl_ms, channel, limit)
+        args: tuple[str | int | bytes, ...] = (record_id, record, int(wants_ack), self._ttl_ms)
+        if self.publish:
+            args += (inbox.channel, limit, "s" if self.shard_channels else "p")
+        else:
+            args += ("", limit)
         return Call("put", (inbox.queue, inbox.records, inbox.parked), args)
 
     async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> int:
         """Queue an ack for each message; how many were queued.
 
-        Best effort: the messages are already taken, and failing the receive would lose
-        them too. An ack Redis refuses (out of memory) or cannot take is logged and dropped.
+        Best effort: the messages are already taken (and parked under the attempt token),
+        and an ack Redis refuses (out of memory) or cannot take is logged and dropped. But
+        with --redis-wait-replicas an ack must be replicated like the rest: when Redis
+        cannot take it, or its replicas did not confirm it, the receive answers 503, and its
+        retry with the same token queues the acks again.
         """
         now = records.timestamp()
         calls = []
@@ -171,71 +175,78 @@ class Store:
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
             calls.append(self._put(origin, records.ack_id(consumer, key), ack, False, 0))
         try:
-            results = await classified(self.scripts.run(self.pipeline, calls))
+            results = await classified(self.scripts.run(self.servers, calls))
         except Unavailable as e:
+            if self._replicated:
+                raise
             results = [e] * len(calls)
         lost = [r for r in results if isinstance(r, Exception)]
         if lost:
             log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
         return len(calls) - len(lost)
 
-    async def ping(self) -> None:
-        """Return once Redis answers (failures.Unavailable if it does not)."""
-        await classified(self.client.ping())
+    async def ping(self) -> dict[str, str]:
+        """What is wrong with each server, by name: {} when every one answers PING."""
+        try:
+            await classified(self.servers.ready())
+        except Unavailable as e:
+            return {self.servers.kind: e.kind}
+        kinds = await asyncio.gather(*(self._ping(server) for server in self.servers.all()))
+        return {s.name: kind for s, kind in zip(self.servers.all(), kinds, strict=True) if kind}
 
-    async def memory(self) -> tuple[int, int]:
-        """Redis's used_memory and maxmemory (0: no limit), in bytes."""
-        info = await classified(self.client.info("memory"))
-        return int(info["used_memory"]), int(info.get("maxmemory", 0))
+    async def _ping(self, server: Server) -> str:
+        try:
+            await classified(server.client.ping())
+            return ""
+        except Unavailable as e:
+            return e.kind
 
-    async def enable_notifications(self) -> bool | None:
+    async def memory(self) -> list[tuple[str, int, int] | tuple[str, None, None]]:
+        """Each server's name, used_memory and maxmemory (0: no limit) in bytes, or Nones
+        for a server that did not answer."""
+        await classified(self.servers.ready())
+        figures: list[tuple[str, int, int] | tuple[str, None, None]] = []
+        for server in self.servers.all():
+            try:
+                info = await classified(server.client.info("memory"))
+            except Unavailable:
+                figures.append((server.name, None, None))
+                continue
+            figures.append((server.name, int(info["used_memory"]), int(info.get("maxmemory", 0))))
+        return figures
+
+    async def enable_notifications(self, server: Server) -> bool | None:
         """Add the keyspace-event flags echoes needs (redisconfig.enable_notifications)."""
-        return await redisconfig.enable_notifications(self.client)
+        return await redisconfig.enable_notifications(server.client)
 
     async def check_settings(self) -> None:
         """Warn, in words, about Redis settings that lose acknowledged records."""
-        await redisconfig.warn_if_evicting(self.client)
-        await redisconfig.warn_if_not_persistent(self.client)
+        await classified(self.servers.ready())
+        for server in self.servers.all():
+            await redisconfig.warn_if_evicting(server.client)
+            await redisconfig.warn_if_not_persistent(server.client)
 
     async def close(self) -> None:
         """Close the connections to Redis, once the batches in flight are answered."""
-        await self.pipeline.close()
-        await self.client.aclose()
+        await self.servers.close()
 
     async def touch_probe(self) -> None:
         """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
         queue = self.keys.inbox(PROBE_NAME).queue
-        await self.pipeline.run([("ZADD", queue, 0, "probe"), ("ZREM", queue, "probe")])
+        commands = [(queue, ("ZADD", queue, 0, "probe")), (queue, ("ZREM", queue, "probe"))]
+        await routing.run(self.servers, commands)
 
     async def holding_records(self, names: list[str]) -> list[str]:
         """Those of ``names`` whose inbox holds records (maybe expired).
 
-        One pipelined round trip per SWEEP_CHUNK names: each is a few hundred microseconds
-        of work, so wake-ups of other requests are never held up behind a long sweep.
+        One pipelined round trip per SWEEP_CHUNK names (per server of a Cluster): each is a
+        few hundred microseconds of work, so wake-ups of other requests are never held up
+        behind a long sweep.
         """
         found = []
         for start in range(0, len(names), SWEEP_CHUNK):
             chunk = names[start : start + SWEEP_CHUNK]
-            commands = [("EXISTS", self.keys.inbox(name).queue) for name in chunk]
-            replies = await self.pipeline.run(commands)
+            queues = [self.keys.inbox(name).queue for name in chunk]
+            replies = await routing.run(self.servers, [(q, ("EXISTS", q)) for q in queues])
             found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
         return found
-
-
-def connect(url: str, timeout: float, max_connections: int) -> aioredis.Redis:
-    """A client whose requests queue for one of ``max_connections`` connections.
-
-    redis-py's default pool raises "Too many connections" under a burst; the blocking pool
-    makes requests wait (up to ``timeout``) instead. Retries cover a dropped connection,
-    not an outage. No socket timeout: every caller bounds its whole call with its own
-    deadline (asyncio.timeout), and a per-read timeout cost 5% of the CPU per request.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=None,  # redis-py's default is 5 s; our callers' deadlines replace it
-        socket_connect_timeout=timeout,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
-    )
-    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool

@@ -11,6 +11,8 @@ waiter that awaits it before its first take misses no arrival.
 import asyncio
 from collections.abc import Callable
 
+Callback = Callable[[], None]
+
 LINGER_SECONDS = 5.0
 
 
@@ -27,6 +29,7 @@ class Subscriptions:
         self._to_unsubscribe: set[str] = set()
         self._covering: dict[str, asyncio.Future[None]] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}
+        self._on_leave: dict[str, Callback] = {}
 
     def want(self, name: str) -> None:
         """``name`` has a waiter: subscribe to its channel (if not already)."""
@@ -41,12 +44,15 @@ class Subscriptions:
             self._to_subscribe.add(name)
             self.changed.set()
 
-    def release(self, name: str) -> None:
-        """``name`` has no waiter left: unsubscribe after ``linger`` seconds unless wanted again."""
+    def release(self, name: str, on_leave: Callback | None = None) -> None:
+        """``name`` has no waiter left: unsubscribe after ``linger`` seconds unless wanted again
+        (then call ``on_leave``)."""
         if name not in self._wanted or name in self._leaving:
             return
         loop = asyncio.get_running_loop()
         self._leaving[name] = loop.call_later(self.linger, self._leave, name)
+        if on_leave is not None:
+            self._on_leave[name] = on_leave
 
     def _leave(self, name: str) -> None:
         self._leaving.pop(name, None)
@@ -56,6 +62,24 @@ class Subscriptions:
         if name in self._confirmed:
             self._to_unsubscribe.add(name)
             self.changed.set()
+        left = self._on_leave.pop(name, None)
+        if left is not None:
+            left()
+
+    def drop(self, name: str) -> bool:
+        """Unsubscribe ``name`` now (it moved to another server); whether it had waiters."""
+        lingering = self._leaving.pop(name, None)
+        if lingering:
+            lingering.cancel()
+        self._on_leave.pop(name, None)
+        waited = name in self._wanted and lingering is None
+        self._covering.pop(name, None)
+        self._wanted.discard(name)
+        self._to_subscribe.discard(name)
+        if name in self._confirmed:
+            self._to_unsubscribe.add(name)
+            self.changed.set()
+        return waited
 
     async def covered(self, name: str, timeout: float) -> bool:
         """Return once ``name``'s subscription is confirmed; False after ``timeout`` s."""
@@ -88,6 +112,13 @@ class Subscriptions:
         future = self._covering.pop(name, None)
         if future is not None and not future.done():
             future.set_result(None)
+
+    def lost_one(self, name: str) -> None:
+        """Redis ended ``name``'s subscription itself: subscribe to it again if still wanted."""
+        self._confirmed.discard(name)
+        if name in self._wanted:
+            self._to_subscribe.add(name)
+            self.changed.set()
 
     def lost(self) -> None:
         """The connection is gone, and its subscriptions with it: every wanted one again."""

@@ -181,7 +181,7 @@ async def test_bad_send_body_is_400_and_stores_nothing(fake_echoes, body, fragme
     for path in ("/send", "/exchange"):
         response = await fake_echoes.post(path, "a", body)
         assert_error(response, 400, fragment)
-    assert await fake_echoes.store.client.keys("*") == []
+    assert await fake_echoes.redis.keys("*") == []
 
 
 async def test_schema_errors_are_all_listed_with_their_paths(fake_echoes):
@@ -226,7 +226,7 @@ async def test_oversized_body_is_413_before_it_is_read(start_echoes):
     body = {"idempotencyKey": KEY, "destination": ["b"], "body": "x" * 200}
     response = await echoes.post("/send", "a", body)
     assert_error(response, 413, "larger than 100 bytes")
-    assert await echoes.store.client.keys("*") == []
+    assert await echoes.redis.keys("*") == []
 
 
 async def test_limit_takes_the_oldest_and_reports_what_remains(fake_echoes):

@@ -31,7 +31,7 @@ async def test_a_send_storing_more_than_max_request_bytes_is_413_and_stores_noth
     response = await echoes.post("/send", "a", message(names, "x" * 1000))
     assert response.status == 413
     assert "more than 100000" in response.json["details"][0]
-    assert await echoes.store.client.keys(echoes.settings.key_prefix + "*") == []
+    assert await echoes.redis.keys(echoes.settings.key_prefix + "*") == []
     # Under the bound the same fan-out is stored.
     assert (await echoes.post("/send", "a", message(names, "x" * 800))).json == {"sent": 100}
 
@@ -72,7 +72,7 @@ async def test_expired_records_never_fill_an_inbox(start_echoes):
     assert refused == 0
     # What the inbox holds is what is live: expired records were dropped by the puts.
     inbox = echoes.store.keys.inbox("b")
-    assert await echoes.store.client.zcard(inbox.queue) <= 5
+    assert await echoes.redis.zcard(inbox.queue) <= 5
     response = await echoes.post("/receive?limit=1", "b")
     assert int(response.headers["Echoes-Remaining"]) <= 4
 
@@ -88,7 +88,7 @@ async def test_parked_batches_count_against_the_inbox_cap(start_echoes):
         statuses.append(response.status)
     assert statuses[:5] == [200] * 5 and set(statuses[5:]) == {429}
     parked = echoes.store.keys.inbox("a").parked
-    assert await echoes.store.client.hget(parked, "#") == b"5"
+    assert await echoes.redis.hget(parked, "#") == b"5"
 
 
 async def test_a_replay_never_returns_an_expired_record(start_echoes):

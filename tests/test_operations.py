@@ -341,7 +341,10 @@ def acl_rules(user, prefix="echoes:"):
 
 # What echoes sends itself, outside its scripts: health, memory figures, wake-ups, the sweep,
 # the notification probe (a zadd and a zrem), and the scripts' calls.
-PYTHON_COMMANDS = {"ping", "info", "fcall", "exists", "subscribe", "unsubscribe", "zadd", "zrem"}
+PYTHON_COMMANDS = {
+    *("ping", "info", "fcall", "exists", "zadd", "zrem"),
+    *("subscribe", "unsubscribe", "ssubscribe", "sunsubscribe"),  # Cluster: shard channels
+}
 
 
 def test_the_acl_allows_exactly_what_echoes_and_its_scripts_run():
@@ -483,7 +486,8 @@ async def test_metrics_have_process_build_and_limit_series_and_no_created(echoes
         "process_open_fds ",
         f'echoes_build_info{{version="{__version__}"}} 1.0',
         f"echoes_waiters_limit {float(echoes.settings.max_waiters)}",
-        'echoes_redis_memory_bytes{kind="used"} ',
+        f'echoes_redis_memory_bytes{{kind="used",server="{echoes.settings.redis_display}"}} ',
+        f'echoes_redis_up{{server="{echoes.settings.redis_display}"}} 1.0',
     ]:
         assert series in text, series
     assert "_created" not in text

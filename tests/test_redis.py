@@ -70,7 +70,7 @@ async def test_resend_after_consumption_is_delivered_again(echoes):
 async def test_every_record_expires_and_leaves_no_keys(start_echoes):
     echoes = await start_echoes(message_ttl=1)
     await echoes.send("a", KEY, ["b"], ack=True)
-    redis = echoes.store.client
+    redis = echoes.redis
     assert len(await redis.keys(echoes.settings.key_prefix + "*")) == 2
     await asyncio.sleep(1.1)
     assert await echoes.receive("b") == []
@@ -219,7 +219,7 @@ async def test_a_connection_lost_mid_take_loses_no_record(echoes, monkeypatch):
 async def test_out_of_memory_refuses_sends_but_receives_keep_working(start_echoes, own_redis):
     echoes = await start_echoes(redis_url=own_redis.url)
     await echoes.send("a", "key-000000000001", ["b"], "stored before", ack=True)
-    await echoes.store.client.config_set("maxmemory", 1)
+    await echoes.redis.config_set("maxmemory", 1)
     try:
         body = {"idempotencyKey": KEY, "destination": ["b", "c"], "body": 1}
         response = await echoes.post("/send", "a", body)
@@ -230,7 +230,7 @@ async def test_out_of_memory_refuses_sends_but_receives_keep_working(start_echoe
         response = await echoes.post("/exchange", "c", body | {"destination": ["d"]})
         assert response.status == 507
     finally:
-        await echoes.store.client.config_set("maxmemory", 0)
+        await echoes.redis.config_set("maxmemory", 0)
     assert await echoes.receive("c") == [] and await echoes.receive("d") == []
 
 
@@ -257,10 +257,10 @@ async def test_a_full_inbox_refuses_new_records_with_429(start_echoes):
 
 async def test_scripts_are_reloaded_after_a_script_or_function_flush(echoes):
     await echoes.send("a", KEY, ["b"])
-    await echoes.store.client.script_flush()
-    await echoes.store.client.function_flush()
+    await echoes.redis.script_flush()
+    await echoes.redis.function_flush()
     assert len(await echoes.receive("b")) == 1
-    functions = await echoes.store.client.function_list(echoes.store.scripts.library)
+    functions = await echoes.redis.function_list(echoes.store.scripts.library)
     assert len(functions) == 1  # Redis 7 runs them as echoes' function library again
 
 
@@ -289,7 +289,7 @@ async def test_the_503_detail_never_shows_the_redis_password(start_echoes):
 async def test_a_stalled_redis_answers_503_within_the_timeout(start_echoes, own_redis):
     echoes = await start_echoes(redis_url=own_redis.url, redis_timeout=0.5)
     await echoes.receive("b")
-    await echoes.store.client.execute_command("CLIENT", "PAUSE", "3000")
+    await echoes.redis.execute_command("CLIENT", "PAUSE", "3000")
     started = time.monotonic()
     response = await echoes.post("/receive", "b")
     assert response.status == 503 and time.monotonic() - started < 2.5
@@ -308,13 +308,13 @@ async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
     server.start()
     try:
         echoes = await start_echoes(redis_url=server.url)
-        info = await echoes.store.client.info("server")
+        info = await echoes.redis.info("server")
         assert info["redis_version"].startswith("6.2")
         await echoes.send("a", KEY, ["b", "c"], ack=True)
         assert len(await echoes.receive("b")) == 1
         assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
         assert not echoes.store.scripts.functions  # no functions on 6.2: EVALSHA
-        await echoes.store.client.script_flush()
+        await echoes.redis.script_flush()
         assert len(await echoes.receive("c")) == 1
     finally:
         server.stop()

@@ -84,7 +84,7 @@ async def test_hostile_input_is_refused_and_stores_nothing(echoes):
     status_line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
     assert status_line == b"" or b" 400 " in status_line
-    assert await echoes.store.client.keys(echoes.settings.key_prefix + "*") == []
+    assert await echoes.redis.keys(echoes.settings.key_prefix + "*") == []
     # Keys at the bounds are fine.
     for key in ["k" * 12, "k" * 64]:
         await echoes.send("a", key, ["b"])

@@ -212,8 +212,8 @@ async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
 async def test_a_stray_publish_on_an_inbox_channel_is_ignored(start_echoes):
     echoes = await start_echoes(wake="publish", **SLOW_SWEEP)
     prefix = echoes.settings.key_prefix
-    await echoes.store.client.publish(f"{prefix}{{not base64!}}:w", "1")
-    await echoes.store.client.publish(f"{prefix}{{_w}}:w", "1")  # base64 of invalid UTF-8
+    await echoes.redis.publish(f"{prefix}{{not base64!}}:w", "1")
+    await echoes.redis.publish(f"{prefix}{{_w}}:w", "1")  # base64 of invalid UTF-8
     task = await waiting(echoes, "b")
     await echoes.send("a", KEY, ["b"], "still listening")
     assert await bodies(task) == ["still listening"]
@@ -224,7 +224,7 @@ async def test_the_subscription_killed_repeatedly_sleeps_past_no_record(start_ec
     echoes = await start_echoes(**SLOW_SWEEP)
     for i in range(3):
         task = await waiting(echoes, "b")
-        await echoes.store.client.client_kill_filter(_type="pubsub")
+        await echoes.redis.client_kill_filter(_type="pubsub")
         await echoes.send("a", f"key-{i:012d}", ["b"], i)
         assert await bodies(task) == [i]
 
@@ -322,7 +322,7 @@ async def channels(redis_url) -> set[bytes]:
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
 async def test_subscribed_to_exactly_the_waited_on_inboxes(start_echoes, own_redis, wake):
     echoes = await start_echoes(redis_url=own_redis.url, wake=wake, **SLOW_SWEEP)
-    echoes.echoes.listener.subscriptions.linger = 0.2
+    echoes.echoes.listener.route.linger = 0.2
     assert await channels(own_redis.url) == set()  # nothing waits: no subscription at all
     keys, db = echoes.store.keys, 0
     tasks = [await waiting(echoes, name) for name in ("b", "b", "李")]

@@ -11,6 +11,8 @@
 -- ARGV[5]  channel to announce the arrival on (--wake=publish), or "" (keyspace events do it)
 -- ARGV[6]  most records the inbox may hold, queued and parked (0: no limit); a replacement
 --          always fits
+-- ARGV[7]  with a channel: "s" to announce on it as a shard channel (SPUBLISH: Cluster),
+--          else "p" (PUBLISH)
 -- returns  1 if stored, 0 if the inbox is full; Redis's error (e.g. OOM) if it could not
 --          store, in which case nothing changed but the waiting copy's place in the queue
 -- Safe to run twice (echoes reruns a pipeline after a dropped connection): the rerun rewrites
@@ -94,7 +96,11 @@ if arrival == 1 or redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[2], lifetime)
 end
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], '1')
+  if ARGV[7] == 's' then
+    redis.call('SPUBLISH', ARGV[5], '1')
+  else
+    redis.call('PUBLISH', ARGV[5], '1')
+  end
 end
 if #expired > 0 then
   redis.call('ZREM', KEYS[1], unpack(expired))

@@ -1,0 +1,252 @@
+"""Redis Cluster and Redis Sentinel on loopback, from the same redis-server binary.
+
+Used by the tests (tests/test_topologies.py) and the benchmark (bench/cluster.py); each
+starts and stops its own. Ports are below 55535, so that a cluster node's bus port (its
+port + 10000) is a valid port too.
+"""
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from echoes.embedded import RedisServer, find_binary
+
+NODE_TIMEOUT_MS = 2000  # how long a primary may be silent before its replica takes over
+MASTER_NAME = "echoes"
+
+
+def free_port_pair() -> int:
+    """A free loopback port below 55535 whose port + 10000 is free too (a cluster bus)."""
+    for _ in range(1000):
+        port = random.randrange(20000, 55535)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def redis_cli() -> str:
+    """Debian's redis-cli (redis-tools), else the one next to redis-server."""
+    found = shutil.which("redis-cli") or str(Path(find_binary()).with_name("redis-cli"))
+    return found
+
+
+def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout} s: no")
+        time.sleep(0.1)
+
+
+@dataclass
+class Node:
+    """One redis-server on a TCP port of loopback (and a unix socket in its directory)."""
+
+    port: int
+    server: RedisServer
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL, as a machine that dies: nothing flushed."""
+        process = self.server.process
+        if process and process.poll() is None:
+            process.kill()
+            process.wait()
+        self.server.process = None
+
+    def restart(self) -> None:
+        self.server.start()
+
+
+def start_node(directory: Path, port: int, **options: str) -> Node:
+    server = RedisServer(directory / str(port), port=str(port), **options)
+    server.spawn()
+    return Node(port, server)
+
+
+@dataclass
+class Cluster:
+    """Three primaries with a replica each (redis-cli --cluster create)."""
+
+    directory: Path
+    nodes: list[Node] = field(default_factory=list)
+
+    def start(self, primaries: int = 3) -> "Cluster":
+        for _ in range(primaries * 2):
+            port = free_port_pair()
+            self.nodes.append(
+                start_node(
+                    self.directory,
+                    port,
+                    cluster_enabled="yes",
+                    cluster_config_file=f"nodes-{port}.conf",
+                    cluster_node_timeout=str(NODE_TIMEOUT_MS),
+                )
+            )
+        for node in self.nodes:
+            wait_until(node.server.ping, 15, f"node {node.port} answers")
+        addresses = [n.address for n in self.nodes]
+        subprocess.run(
+            [
+                redis_cli(),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        wait_until(self.healthy, 30, "the cluster is ok on every node")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://{self.nodes[0].address},{self.nodes[1].address}"
+
+    def healthy(self) -> bool:
+        """Every running node says cluster_state:ok and knows three primaries with slots."""
+        for node in self.running():
+            info = node.client().cluster("info")
+            if info["cluster_state"] != "ok":
+                return False
+        return len(self.primaries()) == len(self.nodes) // 2
+
+    def running(self) -> list[Node]:
+        return [n for n in self.nodes if n.server.running]
+
+    def primaries(self) -> list[Node]:
+        """The nodes that are primaries with slots now, as a running node sees them."""
+        [anyone] = self.running()[:1]
+        shards = anyone.client().execute_command("CLUSTER", "SLOTS")
+        ports = {int(shard[2][1]) for shard in shards}
+        return [n for n in self.nodes if n.port in ports]
+
+    def primary_of(self, key: str) -> Node:
+        slot = self.running()[0].client().cluster("keyslot", key)
+        for shard in self.running()[0].client().execute_command("CLUSTER", "SLOTS"):
+            if shard[0] <= slot <= shard[1]:
+                port = int(shard[2][1])
+                return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"slot {slot} is not served")
+
+    def replica_of(self, primary: Node) -> Node:
+        for node in self.running():
+            info = node.client().info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise RuntimeError(f"no replica of {primary.port}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.server.stop()
+
+
+@dataclass
+class Sentinels:
+    """A master, its replica and three sentinels that watch it (quorum 2)."""
+
+    directory: Path
+    master: Node | None = None
+    replica: Node | None = None
+    sentinels: list[Node] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> "Sentinels":
+        master_port = free_port_pair()
+        self.master = start_node(self.directory, master_port)
+        wait_until(self.master.server.ping, 15, "the master answers")
+        replica_port = free_port_pair()
+        self.replica = start_node(
+            self.directory, replica_port, replicaof=f"127.0.0.1 {master_port}"
+        )
+        wait_until(lambda: self._in_sync(self.replica), 15, "the replica is in sync")
+        for _ in range(3):
+            self._start_sentinel(master_port)
+        wait_until(self._sentinels_agree, 30, "the sentinels know the master and replica")
+        return self
+
+    def _start_sentinel(self, master_port: int) -> None:
+        port = free_port_pair()
+        home = self.directory / f"sentinel-{port}"
+        home.mkdir(parents=True)
+        conf = home / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {home}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {NODE_TIMEOUT_MS}\n"
+            f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        popen = subprocess.Popen(
+            [find_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.processes.append(popen)
+        node = Node(port, RedisServer(home))  # only for its client and address
+        self.sentinels.append(node)
+
+    def _in_sync(self, replica: Node) -> bool:
+        info = replica.client().info("replication")
+        return info.get("master_link_status") == "up"
+
+    def _sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            master = sentinel.client().sentinel_master(MASTER_NAME)
+            if (
+                int(master.get("num-slaves", 0)) < 1
+                or int(master.get("num-other-sentinels", 0)) < 2
+            ):
+                return False
+        return True
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(s.address for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{MASTER_NAME}"
+
+    def current_master(self) -> Node:
+        _, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(MASTER_NAME)
+        assert self.master and self.replica
+        return self.master if int(port) == self.master.port else self.replica
+
+    def stop(self) -> None:
+        for popen in self.processes:
+            popen.terminate()
+        for popen in self.processes:
+            try:
+                popen.wait(10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+        for node in (self.master, self.replica):
+            if node:
+                node.server.stop()

@@ -1,0 +1,308 @@
+"""The Redis servers echoes talks to, and which one serves a key.
+
+One server (a plain Redis, or the master that Sentinel names) serves every key. A Cluster's
+primaries each serve their slots: every inbox's keys share one hash tag, so one slot and
+one primary (keys.py). Each server has a client for single commands (PING, INFO, CONFIG)
+and a pipeline of its own for the scripts and sweeps (pipeline.py).
+
+What may go wrong on the way differs too, and so does what is worth trying again before the
+request's deadline (--redis-timeout): a plain Redis that refuses a connection is down, and
+its request answers 503 at once; a master that Sentinel is replacing, and a Cluster node
+that moved a slot, failed over or is still electing a replica, come back within seconds.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import topology
+from .config import Settings
+from .pipeline import Pipeline
+
+log = logging.getLogger("echoes.redis")
+HEALTH_CHECK_SECONDS = 30
+# How long to wait before asking a Cluster or Sentinel again about a failed node or master.
+RECOVER_SECONDS = 0.25
+
+
+@dataclass
+class Server:
+    """One Redis server: a client for single commands, a pipeline for batches."""
+
+    name: str
+    client: aioredis.Redis
+    pipeline: Pipeline
+    address: tuple[str, int] | None = None  # a Cluster node's
+
+
+class Servers:
+    """One server serves every key: a plain Redis (and base of the others)."""
+
+    kind = "single"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: Settings,
+        name: str,
+        subscriber: aioredis.Redis | None = None,
+    ):
+        self.settings = settings
+        self.one = Server(name, client, self._pipeline(client.connection_pool.make_connection))
+        self._subscriber = subscriber  # a client given for subscriptions too (fakeredis)
+
+    def _pipeline(self, make_connection: Any) -> Pipeline:
+        s = self.settings
+        return Pipeline(
+            make_connection, s.redis_timeout, s.redis_max_connections, s.redis_wait_replicas
+        )
+
+    async def ready(self) -> None:
+        """Know the servers (a Cluster's slots); a no-op for one server."""
+
+    def for_key(self, key: str) -> Server:
+        """The server of ``key``'s slot."""
+        return self.one
+
+    def at(self, host: str, port: int) -> Server:
+        """The server at an address a Cluster redirected to (ASK)."""
+        return self.one
+
+    def all(self) -> list[Server]:
+        """Every server that holds data (a Cluster's primaries)."""
+        return [self.one]
+
+    def transient(self, error: BaseException) -> bool:
+        """Whether ``error`` may pass within the deadline (retry after recover())."""
+        return False
+
+    async def recover(self, error: BaseException) -> None:
+        """After a transient error: wait a little, learn where things are now."""
+        await asyncio.sleep(RECOVER_SECONDS)
+
+    def subscriber(self, server: Server) -> aioredis.Redis:
+        """A client for ``server``'s wake-up subscriptions alone, without silent retries."""
+        if self._subscriber is not None:
+            return self._subscriber
+        return aioredis.Redis.from_url(self.settings.redis_url, **_subscriber_options(self))
+
+    @property
+    def db(self) -> int:
+        return int(self.one.client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+    def configure(self, settings: Settings) -> None:
+        """Apply a reload's --redis-timeout and --redis-wait-replicas to every pipeline."""
+        self.settings = settings
+        for server in self.all():
+            server.pipeline.timeout = settings.redis_timeout
+            server.pipeline.replicas = settings.redis_wait_replicas
+
+    async def close(self) -> None:
+        for server in self.all():
+            await server.pipeline.close()
+            await server.client.aclose()
+
+
+class SentinelServers(Servers):
+    """The master that Sentinel names serves every key; it may change (a failover)."""
+
+    kind = "sentinel"
+
+    def __init__(self, settings: Settings, where: topology.Topology):
+        self.where = where
+        self.sentinel = Sentinel(list(where.hosts), **_connection_options(settings, where))
+        client = self.sentinel.master_for(where.master, redis_class=aioredis.Redis)
+        super().__init__(client, settings, f"{where.master} (Sentinel)")
+
+    def transient(self, error: BaseException) -> bool:
+        # No master known yet (an election), the old one refusing writes, a dropped connection.
+        return isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
+
+    def subscriber(self, server: Server) -> aioredis.Redis:
+        return self.sentinel.master_for(
+            self.where.master, redis_class=aioredis.Redis, **_subscriber_options(self)
+        )
+
+    async def master(self) -> tuple[str, int] | None:
+        """The master's address, as the sentinels say now (None if they name none)."""
+        pool = self.one.client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        try:
+            return await pool.get_master_address()
+        except RedisConnectionError:
+            return None
+
+    @property
+    def db(self) -> int:
+        return self.where.db
+
+
+class ClusterServers(Servers):
+    """A Cluster's primaries, each serving its slots (redis-py keeps the slot map)."""
+
+    kind = "cluster"
+
+    def __init__(self, settings: Settings, where: topology.Topology):
+        self.settings = settings
+        self.where = where
+        self.cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in where.hosts],
+            **_connection_options(settings, where),
+            max_connections=settings.redis_max_connections,
+        )
+        self._servers: dict[str, Server] = {}
+        self._ready = False
+
+    async def ready(self) -> None:
+        if not self._ready:
+            await self.cluster.initialize()
+            self._ready = True
+
+    def _server(self, node: ClusterNode) -> Server:
+        server = self._servers.get(node.name)
+        if server is None:
+            options = dict(node.connection_kwargs)
+
+            def make_connection() -> Any:
+                return node.connection_class(**options)
+
+            pool = aioredis.ConnectionPool(
+                connection_class=node.connection_class, max_connections=4, **options
+            )
+            server = self._servers[node.name] = Server(
+                node.name,
+                aioredis.Redis(connection_pool=pool),
+                self._pipeline(make_connection),
+                (node.host, int(node.port)),
+            )
+        return server
+
+    def for_key(self, key: str) -> Server:
+        node = self.cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        return self._server(node)
+
+    def at(self, host: str, port: int) -> Server:
+        node = self.cluster.get_node(host, port) or ClusterNode(host, port)
+        return self._server(node)
+
+    def all(self) -> list[Server]:
+        return [self._server(node) for node in self.cluster.get_primaries()]
+
+    def transient(self, error: BaseException) -> bool:
+        return isinstance(
+            error,
+            RedisConnectionError
+            | RedisTimeoutError
+            | AskError
+            | TryAgainError
+            | ClusterDownError
+            | ReadOnlyError
+            | RedisClusterException,
+        )
+
+    async def recover(self, error: BaseException) -> None:
+        if isinstance(error, MovedError):
+            await self.cluster.nodes_manager.move_slot(error)
+            return
+        if isinstance(error, AskError):
+            return  # a one-off redirection: the caller asks the named node
+        await asyncio.sleep(RECOVER_SECONDS)
+        try:
+            await self.cluster.nodes_manager.initialize()
+        except (RedisClusterException, RedisConnectionError, RedisTimeoutError) as e:
+            log.debug("cluster topology not refreshed: %s", e)
+
+    def subscriber(self, server: Server) -> aioredis.Redis:
+        assert server.address is not None
+        host, port = server.address
+        where = self.where
+        return aioredis.Redis(
+            host=host,
+            port=port,
+            username=where.username,
+            password=where.password,
+            ssl=where.tls,
+            **_subscriber_options(self),
+        )
+
+    @property
+    def db(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        for server in self._servers.values():
+            await server.pipeline.close()
+            await server.client.aclose()
+        await self.cluster.aclose()
+
+
+def connect(settings: Settings) -> Servers:
+    """The servers --redis-url names, with their clients and pipelines."""
+    where = topology.parse(settings.redis_url)
+    if where.kind == "sentinel":
+        return SentinelServers(settings, where)
+    if where.kind == "cluster":
+        return ClusterServers(settings, where)
+    client = connect_single(
+        settings.redis_url, settings.redis_timeout, settings.redis_max_connections
+    )
+    return Servers(client, settings, settings.redis_display)
+
+
+def connect_single(url: str, timeout: float, max_connections: int) -> aioredis.Redis:
+    """A client whose requests queue for one of ``max_connections`` connections.
+
+    redis-py's default pool raises "Too many connections" under a burst; the blocking pool
+    makes requests wait (up to ``timeout``) instead. Retries cover a dropped connection,
+    not an outage. No socket timeout: every caller bounds its whole call with its own
+    deadline (asyncio.timeout), and a per-read timeout cost 5% of the CPU per request.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=None,  # redis-py's default is 5 s; our callers' deadlines replace it
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), retries=3),
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+
+
+def _connection_options(settings: Settings, where: topology.Topology) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "username": where.username,
+        "password": where.password,
+        "socket_timeout": None,  # as connect_single: the callers' deadlines bound every call
+        "socket_connect_timeout": settings.redis_timeout,
+    }
+    if where.kind == "sentinel":
+        options["db"] = where.db
+    if where.tls:
+        options["ssl"] = True
+    return options
+
+
+def _subscriber_options(servers: Servers) -> dict[str, Any]:
+    return {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": servers.settings.redis_timeout,
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+    }
