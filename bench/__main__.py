@@ -81,7 +81,8 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
             "echoes": lambda: start_echoes(url, workdir),
             "echoes_2_processes": lambda: start_echoes(url, workdir, "--processes=2"),
         }
-        throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"], url)
+        urls = {name: [url] for name in starters}
+        throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"], urls)
         print("2: receive cost against stored volume", flush=True)
         with running(start_echoes(url, workdir)) as echoes:
             volume = asyncio.run(

@@ -8,6 +8,7 @@ the server process; its INFO commandstats say how many script calls each request
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -33,32 +34,43 @@ def process_seconds(pid: int) -> float:
 @dataclass
 class Reading:
     server: float  # CPU seconds
-    redis: float
+    redis: dict[str, float]  # CPU seconds, by Redis server
     script_calls: int
 
 
 class Meter:
-    """Reads CPU time of a server and of Redis, and Redis's script calls, before and after."""
+    """Reads CPU time of a server and of Redis (one, or a Cluster's nodes, by address), and
+    Redis's script calls, before and after."""
 
-    def __init__(self, pid: int, redis_url: str):
+    def __init__(self, pid: int, redis_urls: list[str]):
         self.pid = pid
-        self.client = redis.Redis.from_url(redis_url)
+        self.clients = {url: redis.Redis.from_url(url) for url in redis_urls}
 
     def read(self) -> Reading:
-        cpu = self.client.info("cpu")
-        stats = self.client.info("commandstats")
-        calls = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha"))
-        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        used, calls = {}, 0
+        for url, client in self.clients.items():
+            cpu = client.info("cpu")
+            stats = client.info("commandstats")
+            calls += sum(
+                stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha")
+            )
+            used[url] = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
         return Reading(process_seconds(self.pid), used, calls)
 
     def close(self) -> None:
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
 
 
-def per_request(before: Reading, after: Reading, requests: float) -> dict[str, float]:
-    """Microseconds of server and Redis CPU, and script calls, per request."""
+def per_request(before: Reading, after: Reading, requests: float) -> dict[str, Any]:
+    """Microseconds of server and Redis CPU (in all, and by Redis server), and script calls,
+    per request."""
+    by_server = {
+        url: (after.redis[url] - before.redis[url]) / requests * 1e6 for url in after.redis
+    }
     return {
         "server_us": (after.server - before.server) / requests * 1e6,
-        "redis_us": (after.redis - before.redis) / requests * 1e6,
+        "redis_us": sum(by_server.values()),
+        "redis_us_by_server": by_server,
         "scripts": (after.script_calls - before.script_calls) / requests,
     }

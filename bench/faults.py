@@ -43,6 +43,8 @@ class Ledger:
     statuses: collections.Counter[str] = field(default_factory=collections.Counter)
     requests: int = 0
     slowest_ms: float = 0.0
+    stopped: float = 0.0  # when the load stopped (monotonic), before the drain
+    delivered: dict[tuple[str, str], float] = field(default_factory=dict)  # -> first, live
 
     def row(self, scenario: str, injected: str, **extra: Any) -> dict[str, Any]:
         lost = len(set(self.acknowledged) - set(self.received))
@@ -129,6 +131,8 @@ async def take(client: Client, reader: str, token: str, wait: float = 0) -> int:
             for r in records:
                 record = (reader, r["idempotencyKey"])
                 ledger.received[record] += 1
+                if not ledger.draining:
+                    ledger.delivered.setdefault(record, now)
                 if record in ledger.acknowledged and not ledger.draining:
                     delivery = (now - ledger.acknowledged[record]) * 1000
                     ledger.slowest_delivery_ms = max(ledger.slowest_delivery_ms, delivery)
@@ -160,6 +164,7 @@ async def under_load(
     await inject()
     await asyncio.sleep(seconds / 2)
     stop.set()
+    ledger.stopped = time.monotonic()
     await asyncio.gather(*tasks)
     for c in clients:
         c.close()

@@ -66,16 +66,20 @@ def wrk(url: str, seconds: float, connections: int = 32) -> Row:
 
 
 def throughput(
-    starters: dict[str, Callable[[], Service]], rounds: int, seconds: float, redis_url: str
+    starters: dict[str, Callable[[], Service]],
+    rounds: int,
+    seconds: float,
+    redis_urls: dict[str, list[str]],
 ) -> dict[str, Row]:
     """Each target in turn, round after round (interleaved), started afresh and alone each
     time, warmed up for a second; medians over the rounds. Besides the rate and latency,
-    the CPU time the server and Redis spent per request while wrk ran (bench/cpu.py)."""
+    the CPU time the server and Redis (``redis_urls[name]``: the servers each target uses)
+    spent per request while wrk ran (bench/cpu.py)."""
     runs: dict[str, list[Row]] = {name: [] for name in starters}
     for _ in range(rounds):
         for name, start in starters.items():
             service = start()
-            meter = cpu.Meter(service.popen.pid, redis_url)
+            meter = cpu.Meter(service.popen.pid, redis_urls[name])
             try:
                 wrk(service.url, 1)
                 before = meter.read()
@@ -85,10 +89,18 @@ def throughput(
             finally:
                 meter.close()
                 service.stop()
-    return {
-        name: {key: median([r[key] for r in rows]) for key in rows[0]}
-        for name, rows in runs.items()
-    }
+    return {name: medians(rows) for name, rows in runs.items()}
+
+
+def medians(rows: list[Row]) -> Row:
+    """The median of each figure over ``rows`` (of each server's, for a dict of them)."""
+    out: Row = {}
+    for key, value in rows[0].items():
+        if isinstance(value, dict):
+            out[key] = {k: median([r[key][k] for r in rows]) for k in value}
+        else:
+            out[key] = median([r[key] for r in rows])
+    return out
 
 
 # --- 2: receive cost against stored volume --------------------------------------------------

@@ -64,9 +64,18 @@ class Node:
 
     port: int
     server: RedisServer
+    _client: redis.Redis | None = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        """A client of this node (one, kept until close())."""
+        if self._client is None:
+            self._client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     @property
     def address(self) -> str:
@@ -74,6 +83,7 @@ class Node:
 
     def kill(self) -> None:
         """SIGKILL, as a machine that dies: nothing flushed."""
+        self.close()
         process = self.server.process
         if process and process.poll() is None:
             process.kill()
@@ -97,7 +107,8 @@ class Cluster:
     directory: Path
     nodes: list[Node] = field(default_factory=list)
 
-    def start(self, primaries: int = 3) -> "Cluster":
+    def start(self, primaries: int = 3, **options: str) -> "Cluster":
+        """Start the nodes (``options``: more redis-server settings) and make the cluster."""
         for _ in range(primaries * 2):
             port = free_port_pair()
             self.nodes.append(
@@ -107,6 +118,7 @@ class Cluster:
                     cluster_enabled="yes",
                     cluster_config_file=f"nodes-{port}.conf",
                     cluster_node_timeout=str(NODE_TIMEOUT_MS),
+                    **options,
                 )
             )
         for node in self.nodes:
@@ -126,7 +138,16 @@ class Cluster:
             capture_output=True,
         )
         wait_until(self.healthy, 30, "the cluster is ok on every node")
+        # A replica that never synced refuses to take over (cluster-replica-validity-factor).
+        wait_until(self.replicas_in_sync, 30, "every replica is in sync")
         return self
+
+    def replicas_in_sync(self) -> bool:
+        replicas = [n.client().info("replication") for n in self.running()]
+        replicas = [r for r in replicas if r.get("role") == "slave"]
+        return len(replicas) == len(self.nodes) // 2 and all(
+            r.get("master_link_status") == "up" for r in replicas
+        )
 
     @property
     def url(self) -> str:
@@ -167,6 +188,7 @@ class Cluster:
 
     def stop(self) -> None:
         for node in self.nodes:
+            node.close()
             node.server.stop()
 
 
@@ -247,6 +269,9 @@ class Sentinels:
                 popen.wait(10)
             except subprocess.TimeoutExpired:
                 popen.kill()
+        for node in self.sentinels:
+            node.close()
         for node in (self.master, self.replica):
             if node:
+                node.close()
                 node.server.stop()

@@ -140,6 +140,8 @@ class Listener:
         self._clients: dict[str, aioredis.Redis] = {}
         self._notifications: dict[str, bool | None] = {}
         self._suspect = asyncio.Event()  # the topology may have changed: ask the Cluster
+        self._addresses: dict[str, tuple[str, int]] = {}  # where each server was last reached
+        self._primaries: set[str] = set()
 
     async def run(self) -> None:
         """Subscribe on every server, dispatch and sweep until cancelled."""
@@ -168,6 +170,9 @@ class Listener:
                 await asyncio.sleep(MAX_BACKOFF)
                 continue
             names = {server.name for server in servers}
+            if self._primaries and names != self._primaries:  # a replica took over
+                self.metrics.failovers.inc(len(names - self._primaries))
+            self._primaries = names
             for server in servers:
                 if server.name not in self._listening:
                     task = asyncio.create_task(self._listen_forever(server))
@@ -211,6 +216,7 @@ class Listener:
                         enabled = await self.store.enable_notifications(server)
                     self._notified(server.name, enabled)
                 await pubsub.connect()
+                self._reached(server.name, pubsub)
                 subscriptions.lost()  # a new connection: every wanted inbox again
                 restoring = len(subscriptions.wanted)
                 self._set_connected(server.name, True)
@@ -288,6 +294,16 @@ class Listener:
                     self._sweep_now.set()
             elif kind == "sunsubscribe" and self._moved_away(subscriptions, message["channel"]):
                 self._sweep_now.set()
+
+    def _reached(self, server: str, pubsub: aioredis.client.PubSub) -> None:
+        """Count a failover when a server (Sentinel's master) is now at another address."""
+        conn = pubsub.connection
+        address = (str(getattr(conn, "host", "")), int(getattr(conn, "port", 0) or 0))
+        previous = self._addresses.get(server)
+        if previous is not None and previous != address:
+            self.metrics.failovers.inc()
+            log.info("Redis %s is now at %s:%d (it was at %s:%d)", server, *address, *previous)
+        self._addresses[server] = address
 
     def _confirmed(self, subscriptions: Subscriptions, channel: bytes) -> bool:
         try:

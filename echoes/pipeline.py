@@ -129,6 +129,8 @@ class Pipeline:
             for attempt in (1, 2):
                 conn = self._free.pop() if self._free else self.make_connection()
                 try:
+                    if not conn.is_connected:
+                        await conn.connect()  # Sentinel's connections ask for the master here
                     await conn.send_packed_command(conn.pack_commands(commands))
                     replies = [await _reply(conn) for _ in commands]
                 except (RedisConnectionError, RedisTimeoutError, OSError):

@@ -154,6 +154,11 @@ class SentinelServers(Servers):
     def db(self) -> int:
         return self.where.db
 
+    async def close(self) -> None:
+        await super().close()
+        for client in self.sentinel.sentinels:
+            await client.aclose()
+
 
 class ClusterServers(Servers):
     """A Cluster's primaries, each serving its slots (redis-py keeps the slot map)."""
@@ -189,7 +194,7 @@ class ClusterServers(Servers):
             )
             server = self._servers[node.name] = Server(
                 node.name,
-                aioredis.Redis(connection_pool=pool),
+                aioredis.Redis.from_pool(pool),  # closing the client closes its pool
                 self._pipeline(make_connection),
                 (node.host, int(node.port)),
             )
@@ -200,7 +205,9 @@ class ClusterServers(Servers):
         return self._server(node)
 
     def at(self, host: str, port: int) -> Server:
-        node = self.cluster.get_node(host, port) or ClusterNode(host, port)
+        node = self.cluster.get_node(host, port) or ClusterNode(
+            host, port, **self.cluster.nodes_manager.connection_kwargs
+        )
         return self._server(node)
 
     def all(self) -> list[Server]:

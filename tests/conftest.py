@@ -8,7 +8,7 @@
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
 - ``KEY``: an idempotency key; ``waiting(echoes, name)``: a long poll started as a task, once
-  its waiter is registered.
+  its waiter is registered; ``spec_example(echoes)``: the spec's example, every answer checked.
 - ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
@@ -131,6 +131,42 @@ class Client:
 StartEchoes = Callable[..., Awaitable[Client]]
 # An idempotency key for tests that send one message.
 KEY = "key-000000000001"
+
+
+def without_times(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in ("sentAt", "receivedAt")} for r in records]
+
+
+async def spec_example(echoes: Client) -> None:
+    """The example of ../shared/spec/echoes-api.txt, asserting every answer.
+
+    In arrival order: the spec's own order was the SCAN order of its storage.
+    """
+    hey = {"type": "msg", "idempotencyKey": "000000000000", "origin": "olivia"}
+    hey |= {"body": "Hey there, are you ok?", "expectsAck": True}
+    yep = {"type": "msg", "idempotencyKey": "111111111111", "origin": "maurice"}
+    yep |= {"body": {"message": "Yep fine check this loremipsum", "lorem": "ipsum"}}
+    yep |= {"expectsAck": False}
+
+    olivia = {"idempotencyKey": "000000000000", "destination": ["maurice", "george"]}
+    olivia |= {"body": "Hey there, are you ok?", "expectsAck": True}
+    response = await echoes.post("/exchange", "olivia", olivia)
+    assert response.json == []
+
+    maurice = {"idempotencyKey": "111111111111", "destination": ["olivia", "george"]}
+    maurice |= {"body": yep["body"]}
+    response = await echoes.post("/exchange", "maurice", maurice)
+    assert without_times(response.json) == [hey]
+
+    assert without_times(await echoes.receive("george")) == [hey, yep]
+    assert await echoes.receive("george") == []
+    olivias = await echoes.receive("olivia")
+    assert without_times(olivias) == [
+        yep,
+        {"type": "ack", "idempotencyKey": "000000000000", "destination": "maurice"},
+        {"type": "ack", "idempotencyKey": "000000000000", "destination": "george"},
+    ]
+    assert all(r.get("receivedAt", r.get("sentAt")).endswith("Z") for r in olivias)
 
 
 def waiting(

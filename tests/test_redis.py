@@ -5,44 +5,15 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, eventually
+from conftest import KEY, eventually, spec_example
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echoes.embedded import RedisServer, find_binary, shipped_binary
 
 
-def without_times(records):
-    return [{k: v for k, v in r.items() if k not in ("sentAt", "receivedAt")} for r in records]
-
-
 async def test_the_spec_example(echoes):
-    # ../shared/spec/echoes-api.txt, in arrival order (the spec's own order was SCAN order).
-    hey = {"type": "msg", "idempotencyKey": "000000000000", "origin": "olivia"}
-    hey |= {"body": "Hey there, are you ok?", "expectsAck": True}
-    yep = {"type": "msg", "idempotencyKey": "111111111111", "origin": "maurice"}
-    yep |= {"body": {"message": "Yep fine check this loremipsum", "lorem": "ipsum"}}
-    yep |= {"expectsAck": False}
-
-    olivia = {"idempotencyKey": "000000000000", "destination": ["maurice", "george"]}
-    olivia |= {"body": "Hey there, are you ok?", "expectsAck": True}
-    response = await echoes.post("/exchange", "olivia", olivia)
-    assert response.json == []
-
-    maurice = {"idempotencyKey": "111111111111", "destination": ["olivia", "george"]}
-    maurice |= {"body": yep["body"]}
-    response = await echoes.post("/exchange", "maurice", maurice)
-    assert without_times(response.json) == [hey]
-
-    assert without_times(await echoes.receive("george")) == [hey, yep]
-    assert await echoes.receive("george") == []
-    olivias = await echoes.receive("olivia")
-    assert without_times(olivias) == [
-        yep,
-        {"type": "ack", "idempotencyKey": "000000000000", "destination": "maurice"},
-        {"type": "ack", "idempotencyKey": "000000000000", "destination": "george"},
-    ]
-    assert all(r.get("receivedAt", r.get("sentAt")).endswith("Z") for r in olivias)
+    await spec_example(echoes)
 
 
 async def test_resend_with_same_key_replaces_the_waiting_copy(echoes):

@@ -1,0 +1,167 @@
+"""echoes on a real Redis Cluster (3 primaries, 1 replica each) and a Sentinel-managed master.
+
+Both are started from the same redis-server binary on loopback (bench/topologies.py), once
+for this module. Failovers under load, with accounting, are tests/test_failover.py.
+"""
+
+import asyncio
+import json
+import random
+
+import pytest
+import tornado.httpclient
+from conftest import eventually, spec_example
+
+from bench.topologies import Cluster, Sentinels
+from echoes.keys import Keys
+
+WOKEN_WITHIN = 5.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    started = Cluster(tmp_path_factory.mktemp("cluster")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory):
+    started = Sentinels(tmp_path_factory.mktemp("sentinel")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(params=["cluster", "sentinels"])
+def topology(request):
+    return request.getfixturevalue(request.param)
+
+
+def one_name_per_primary(cluster, prefix, tag="n"):
+    """A name whose inbox lives on each primary, in the primaries' order."""
+    keys, names = Keys(prefix), {}
+    for i in range(1000):
+        name = f"{tag}{i}"
+        names.setdefault(cluster.primary_of(keys.inbox(name).queue).port, name)
+        if len(names) == len(cluster.primaries()):
+            return [names[p.port] for p in cluster.primaries()]
+    raise AssertionError("no name for some primary")
+
+
+async def post(url, path, sender, body=None):
+    """A POST to a spawned echoes; status and decoded JSON."""
+    http = tornado.httpclient.AsyncHTTPClient()
+    response = await http.fetch(
+        url + path,
+        method="POST",
+        headers={"From": sender},
+        body=json.dumps(body) if body is not None else b"",
+        raise_error=False,
+        request_timeout=60,
+    )
+    return response.code, json.loads(response.body) if response.body else None
+
+
+async def test_the_spec_example_runs_unchanged(start_echoes, topology):
+    await spec_example(await start_echoes(redis_url=topology.url))
+
+
+async def test_inboxes_spread_over_every_primary_and_come_back(start_echoes, cluster, settings):
+    echoes = await start_echoes(redis_url=cluster.url)
+    names = [f"user{i}" for i in range(60)]
+    body = {"idempotencyKey": "key-000000000001", "destination": names, "body": "hi"}
+    assert (await echoes.post("/send", "olivia", body)).json == {"sent": 60}
+    for primary in cluster.primaries():  # every primary holds some of the inboxes
+        assert primary.client().keys(settings.key_prefix + "*"), primary.port
+    for name in names:
+        assert [r["body"] for r in await echoes.receive(name)] == ["hi"]
+    for primary in cluster.primaries():  # nothing queued any more (parked batches remain)
+        assert primary.client().keys(settings.key_prefix + "*:q") == []
+
+
+async def test_concurrent_receivers_on_two_processes_get_each_record_once(
+    spawn_echoes, topology, settings
+):
+    args = (f"--redis-url={topology.url}", f"--key-prefix={settings.key_prefix}")
+    urls = [spawn_echoes(*args).url, spawn_echoes(*args).url]
+    readers = [f"reader{i}" for i in range(6)]
+    sent = set()
+    for n in range(50):
+        destination = random.sample(readers, 3)
+        body = {"idempotencyKey": f"key-{n:012d}", "destination": destination, "body": n}
+        status, _ = await post(random.choice(urls), "/send", "olivia", body)
+        assert status == 200
+        sent |= {(reader, n) for reader in destination}
+    got = []
+
+    async def receive(url, reader):
+        while True:
+            status, records = await post(url, "/receive?limit=3", reader)
+            assert status == 200
+            if not records:
+                return
+            got.extend((reader, r["body"]) for r in records)
+
+    await asyncio.gather(*(receive(url, reader) for url in urls for reader in readers * 2))
+    assert sorted(got) == sorted(sent)  # every record, none twice
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_a_send_through_one_process_wakes_waiters_on_another_on_every_shard(
+    spawn_echoes, cluster, settings, wake
+):
+    args = (
+        f"--redis-url={cluster.url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--wake={wake}",
+        "--recheck-interval=60",  # no sweep to fall back on: only notifications wake
+    )
+    waiter, sender = spawn_echoes(*args).url, spawn_echoes(*args).url
+    names = one_name_per_primary(cluster, settings.key_prefix)
+    tasks = [asyncio.create_task(post(waiter, "/receive?wait=30", name)) for name in names]
+
+    async def all_waiting():
+        http = tornado.httpclient.AsyncHTTPClient()
+        return json.loads((await http.fetch(waiter + "/health")).body)["waiters"] == len(names)
+
+    await eventually(all_waiting)
+    for name in names:
+        body = {"idempotencyKey": "key-000000000001", "destination": [name], "body": name}
+        assert (await post(sender, "/send", "olivia", body))[0] == 200
+    for name, task in zip(names, tasks, strict=True):
+        status, records = await asyncio.wait_for(task, WOKEN_WITHIN)
+        assert status == 200 and [r["body"] for r in records] == [name]
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_each_inbox_is_subscribed_on_its_own_primary_only(
+    start_echoes, cluster, settings, wake
+):
+    echoes = await start_echoes(redis_url=cluster.url, wake=wake, recheck_interval=60)
+    echoes.echoes.listener.route.linger = 0.2
+    names = one_name_per_primary(cluster, settings.key_prefix)
+    tasks = [asyncio.create_task(echoes.post("/receive?wait=30", n)) for n in names]
+    await eventually(lambda: len(echoes.echoes.waiters) == len(names))
+    keys = echoes.store.keys
+
+    def subscribed(primary):
+        client = primary.client()
+        if wake == "publish":
+            return set(client.execute_command("PUBSUB", "SHARDCHANNELS"))
+        return set(client.pubsub_channels())
+
+    async def each_on_its_own():
+        return all(
+            subscribed(primary) == {keys.wake_channel(name, wake, 0).encode()}
+            for primary, name in zip(cluster.primaries(), names, strict=True)
+        )
+
+    await eventually(each_on_its_own)
+    await echoes.send("a", "key-000000000001", names, "hi")
+    for task in tasks:
+        assert [r["body"] for r in (await asyncio.wait_for(task, WOKEN_WITHIN)).json] == ["hi"]
+
+    async def none_left():
+        return all(not subscribed(primary) for primary in cluster.primaries())
+
+    await eventually(none_left)
