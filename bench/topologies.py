@@ -142,6 +142,62 @@ class Cluster:
         wait_until(self.replicas_in_sync, 30, "every replica is in sync")
         return self
 
+    def add_shard(self, **options: str) -> Node:
+        """A new primary (and its replica), given slots by rebalancing: keys move under
+        MIGRATE, clients meet ASK and TRYAGAIN meanwhile. The new primary."""
+        added = []
+        for _ in range(2):
+            port = free_port_pair()
+            node = start_node(
+                self.directory,
+                port,
+                cluster_enabled="yes",
+                cluster_config_file=f"nodes-{port}.conf",
+                cluster_node_timeout=str(NODE_TIMEOUT_MS),
+                **options,
+            )
+            wait_until(node.server.ping, 15, f"node {port} answers")
+            added.append(node)
+        primary, replica = added
+        existing = self.nodes[0].address
+        cli = redis_cli()
+        subprocess.run(
+            [cli, "--cluster", "add-node", primary.address, existing],
+            check=True,
+            capture_output=True,
+        )
+        self.nodes.append(primary)
+        wait_until(lambda: self._agree(len(self.nodes)), 30, "every node knows the new primary")
+        node_id = primary.client().cluster("myid").decode()
+        self.nodes.append(replica)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "add-node",
+                replica.address,
+                existing,
+                "--cluster-slave",
+                "--cluster-master-id",
+                node_id,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        wait_until(lambda: self._agree(len(self.nodes)), 30, "every node knows the new ones")
+        subprocess.run(
+            [cli, "--cluster", "rebalance", existing, "--cluster-use-empty-masters"],
+            check=True,
+            capture_output=True,
+        )
+        return primary
+
+    def _agree(self, count: int) -> bool:
+        """Whether every node knows ``count`` nodes and has the same view of the slots."""
+        infos = [n.client().cluster("info") for n in self.running()]
+        views = {str(n.client().execute_command("CLUSTER", "SLOTS")) for n in self.running()}
+        return len(views) == 1 and all(int(i["cluster_known_nodes"]) == count for i in infos)
+
     def replicas_in_sync(self) -> bool:
         replicas = [n.client().info("replication") for n in self.running()]
         replicas = [r for r in replicas if r.get("role") == "slave"]

@@ -10,6 +10,7 @@ connections (a primary that failed over). Every command echoes sends is safe to 
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from redis.exceptions import AskError, MovedError
 from .pipeline import Command
 from .servers import Server, Servers
 
+log = logging.getLogger("echoes.redis")
 Send = Callable[[Server, list[Command], bool], Awaitable[list[Any]]]
 
 
@@ -71,6 +73,7 @@ async def run(
         if not again:
             return replies
         assert trouble is not None
+        log.debug("%d commands again after %s: %s", len(again), type(trouble).__name__, trouble)
         await servers.recover(trouble)
         pending = again
 

@@ -6,13 +6,17 @@ for this module. Failovers under load, with accounting, are tests/test_failover.
 
 import asyncio
 import json
+import logging
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 import tornado.httpclient
-from conftest import eventually, spec_example
+from conftest import ROOT, eventually, spec_example
 
-from bench.topologies import Cluster, Sentinels
+from bench.topologies import Cluster, Sentinels, redis_cli
 from echoes.keys import Keys
 
 WOKEN_WITHIN = 5.0
@@ -165,3 +169,87 @@ async def test_each_inbox_is_subscribed_on_its_own_primary_only(
         return all(not subscribed(primary) for primary in cluster.primaries())
 
     await eventually(none_left)
+
+
+async def test_a_shard_added_while_records_come_and_go_loses_and_repeats_nothing(
+    start_echoes, tmp_path, settings, caplog
+):
+    # README, "Scale out": how to add a shard. Rebalancing moves keys slot by slot (MIGRATE):
+    # meanwhile echoes meets ASK, TRYAGAIN and MOVED, and must neither lose nor repeat.
+    caplog.set_level(logging.DEBUG, logger="echoes.redis")
+    cluster = Cluster(tmp_path / "cluster").start()
+    try:
+        echoes = await start_echoes(redis_url=cluster.url)
+        names = [f"user{i}" for i in range(40)]
+        sent, got, stop = set(), [], asyncio.Event()
+
+        async def traffic():
+            n = 0
+            while not stop.is_set() or n < 50:
+                n += 1
+                destination = random.sample(names, 2)
+                body = {"idempotencyKey": f"key-{n:012d}", "destination": destination, "body": n}
+                assert (await echoes.post("/send", "olivia", body)).status == 200
+                sent.update((name, n) for name in destination)
+                reader = random.choice(names)
+                got.extend((reader, r["body"]) for r in await echoes.receive(reader))
+
+        moving = asyncio.create_task(traffic())
+        new = await asyncio.to_thread(cluster.add_shard)
+        stop.set()
+        await moving
+        for name in names:
+            got.extend((name, r["body"]) for r in await echoes.receive(name, "?limit=1000"))
+        assert sorted(got) == sorted(sent)
+        assert new in cluster.primaries() and new.client().keys(settings.key_prefix + "*")
+        # The traffic met the migration: commands were sent again after a redirection.
+        assert re.search(r"commands again after (MovedError|AskError|TryAgainError)", caplog.text)
+    finally:
+        cluster.stop()
+
+
+def echoes_user(conf):
+    """The rules of the echoes user in ``conf`` (a file of conf/)."""
+    [line] = [
+        x for x in (ROOT / "conf" / conf).read_text().splitlines() if x.startswith("user echoes ")
+    ]
+    return line.split()[2:]
+
+
+def cluster_acl(prefix):
+    """The echoes user of conf/redis-cluster-node.conf, with this test's key prefix."""
+    rules = echoes_user("redis-cluster-node.conf")
+    return [{">CHANGE-ME": ">pw"}.get(r, r.replace("echoes:", prefix)) for r in rules]
+
+
+def test_the_cluster_acl_is_the_single_redis_one_and_what_a_cluster_client_asks():
+    single, clustered = echoes_user("redis.conf"), echoes_user("redis-cluster-node.conf")
+    extra = set(clustered) - set(single)
+    assert extra == {"+cluster|slots", "+command", "+asking"}
+    assert set(single) <= set(clustered)
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_echoes_works_on_a_cluster_under_the_documented_acl(
+    start_echoes, cluster, settings, wake
+):
+    for node in cluster.running():  # ACLs are per node
+        node.client().execute_command("ACL", "SETUSER", "echoes", *cluster_acl(settings.key_prefix))
+    # The admin loads the function library on every primary, as conf/redis-cluster-node.conf
+    # says (the echoes user may not).
+    library = subprocess.run(
+        [sys.executable, "-m", "echoes.scripts"], capture_output=True, text=True, check=True
+    ).stdout
+    call = [redis_cli(), "--cluster", "call", cluster.nodes[0].address, "FUNCTION", "LOAD"]
+    subprocess.run([*call, "REPLACE", library, "--cluster-only-masters"], check=True)
+    url = cluster.url.replace("redis+cluster://", "redis+cluster://echoes:pw@")
+    echoes = await start_echoes(redis_url=url, wake=wake, recheck_interval=60)
+    await spec_example(echoes)
+    names = one_name_per_primary(cluster, settings.key_prefix, tag="acl")
+    tasks = [asyncio.create_task(echoes.post("/receive?wait=30", n)) for n in names]
+    await eventually(lambda: len(echoes.echoes.waiters) == len(names))
+    await echoes.send("a", "key-000000000009", names, "under the ACL")
+    for task in tasks:
+        response = await asyncio.wait_for(task, WOKEN_WITHIN)
+        assert [r["body"] for r in response.json] == ["under the ACL"]
+    assert (await echoes.request("GET", "/health")).status == 200
