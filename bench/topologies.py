@@ -40,9 +40,9 @@ def _free(port: int) -> bool:
 
 
 def redis_cli() -> str:
-    """Debian's redis-cli (redis-tools), else the one next to redis-server."""
-    found = shutil.which("redis-cli") or str(Path(find_binary()).with_name("redis-cli"))
-    return found
+    """The redis-cli next to the redis-server in use, else the one on PATH (redis-tools)."""
+    beside = Path(find_binary()).with_name("redis-cli")
+    return str(beside) if beside.exists() else shutil.which("redis-cli") or "redis-cli"
 
 
 def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -106,6 +106,7 @@ class Cluster:
 
     directory: Path
     nodes: list[Node] = field(default_factory=list)
+    library_copied: bool = False  # add_shard: the new primary got the function library
 
     def start(self, primaries: int = 3, **options: str) -> "Cluster":
         """Start the nodes (``options``: more redis-server settings) and make the cluster."""
@@ -167,6 +168,7 @@ class Cluster:
             capture_output=True,
         )
         self.nodes.append(primary)
+        self.library_copied = bool(primary.client().function_list())  # by add-node itself
         wait_until(lambda: self._agree(len(self.nodes)), 30, "every node knows the new primary")
         node_id = primary.client().cluster("myid").decode()
         self.nodes.append(replica)

@@ -119,6 +119,13 @@ class APIHandler(tornado.web.RequestHandler):
             if kind == "NotLoaded":
                 log.error("%s", e)
                 details = ["Redis lacks echoes' function library: see the server's log"]
+            if kind == "NotReplicated":
+                details = [
+                    f"Redis's replicas did not confirm the writes within"
+                    f" {self.config.redis_timeout} s ({e};"
+                    f" --redis-wait-replicas={self.config.redis_wait_replicas}):"
+                    " a send may have been stored; resend it with the same idempotencyKey"
+                ]
             if attempt:
                 details.append(
                     f"retry with ?attempt={attempt} to get what this request may have taken"

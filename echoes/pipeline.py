@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Command = tuple[Any, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class Waiting:
     commands: Sequence[Command]
     future: "asyncio.Future[list[Any]]"
@@ -43,7 +43,12 @@ class Waiting:
 
 
 class NotReplicated(RedisError):
-    """The replicas did not confirm a request's writes within the time allowed (WAIT)."""
+    """The replicas did not confirm a request's writes within the time allowed (WAIT);
+    ``replies`` are what Redis answered to the commands themselves."""
+
+    def __init__(self, message: str, replies: list[Any]):
+        super().__init__(message)
+        self.replies = replies
 
 
 # The share of a batch's deadline a WAIT may take; the rest is for writing and reading.
@@ -111,9 +116,8 @@ class Pipeline:
             if future.done():  # its request gave up
                 pass
             elif waiting.replicated and not _enough(confirmed, self.replicas):
-                future.set_exception(
-                    NotReplicated(f"{confirmed} of {self.replicas} replicas confirmed the writes")
-                )
+                message = f"{confirmed} of {self.replicas} replicas confirmed the writes"
+                future.set_exception(NotReplicated(message, replies[start : start + count]))
             else:
                 future.set_result(replies[start : start + count])
             start += count

@@ -36,6 +36,8 @@ async def run(
 ) -> list[Any]:
     """Run each ``(key, command)`` on the server of ``key``; the replies in order, an
     error reply as an exception. ``writes``: they change data (see Pipeline.run)."""
+    if servers.kind == "single":  # the common case, on the hot path: nothing to route
+        return await send(servers.one, [command for _, command in commands], writes)
     await servers.ready()
     replies: list[Any] = [None] * len(commands)
     pending = list(range(len(commands)))
@@ -47,13 +49,7 @@ async def run(
             groups.setdefault(server.name, (server, []))[1].append(i)
         asking = set(redirected)
         redirected.clear()
-        outcomes = await asyncio.gather(
-            *(
-                _send(send, server, [commands[i][1] for i in idx], idx, asking, writes)
-                for server, idx in groups.values()
-            ),
-            return_exceptions=True,
-        )
+        outcomes = await _each(send, groups, commands, asking, writes)
         again, trouble = [], None
         for (_, idx), outcome in zip(groups.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -76,6 +72,26 @@ async def run(
         log.debug("%d commands again after %s: %s", len(again), type(trouble).__name__, trouble)
         await servers.recover(trouble)
         pending = again
+
+
+async def _each(
+    send: Send,
+    groups: dict[str, tuple[Server, list[int]]],
+    commands: Sequence[tuple[str, Command]],
+    asking: set[int],
+    writes: bool,
+) -> list[Any]:
+    """Each group's replies (or the exception that ended it), the groups sent at once."""
+    sends = [
+        _send(send, server, [commands[i][1] for i in idx], idx, asking, writes)
+        for server, idx in groups.values()
+    ]
+    if len(sends) == 1:  # no task to make for one server
+        try:
+            return [await sends[0]]
+        except Exception as e:
+            return [e]
+    return await asyncio.gather(*sends, return_exceptions=True)
 
 
 async def _send(

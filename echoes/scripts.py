@@ -21,7 +21,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import routing
-from .pipeline import Command, Pipeline
+from .pipeline import Command, NotReplicated, Pipeline
 from .servers import Server, Servers
 
 NAMES = ("put", "take")
@@ -79,7 +79,12 @@ class Scripts:
 
     async def _send(self, server: Server, commands: list[Command], writes: bool) -> list[Any]:
         """``commands`` on ``server``, loading the scripts there first if it lacks them."""
-        results = await server.pipeline.run(commands, writes)
+        try:
+            results = await server.pipeline.run(commands, writes)
+        except NotReplicated as e:
+            if not any(self._missing(r) for r in e.replies):
+                raise
+            results = e.replies  # nothing to replicate: the scripts did not run
         if any(self._missing(r) for r in results):
             await self.load(server.pipeline)
             results = await server.pipeline.run(self._renamed(commands), writes)  # safe to rerun

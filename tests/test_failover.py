@@ -7,10 +7,12 @@ without it the loss is what asynchronous replication allows, and is only reporte
 """
 
 import pytest
+from conftest import needs
 
 from bench import failover
 from bench.services import raise_file_limit
 
+pytestmark = needs("redis-cli")  # it makes the Cluster (Debian's redis-tools; CI installs it)
 SECONDS = 8.0  # of load, the failover in the middle; the load goes on 4 s after it is over
 ANSWERS = {"200", "503", "ConnectionResetError", "IncompleteReadError", "TimeoutError"}
 

@@ -309,3 +309,33 @@ async def test_a_redis_that_persists_nothing_is_warned_about_once(start_echoes, 
     await echoes.echoes.ready()
     assert "persists nothing" not in caplog.text
     await admin.aclose()
+
+
+async def test_writes_no_replica_confirms_are_answered_503_and_kept_for_the_retry(start_echoes):
+    # --redis-wait-replicas=1 on a Redis without replicas: every write waits for a WAIT that
+    # cannot be met, and the client is told what to do (README, "Scale out").
+    unreplicated = await start_echoes()
+    await unreplicated.receive("warm-up")  # the function library is loaded
+    echoes = await start_echoes(redis_wait_replicas=1, redis_timeout=0.5)
+    body = {"idempotencyKey": KEY, "destination": ["b"], "body": 1}
+    sent = await echoes.post("/send", "a", body)
+    assert sent.status == 503 and sent.headers["Retry-After"] == "1"
+    assert "did not confirm" in sent.json["details"][0]
+    assert "same idempotencyKey" in sent.json["details"][0]
+    taken = await echoes.post("/receive?attempt=attempt-000001", "b")
+    assert taken.status == 503
+    assert any("?attempt=attempt-000001" in d for d in taken.json["details"])
+    # Redis did the work: the batch is parked under the token, as for any 503.
+    assert [r["body"] for r in await unreplicated.receive("b", "?attempt=attempt-000001")] == [1]
+    assert (
+        unreplicated.echoes.metrics.registry.get_sample_value(
+            "echoes_redis_errors_total", {"kind": "NotReplicated"}
+        )
+        is None
+    )
+    assert (
+        echoes.echoes.metrics.registry.get_sample_value(
+            "echoes_redis_errors_total", {"kind": "NotReplicated"}
+        )
+        == 2
+    )
