@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from echoes.keys import Keys
 
@@ -118,9 +118,8 @@ def row(
 def cluster_primary_killed(workdir: Path, seconds: float, wait_replicas: int) -> dict[str, Any]:
     """SIGKILL to the primary of user0's inbox; started again once its replica took over,
     it comes back as that replica's replica."""
-    with cluster_deployment(workdir, wait_replicas) as (cluster, services):
-        victim = cluster.primary_of(Keys(PREFIX).inbox("user0").queue)
-        readers = readers_on(cluster.primary_of, victim)
+    with deployment(Cluster(workdir / "cluster"), workdir, wait_replicas) as (cluster, services):
+        victim, readers = shard_of_user0(cluster)
 
         def inject() -> None:
             replica = cluster.replica_of(victim)
@@ -138,9 +137,8 @@ def cluster_primary_killed(workdir: Path, seconds: float, wait_replicas: int) ->
 def cluster_manual_failover(workdir: Path, seconds: float, wait_replicas: int) -> dict[str, Any]:
     """CLUSTER FAILOVER on the replica of user0's primary: the primary pauses its clients
     until the replica has caught up, then hands over."""
-    with cluster_deployment(workdir, wait_replicas) as (cluster, services):
-        victim = cluster.primary_of(Keys(PREFIX).inbox("user0").queue)
-        readers = readers_on(cluster.primary_of, victim)
+    with deployment(Cluster(workdir / "cluster"), workdir, wait_replicas) as (cluster, services):
+        victim, readers = shard_of_user0(cluster)
 
         def inject() -> None:
             replica = cluster.replica_of(victim)
@@ -156,7 +154,10 @@ def cluster_manual_failover(workdir: Path, seconds: float, wait_replicas: int) -
 def sentinel_master_killed(workdir: Path, seconds: float, wait_replicas: int) -> dict[str, Any]:
     """SIGKILL to the master; started again once Sentinel promoted its replica, the
     sentinels make it the new master's replica."""
-    with sentinel_deployment(workdir, wait_replicas) as (sentinels, services):
+    with deployment(Sentinels(workdir / "sentinel"), workdir, wait_replicas) as (
+        sentinels,
+        services,
+    ):
         victim = sentinels.current_master()
 
         def inject() -> None:
@@ -173,7 +174,10 @@ def sentinel_master_killed(workdir: Path, seconds: float, wait_replicas: int) ->
 def sentinel_manual_failover(workdir: Path, seconds: float, wait_replicas: int) -> dict[str, Any]:
     """SENTINEL FAILOVER: the sentinels promote the replica, then turn the old master into
     its replica; what the old master took meanwhile is lost unless replicas confirmed it."""
-    with sentinel_deployment(workdir, wait_replicas) as (sentinels, services):
+    with deployment(Sentinels(workdir / "sentinel"), workdir, wait_replicas) as (
+        sentinels,
+        services,
+    ):
         before = sentinels.current_master()
 
         def inject() -> None:
@@ -186,40 +190,33 @@ def sentinel_manual_failover(workdir: Path, seconds: float, wait_replicas: int) 
     return row(ledger, times, EVERYONE, "Sentinel manual failover", injected)
 
 
+def shard_of_user0(cluster: Cluster) -> tuple[Node, set[str]]:
+    """The primary of user0's inbox, and the readers whose inboxes it serves."""
+    primary = cluster.primary_of(Keys(PREFIX).inbox("user0").queue)
+    return primary, readers_on(cluster.primary_of, primary)
+
+
 def in_sync(node: Node) -> bool:
     """Whether ``node`` is a replica whose link to its primary is up."""
     info = node.client().info("replication")
     return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
-@contextlib.contextmanager
-def cluster_deployment(
-    workdir: Path, wait_replicas: int
-) -> Iterator[tuple[Cluster, list[Service]]]:
-    cluster = Cluster(workdir / "cluster").start()
-    services: list[Service] = []
-    try:
-        services = echoes_on(cluster.url, workdir, wait_replicas)
-        yield cluster, services
-    finally:
-        for service in services:
-            service.stop()
-        cluster.stop()
+T = TypeVar("T", Cluster, Sentinels)
 
 
 @contextlib.contextmanager
-def sentinel_deployment(
-    workdir: Path, wait_replicas: int
-) -> Iterator[tuple[Sentinels, list[Service]]]:
-    sentinels = Sentinels(workdir / "sentinel").start()
+def deployment(topology: T, workdir: Path, wait_replicas: int) -> Iterator[tuple[T, list[Service]]]:
+    """``topology`` started, two echoes processes on it; everything stopped afterwards."""
+    topology.start()
     services: list[Service] = []
     try:
-        services = echoes_on(sentinels.url, workdir, wait_replicas)
-        yield sentinels, services
+        services = echoes_on(topology.url, workdir, wait_replicas)
+        yield topology, services
     finally:
         for service in services:
             service.stop()
-        sentinels.stop()
+        topology.stop()
 
 
 SCENARIOS = [

@@ -1,0 +1,105 @@
+"""Earlier revisions beside this tree, under figure 1's load: ``python -m bench.revisions REV...``.
+
+Each revision is checked out into a temporary git worktree and run from there (its own
+``python -m echoes``, with this tree's installed packages, on a Redis of its own started
+alike: the revisions' key layouts and Lua libraries differ); the ceiling,
+each revision and this tree take turns, three rounds, and the table has the medians of their
+/exchange rate and of the CPU that echoes and Redis spent per request (bench/cpu.py). A
+revision's figures are its code's, not its bench's: the same load and meter measure all.
+"""
+
+import argparse
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import figures
+from .services import (
+    HERE,
+    Service,
+    raise_file_limit,
+    start_ceiling,
+    start_python,
+    start_redis,
+    wait_ready,
+)
+
+ROOT = HERE.parent
+
+
+@contextlib.contextmanager
+def worktree(revision: str, into: Path) -> Iterator[Path]:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-f", str(into), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield into
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(into)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def echoes_at(tree: Path, redis_url: str, workdir: Path) -> Service:
+    """``python -m echoes`` of ``tree`` (its own package first on the path)."""
+    args = [
+        "-c",
+        f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy;"
+        " runpy.run_module('echoes', run_name='__main__')",
+        f"--redis-url={redis_url}",
+        "--log-level=warning",
+    ]
+    service = start_python(f"echoes-{tree.name}", args, workdir, "/health")
+    wait_ready(service)
+    return service
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.revisions", description=__doc__)
+    parser.add_argument("revisions", nargs="+")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    raise_file_limit()
+    print(f"command: python -m bench.revisions {' '.join(args.revisions)}", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="echoes-revisions-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        workdir = Path(tmp)
+        trees = {
+            rev: stack.enter_context(worktree(rev, workdir / f"tree-{rev}"))
+            for rev in args.revisions
+        }
+        trees["this tree"] = ROOT
+        urls = {}
+        for name in ["ceiling", *trees]:
+            redis, urls[name] = start_redis(workdir / f"redis-{len(urls)}")
+            stack.callback(redis.stop)
+        starters: dict[str, Callable[[], Service]] = {
+            "ceiling": lambda: start_ceiling(urls["ceiling"], workdir)
+        }
+        for name, tree in trees.items():
+            starters[name] = lambda name=name, tree=tree: echoes_at(tree, urls[name], workdir)
+        rows = figures.throughput(starters, 3, args.seconds, {n: [u] for n, u in urls.items()})
+    ceiling = rows["ceiling"]
+    print(
+        "\n| revision | req/s | vs ceiling | echoes CPU us/req | vs ceiling | Redis CPU us/req"
+        " | vs ceiling |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['rps']:.0f} | {r['rps'] / ceiling['rps']:.2f} | {r['server_us']:.0f}"
+            f" | {r['server_us'] / ceiling['server_us']:.2f} | {r['redis_us']:.0f}"
+            f" | {r['redis_us'] / ceiling['redis_us']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
