@@ -21,11 +21,13 @@ GROUPS = {
         "RequestHandler.finish",
     ],
     "echoes handler, all of it": ["InboxHandler.post"],
-    "  store: the send+take pipeline": ["Store.exchange"],
-    "  store: the acks round trip": ["Store._queue_acks"],
-    "  redis-py: reading replies": ["AbstractConnection.read_response"],
+    "  store: the send+take script calls": ["Store.exchange"],
+    "  store: the acks script calls": ["Store._queue_acks"],
     "  validation": ["(echoes/validation.py"],
-    "wake-up listener: one pub/sub message per arrival": ["Listener.run"],
+    "pipeline: batches written to Redis, replies read (its own tasks)": ["Pipeline._send"],
+    "  redis-py: packing commands": ["pack_commands"],
+    "  redis-py: reading replies": ["AbstractConnection.read_response"],
+    "wake-up listener (nothing waits under this load)": ["Listener.run"],
     "metrics and access log": ["log_request"],
 }
 

@@ -46,6 +46,16 @@ def worktree(revision: str, into: Path) -> Iterator[Path]:
         )
 
 
+def short(revision: str) -> str:
+    """The abbreviated commit ``revision`` names (HEAD, a branch, a tag)."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", revision],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def echoes_at(tree: Path, redis_url: str, workdir: Path) -> Service:
     """``python -m echoes`` of ``tree`` (its own package first on the path)."""
     args = [
@@ -73,7 +83,7 @@ def main() -> None:
     ):
         workdir = Path(tmp)
         trees = {
-            rev: stack.enter_context(worktree(rev, workdir / f"tree-{rev}"))
+            short(rev): stack.enter_context(worktree(rev, workdir / f"tree-{short(rev)}"))
             for rev in args.revisions
         }
         trees["this tree"] = ROOT

@@ -7,10 +7,11 @@ import time
 import pytest
 import redis.asyncio as aioredis
 from conftest import KEY, eventually, spec_example
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echoes.embedded import RedisServer, find_binary, shipped_binary
+from echoes.pipeline import pack
 
 
 async def test_the_spec_example(echoes):
@@ -369,3 +370,9 @@ async def test_writes_no_replica_confirms_are_answered_503_and_kept_for_the_retr
         )
         == 2
     )
+
+
+def test_the_pipeline_packs_commands_as_redis_py_would():
+    # echoes.pipeline.pack uses hiredis's packer instead of redis-py's (Python) one.
+    commands = [("FCALL", "f", 2, "k:{é}", b"\x00\xff\r\n", "x" * 10_000), ("WAIT", 1, 400)]
+    assert pack(commands) == b"".join(Connection().pack_commands(commands))
