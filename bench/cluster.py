@@ -2,7 +2,9 @@
 
 Figure 1's /exchange load (wrk, bench/exchange.lua) and figure 3's wake-ups, on echoes
 against one Redis and against a Cluster of three primaries with one replica each, all on
-this machine and without persistence (as bench's own Redis); Redis's CPU per request summed
+this machine and without persistence (as bench's own Redis), and on the Cluster again with
+--redis-wait-replicas=1 (a WAIT for one replica ends each batch of writes); Redis's CPU per
+request summed
 over the primaries, and spread by primary; and a projection, labelled as one, of the rate N
 shards sustain. On a 2-core machine the six Cluster nodes, echoes and wrk share the cores,
 so the rates compare only with each other, and the projection is what carries.
@@ -25,6 +27,7 @@ SIZES = {
     "quick": {"rounds": 1, "seconds": 1, "waiters": [50], "samples": 20},
 }
 SHARDS = (3, 6, 12, 24)
+WAITED = "Cluster, --redis-wait-replicas=1"
 
 
 def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
@@ -36,8 +39,9 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
         starters = {
             "one Redis": lambda: start_echoes(url, workdir),
             "Cluster, 3 primaries": lambda: start_echoes(cluster.url, workdir),
+            WAITED: lambda: start_echoes(cluster.url, workdir, "--redis-wait-replicas=1"),
         }
-        urls = {"one Redis": [url], "Cluster, 3 primaries": nodes}
+        urls = {"one Redis": [url], "Cluster, 3 primaries": nodes, WAITED: nodes}
         throughput = figures.throughput(starters, sizes["rounds"], sizes["seconds"], urls)
         wake = {
             "one Redis": wakeups(url, workdir, sizes),
@@ -69,10 +73,17 @@ def stop(*services: Service) -> None:
 
 def report(r: dict[str, Any], command: str) -> str:
     t = r["throughput"]
-    single, clustered = t["one Redis"], t["Cluster, 3 primaries"]
+    single, clustered, waited = t["one Redis"], t["Cluster, 3 primaries"], t[WAITED]
+
+    def spread(row: dict[str, Any]) -> tuple[float, float]:
+        """Redis CPU per request on the primaries, and on the replicas."""
+        by_server = row["redis_us_by_server"]
+        primaries = sum(us for u, us in by_server.items() if u in r["primaries"])
+        return primaries, sum(by_server.values()) - primaries
+
     by_server = clustered["redis_us_by_server"]
-    on_primaries = sum(us for u, us in by_server.items() if u in r["primaries"])
-    on_replicas = sum(us for u, us in by_server.items() if u not in r["primaries"])
+    on_primaries, on_replicas = spread(clustered)
+    waited_primaries, waited_replicas = spread(waited)
     lines = [
         f"`{command}`",
         "",
@@ -84,12 +95,17 @@ def report(r: dict[str, Any], command: str) -> str:
         f"| Cluster, 3 primaries | {clustered['rps']:.0f} | {clustered['p50_ms']:.2f}"
         f" | {clustered['p99_ms']:.2f} | {clustered['server_us']:.0f} | {on_primaries:.0f}"
         f" | {on_replicas:.0f} | {clustered['scripts']:.2f} |",
+        f"| {WAITED} | {waited['rps']:.0f} | {waited['p50_ms']:.2f} | {waited['p99_ms']:.2f}"
+        f" | {waited['server_us']:.0f} | {waited_primaries:.0f} | {waited_replicas:.0f}"
+        f" | {waited['scripts']:.2f} |",
         "",
         "Redis CPU per /exchange by primary: "
         + ", ".join(f"{us:.0f} us" for u, us in sorted(by_server.items()) if u in r["primaries"])
         + f" (of {on_primaries:.0f}); Cluster / one Redis: throughput"
         f" **{clustered['rps'] / single['rps']:.2f}**, echoes CPU per request"
-        f" **{clustered['server_us'] / single['server_us']:.2f}**",
+        f" **{clustered['server_us'] / single['server_us']:.2f}**; with WAIT for one"
+        f" replica / without: throughput **{waited['rps'] / clustered['rps']:.2f}**, p50"
+        f" **{waited['p50_ms'] / clustered['p50_ms']:.2f}**",
         "",
         "| waiting requests | one Redis p50 ms | p99 ms | Cluster p50 ms | p99 ms |",
         "| --- | --- | --- | --- | --- |",

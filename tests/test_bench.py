@@ -44,3 +44,26 @@ def test_the_projection_is_bound_by_cores_then_by_redis():
     assert small["bound"] == "all cores" and small["rps"] == 2e6 / 1100
     assert large["bound"] == "Redis's one thread" and large["rps"] == 1e6 / 200
     assert projection.redis_bound_cores(900, 200) == 5.5
+
+
+@needs("wrk")
+@needs("redis-cli")
+def test_quick_cluster_benchmark_reports_every_row(tmp_path):
+    out = tmp_path / "cluster.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    r = json.loads(out.read_text())
+    assert len(r["primaries"]) == 3
+    for name in ("one Redis", "Cluster, 3 primaries", "Cluster, --redis-wait-replicas=1"):
+        row = r["throughput"][name]
+        assert row["rps"] > 0 and row["server_us"] > 0 and row["scripts"] >= 1, name
+        assert f"| {name} |" in result.stdout
+    clustered = r["throughput"]["Cluster, 3 primaries"]["redis_us_by_server"]
+    assert sum(us > 0 for url, us in clustered.items() if url in r["primaries"]) == 3
+    assert "Projection, not a measurement" in result.stdout and "| 24 |" in result.stdout
