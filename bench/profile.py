@@ -25,7 +25,6 @@ GROUPS = {
     "  store: the acks script calls": ["Store._queue_acks"],
     "  validation": ["(echoes/validation.py"],
     "pipeline: batches written to Redis, replies read (its own tasks)": ["Pipeline._send"],
-    "  redis-py: packing commands": ["pack_commands"],
     "  redis-py: reading replies": ["AbstractConnection.read_response"],
     "wake-up listener (nothing waits under this load)": ["Listener.run"],
     "metrics and access log": ["log_request"],
