@@ -4,25 +4,31 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import needs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@needs("wrk")
-def test_quick_benchmark_reports_every_figure(tmp_path):
-    out = tmp_path / "bench.json"
+def quick_run(module: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``python -m MODULE --quick``, which must succeed; its output and its JSON results."""
+    out = tmp_path / "results.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", module, "--quick", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result, json.loads(out.read_text())
+
+
+@needs("wrk")
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    result, r = quick_run("bench", tmp_path)
     assert "command: python -m bench --quick" in result.stdout
-    r = json.loads(out.read_text())
     for name in ("ceiling", "echoes", "echoes_2_processes"):
         row = r["throughput"][name]
         assert row["rps"] > 0 and row["server_us"] > 0 and row["redis_us"] > 0
@@ -49,16 +55,7 @@ def test_the_projection_is_bound_by_cores_then_by_redis():
 @needs("wrk")
 @needs("redis-cli")
 def test_quick_cluster_benchmark_reports_every_row(tmp_path):
-    out = tmp_path / "cluster.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    r = json.loads(out.read_text())
+    result, r = quick_run("bench.cluster", tmp_path)
     assert len(r["primaries"]) == 3
     for name in ("one Redis", "Cluster, 3 primaries", "Cluster, --redis-wait-replicas=1"):
         row = r["throughput"][name]

