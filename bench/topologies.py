@@ -45,6 +45,19 @@ def redis_cli() -> str:
     return str(beside) if beside.exists() else shutil.which("redis-cli") or "redis-cli"
 
 
+def cluster_command(*args: str) -> str:
+    """``redis-cli --cluster ARGS...``; its output, or an error that carries it."""
+    result = subprocess.run(
+        [redis_cli(), "--cluster", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"redis-cli --cluster {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}{result.stderr[-2000:]}"
+        )
+    return result.stdout
+
+
 def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while True:
@@ -125,19 +138,7 @@ class Cluster:
         for node in self.nodes:
             wait_until(node.server.ping, 15, f"node {node.port} answers")
         addresses = [n.address for n in self.nodes]
-        subprocess.run(
-            [
-                redis_cli(),
-                "--cluster",
-                "create",
-                *addresses,
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        cluster_command("create", *addresses, "--cluster-replicas", "1", "--cluster-yes")
         wait_until(self.healthy, 30, "the cluster is ok on every node")
         # A replica that never synced refuses to take over (cluster-replica-validity-factor).
         wait_until(self.replicas_in_sync, 30, "every replica is in sync")
@@ -161,44 +162,28 @@ class Cluster:
             added.append(node)
         primary, replica = added
         existing = self.nodes[0].address
-        cli = redis_cli()
-        subprocess.run(
-            [cli, "--cluster", "add-node", primary.address, existing],
-            check=True,
-            capture_output=True,
-        )
+        cluster_command("add-node", primary.address, existing)
         self.nodes.append(primary)
         self.library_copied = bool(primary.client().function_list())  # by add-node itself
         wait_until(lambda: self._agree(len(self.nodes)), 30, "every node knows the new primary")
         node_id = primary.client().cluster("myid").decode()
         self.nodes.append(replica)
-        subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "add-node",
-                replica.address,
-                existing,
-                "--cluster-slave",
-                "--cluster-master-id",
-                node_id,
-            ],
-            check=True,
-            capture_output=True,
+        cluster_command(
+            "add-node", replica.address, existing, "--cluster-slave", "--cluster-master-id", node_id
         )
         wait_until(lambda: self._agree(len(self.nodes)), 30, "every node knows the new ones")
-        subprocess.run(
-            [cli, "--cluster", "rebalance", existing, "--cluster-use-empty-masters"],
-            check=True,
-            capture_output=True,
-        )
+        cluster_command("rebalance", existing, "--cluster-use-empty-masters")
         return primary
 
     def _agree(self, count: int) -> bool:
-        """Whether every node knows ``count`` nodes and has the same view of the slots."""
+        """Whether every node knows ``count`` nodes, has the same view of the slots and says
+        the cluster is up: a new primary says it is down for its first 2 s (Redis's
+        CLUSTER_WRITABLE_DELAY), and a MIGRATE to it meanwhile fails with CLUSTERDOWN."""
         infos = [n.client().cluster("info") for n in self.running()]
         views = {str(n.client().execute_command("CLUSTER", "SLOTS")) for n in self.running()}
-        return len(views) == 1 and all(int(i["cluster_known_nodes"]) == count for i in infos)
+        return len(views) == 1 and all(
+            int(i["cluster_known_nodes"]) == count and i["cluster_state"] == "ok" for i in infos
+        )
 
     def replicas_in_sync(self) -> bool:
         replicas = [n.client().info("replication") for n in self.running()]
