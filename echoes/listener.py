@@ -15,8 +15,9 @@ waited-on inboxes hold records and wakes only those.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
@@ -57,7 +58,6 @@ class Route:
         self.linger = LINGER_SECONDS
         self.by_server: dict[str, Subscriptions] = {}
         self.home: dict[str, str] = {}  # inbox name -> the server it is subscribed on
-        self.changed = asyncio.Event()  # a new server's subscriptions: its listener may start
 
     def owner(self, name: str) -> Server:
         return self.servers.for_key(self.keys.inbox(name).queue)
@@ -68,7 +68,6 @@ class Route:
         if subscriptions is None:
             subscriptions = Subscriptions(self.channel_of, self.linger)
             self.by_server[server_name] = subscriptions
-            self.changed.set()
         return subscriptions
 
     def want(self, name: str) -> None:
@@ -200,7 +199,7 @@ class Listener:
             if self._suspect.is_set() or not all(self._connected.values()):
                 break
         self._suspect.clear()
-        await self.servers.recover(ConnectionError("topology check"))
+        await self.servers.recover()
 
     async def _listen_forever(self, server: Server) -> None:
         backoff = 0.1
@@ -252,20 +251,18 @@ class Listener:
         self, pubsub: aioredis.client.PubSub, subscriptions: Subscriptions
     ) -> None:
         """Send the subscribes and unsubscribes wanted, as one command each, as they come."""
+        subscribe: Callable[..., Awaitable[Any]] = pubsub.subscribe
+        unsubscribe: Callable[..., Awaitable[Any]] = pubsub.unsubscribe
+        if self.shard:  # a Cluster's shard channels
+            subscribe, unsubscribe = pubsub.ssubscribe, pubsub.sunsubscribe
         while True:
             await subscriptions.changed.wait()
             await asyncio.sleep(0)  # let waiters arriving together join this batch
-            subscribe, unsubscribe = subscriptions.changes()
-            if unsubscribe:  # never with no arguments: that would unsubscribe from all
-                if self.shard:
-                    await pubsub.sunsubscribe(*unsubscribe)
-                else:
-                    await pubsub.unsubscribe(*unsubscribe)
-            if subscribe:
-                if self.shard:
-                    await pubsub.ssubscribe(*subscribe)
-                else:
-                    await pubsub.subscribe(*subscribe)
+            coming, going = subscriptions.changes()
+            if going:  # never with no arguments: that would unsubscribe from all
+                await unsubscribe(*going)
+            if coming:
+                await subscribe(*coming)
             self.metrics.subscriptions.set(self.route.count)
 
     async def _dispatch(
@@ -306,18 +303,16 @@ class Listener:
         self._addresses[server] = address
 
     def _confirmed(self, subscriptions: Subscriptions, channel: bytes) -> bool:
-        try:
-            name = name_in(channel)
-        except ValueError:
+        name = _inbox_of(channel)
+        if name is None:
             return False
         subscriptions.confirmed(name)
         return True
 
     def _moved_away(self, subscriptions: Subscriptions, channel: bytes) -> bool:
         """Redis unsubscribed a shard channel itself: its slot moved to another primary."""
-        try:
-            name = name_in(channel)
-        except ValueError:
+        name = _inbox_of(channel)
+        if name is None:
             return False
         if name not in subscriptions.wanted:
             return False  # an unsubscribe echoes asked for
@@ -349,10 +344,8 @@ class Listener:
         self.state.notifications = all(self._notifications.values())
 
     def _wake(self, channel: bytes) -> None:
-        try:
-            name = name_in(channel)
-        except ValueError:  # not a channel echoes publishes on (bad base64 or UTF-8)
-            log.debug("ignored a notification on %r", channel)
+        name = _inbox_of(channel)
+        if name is None:
             return
         if name == PROBE_NAME:
             self._probe_seen.set()
@@ -400,3 +393,12 @@ class Listener:
         async with asyncio.timeout(self.recheck_interval):
             for name in await self.store.holding_records(names):
                 self.metrics.wakeups.inc(self.waiters.wake(name))
+
+
+def _inbox_of(channel: bytes) -> str | None:
+    """The inbox a channel is about; None for one echoes does not use (bad base64 or UTF-8)."""
+    try:
+        return name_in(channel)
+    except ValueError:
+        log.debug("ignored a message on %r", channel)
+        return None

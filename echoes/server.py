@@ -18,8 +18,8 @@ import tornado.web
 from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
-from . import accept, listener, logs, malformed, metrics, processes, servers, systemd
-from .config import EMBEDDED, ConfigError, Settings, display_url
+from . import accept, listener, logs, malformed, metrics, processes, servers, systemd, topology
+from .config import EMBEDDED, ConfigError, Settings
 from .embedded import RedisServer
 from .handlers import InFlight, make_app
 from .keys import Keys
@@ -223,7 +223,7 @@ async def serve(
 
 def _change(name: str, old: Settings, new: Settings) -> str:
     """``name old -> new``, with no password shown."""
-    show = display_url if name == "redis_url" else repr
+    show = topology.display if name == "redis_url" else repr
     return f"{name} {show(getattr(old, name))} -> {show(getattr(new, name))}"
 
 

@@ -94,8 +94,9 @@ class Servers:
         """Whether ``error`` may pass within the deadline (retry after recover())."""
         return False
 
-    async def recover(self, error: BaseException) -> None:
-        """After a transient error: wait a little, learn where things are now."""
+    async def recover(self, error: BaseException | None = None) -> None:
+        """After a transient ``error`` (or to check: none): wait a little, learn where
+        things are now."""
         await asyncio.sleep(RECOVER_SECONDS)
 
     def subscriber(self, server: Server) -> aioredis.Redis:
@@ -225,7 +226,7 @@ class ClusterServers(Servers):
             | RedisClusterException,
         )
 
-    async def recover(self, error: BaseException) -> None:
+    async def recover(self, error: BaseException | None = None) -> None:
         if isinstance(error, MovedError):
             await self.cluster.nodes_manager.move_slot(error)
             return

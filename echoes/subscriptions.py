@@ -9,7 +9,7 @@ waiter that awaits it before its first take misses no arrival.
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 Callback = Callable[[], None]
 
@@ -56,12 +56,7 @@ class Subscriptions:
 
     def _leave(self, name: str) -> None:
         self._leaving.pop(name, None)
-        self._covering.pop(name, None)  # its waiters are gone; nobody awaits this any more
-        self._wanted.discard(name)
-        self._to_subscribe.discard(name)
-        if name in self._confirmed:
-            self._to_unsubscribe.add(name)
-            self.changed.set()
+        self._unwant(name)
         left = self._on_leave.pop(name, None)
         if left is not None:
             left()
@@ -73,13 +68,17 @@ class Subscriptions:
             lingering.cancel()
         self._on_leave.pop(name, None)
         waited = name in self._wanted and lingering is None
-        self._covering.pop(name, None)
+        self._unwant(name)
+        return waited
+
+    def _unwant(self, name: str) -> None:
+        """Nobody waits on ``name`` here any more: unsubscribe it if it was subscribed."""
+        self._covering.pop(name, None)  # its waiters are gone; nobody awaits this any more
         self._wanted.discard(name)
         self._to_subscribe.discard(name)
         if name in self._confirmed:
             self._to_unsubscribe.add(name)
             self.changed.set()
-        return waited
 
     async def covered(self, name: str, timeout: float) -> bool:
         """Return once ``name``'s subscription is confirmed; False after ``timeout`` s."""
@@ -129,6 +128,7 @@ class Subscriptions:
             self.changed.set()
 
     @property
-    def wanted(self) -> set[str]:
-        """Inboxes subscribed to, or to be."""
-        return set(self._wanted)
+    def wanted(self) -> Set[str]:
+        """Inboxes subscribed to, or to be (read-only: not a copy, the listener counts it
+        at every flush)."""
+        return self._wanted

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from echoes import config, options
-from echoes.config import ConfigError, Settings, display_url
+from echoes.config import ConfigError, Settings
 from echoes.embedded import RedisServer
+from echoes.topology import display
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,9 +112,9 @@ def test_a_bad_value_stops_with_one_line_and_status_2(capsys):
 
 
 def test_display_url_hides_credentials():
-    assert display_url("redis://u:pw@h:1/0") == "redis://h:1/0"
-    assert display_url("rediss://:pw@h/0") == "rediss://h/0"
-    assert display_url("unix:///tmp/r.sock") == "unix:///tmp/r.sock"
+    assert display("redis://u:pw@h:1/0") == "redis://h:1/0"
+    assert display("rediss://:pw@h/0") == "rediss://h/0"
+    assert display("unix:///tmp/r.sock") == "unix:///tmp/r.sock"
 
 
 def test_example_config_sets_every_option_and_loads():
