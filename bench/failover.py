@@ -24,15 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from echoes.keys import Keys
 
 from .faults import USERS, Ledger, report, under_load
 from .services import Service, raise_file_limit, start_echoes
-from .topologies import MASTER_NAME, Cluster, Node, Sentinels, wait_until
+from .topologies import MASTER_NAME, Cluster, Node, Sentinels, in_sync, wait_until
 
 PREFIX = "echoes:"  # start_echoes runs echoes with its default key prefix
 EVERYONE = {f"user{u}" for u in range(USERS)}
-FAILOVERS = "echoes_redis_failovers_total "
+FAILOVERS = "echoes_redis_failovers_total"
 
 
 def readers_on(node_of: Callable[[str], Node], node: Node) -> set[str]:
@@ -77,9 +79,9 @@ def failovers_seen(services: list[Service]) -> list[int]:
     seen = []
     for service in services:
         with urllib.request.urlopen(service.url + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        values = [line.split()[-1] for line in text.splitlines() if line.startswith(FAILOVERS)]
-        seen.append(int(float(values[0])) if values else 0)
+            families = text_string_to_metric_families(response.read().decode())
+        values = [s.value for f in families for s in f.samples if s.name == FAILOVERS]
+        seen.append(int(values[0]) if values else 0)
     return seen
 
 
@@ -194,12 +196,6 @@ def shard_of_user0(cluster: Cluster) -> tuple[Node, set[str]]:
     """The primary of user0's inbox, and the readers whose inboxes it serves."""
     primary = cluster.primary_of(Keys(PREFIX).inbox("user0").queue)
     return primary, readers_on(cluster.primary_of, primary)
-
-
-def in_sync(node: Node) -> bool:
-    """Whether ``node`` is a replica whose link to its primary is up."""
-    info = node.client().info("replication")
-    return info.get("role") == "slave" and info.get("master_link_status") == "up"
 
 
 T = TypeVar("T", Cluster, Sentinels)

@@ -113,6 +113,12 @@ def start_node(directory: Path, port: int, **options: str) -> Node:
     return Node(port, server)
 
 
+def in_sync(node: Node) -> bool:
+    """Whether ``node`` is a replica whose link to its primary is up."""
+    info = node.client().info("replication")
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+
 @dataclass
 class Cluster:
     """Three primaries with a replica each (redis-cli --cluster create)."""
@@ -123,18 +129,7 @@ class Cluster:
 
     def start(self, primaries: int = 3, **options: str) -> "Cluster":
         """Start the nodes (``options``: more redis-server settings) and make the cluster."""
-        for _ in range(primaries * 2):
-            port = free_port_pair()
-            self.nodes.append(
-                start_node(
-                    self.directory,
-                    port,
-                    cluster_enabled="yes",
-                    cluster_config_file=f"nodes-{port}.conf",
-                    cluster_node_timeout=str(NODE_TIMEOUT_MS),
-                    **options,
-                )
-            )
+        self.nodes = [self._spawn(**options) for _ in range(primaries * 2)]
         for node in self.nodes:
             wait_until(node.server.ping, 15, f"node {node.port} answers")
         addresses = [n.address for n in self.nodes]
@@ -147,20 +142,9 @@ class Cluster:
     def add_shard(self, **options: str) -> Node:
         """A new primary (and its replica), given slots by rebalancing: keys move under
         MIGRATE, clients meet ASK and TRYAGAIN meanwhile. The new primary."""
-        added = []
-        for _ in range(2):
-            port = free_port_pair()
-            node = start_node(
-                self.directory,
-                port,
-                cluster_enabled="yes",
-                cluster_config_file=f"nodes-{port}.conf",
-                cluster_node_timeout=str(NODE_TIMEOUT_MS),
-                **options,
-            )
-            wait_until(node.server.ping, 15, f"node {port} answers")
-            added.append(node)
-        primary, replica = added
+        primary, replica = self._spawn(**options), self._spawn(**options)
+        for node in (primary, replica):
+            wait_until(node.server.ping, 15, f"node {node.port} answers")
         existing = self.nodes[0].address
         cluster_command("add-node", primary.address, existing)
         self.nodes.append(primary)
@@ -175,6 +159,18 @@ class Cluster:
         cluster_command("rebalance", existing, "--cluster-use-empty-masters")
         return primary
 
+    def _spawn(self, **options: str) -> Node:
+        """A cluster-enabled node on a free port pair, started (not yet answering)."""
+        port = free_port_pair()
+        return start_node(
+            self.directory,
+            port,
+            cluster_enabled="yes",
+            cluster_config_file=f"nodes-{port}.conf",
+            cluster_node_timeout=str(NODE_TIMEOUT_MS),
+            **options,
+        )
+
     def _agree(self, count: int) -> bool:
         """Whether every node knows ``count`` nodes, has the same view of the slots and says
         the cluster is up: a new primary says it is down for its first 2 s (Redis's
@@ -186,11 +182,8 @@ class Cluster:
         )
 
     def replicas_in_sync(self) -> bool:
-        replicas = [n.client().info("replication") for n in self.running()]
-        replicas = [r for r in replicas if r.get("role") == "slave"]
-        return len(replicas) == len(self.nodes) // 2 and all(
-            r.get("master_link_status") == "up" for r in replicas
-        )
+        """Whether every node but the primaries is a replica in sync."""
+        return sum(in_sync(n) for n in self.running()) == len(self.nodes) // 2
 
     @property
     def url(self) -> str:
@@ -253,7 +246,8 @@ class Sentinels:
         self.replica = start_node(
             self.directory, replica_port, replicaof=f"127.0.0.1 {master_port}"
         )
-        wait_until(lambda: self._in_sync(self.replica), 15, "the replica is in sync")
+        replica = self.replica
+        wait_until(lambda: in_sync(replica), 15, "the replica is in sync")
         for _ in range(3):
             self._start_sentinel(master_port)
         wait_until(self._sentinels_agree, 30, "the sentinels know the master and replica")
@@ -279,10 +273,6 @@ class Sentinels:
         self.processes.append(popen)
         node = Node(port, RedisServer(home))  # only for its client and address
         self.sentinels.append(node)
-
-    def _in_sync(self, replica: Node) -> bool:
-        info = replica.client().info("replication")
-        return info.get("master_link_status") == "up"
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:

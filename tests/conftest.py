@@ -8,7 +8,8 @@
 - ``start_echoes``: the factory behind both, for a test that needs its own settings or Redis.
 - ``own_redis``: a redis-server of the test's own, which the test may stop and start.
 - ``KEY``: an idempotency key; ``waiting(echoes, name)``: a long poll started as a task, once
-  its waiter is registered; ``spec_example(echoes)``: the spec's example, every answer checked.
+  its waiter is registered; ``spec_example(echoes)``: the spec's example, every answer checked;
+  ``without_times(records)``: records without their timestamps, to compare.
 - ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
