@@ -61,7 +61,7 @@ def find_binary() -> str:
 @functools.cache
 def _newest_on(path: str) -> str:
     """find_binary() for this PATH, asked once: each candidate is a ``--version`` run, and
-    every embedded Redis (the tests start hundreds) looks for its binary."""
+    every embedded Redis, and every node of a test's Cluster, looks for its binary."""
     directories = path.split(os.pathsep)
     candidates = [shutil.which("redis-server", path=d) for d in directories]
     found: dict[str, tuple[int, ...]] = {}
