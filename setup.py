@@ -1,6 +1,6 @@
 import re
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 VERSION = re.search(r'__version__ = "(.+)"', open("echoes/__init__.py").read()).group(1)
 
@@ -26,13 +26,16 @@ setup(
         "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
     ],
     python_requires=">=3.11",
-    packages=["echoes", "echoes.lua", "echoes.web"],
-    package_data={"echoes.lua": ["*.lua"], "echoes.web": ["*.js", "*.html"]},
+    packages=find_packages(include=["echoes", "echoes.*"]),
+    package_data={"echoes.store": ["lua/*.lua"], "echoes.client": ["web/*.js", "web/*.html"]},
     include_package_data=True,
     install_requires=[
-        "tornado>=6.4",
-        # <9: scripts.pipeline uses redis-py's connection-level API (pack_commands,
-        # read_response), which a major version may change.
+        # <7: echoes.server and echoes.http.malformed use Tornado internals (TCPServer's
+        # _sockets, _handlers and _handle_connection; the IOStream class swap and its bare
+        # 400), which a major version may change.
+        "tornado>=6.4,<7",
+        # <9: echoes.store.pipeline uses redis-py's connection-level API (its connections'
+        # send_packed_command and read_response), which a major version may change.
         "redis[hiredis]>=8.1,<9",
         "jsonschema>=4.20",
         # Compiles the send schema for the hot path; jsonschema still reports the errors.

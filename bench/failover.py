@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from echoes.keys import Keys
+from echoes.store.keys import Keys
 
 from .faults import USERS, Ledger, report, under_load
 from .services import Service, raise_file_limit, start_echoes

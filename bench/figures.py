@@ -13,11 +13,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from echoes import servers
 from echoes.config import Settings
-from echoes.keys import Keys
-from echoes.scripts import Call
-from echoes.store import Message, Store, Take
+from echoes.store import servers
+from echoes.store.inboxes import Message, Store, Take
+from echoes.store.keys import Keys
+from echoes.store.scripts import Call
 
 from . import cpu, original
 from .httpclient import Connection

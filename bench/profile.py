@@ -23,7 +23,7 @@ GROUPS = {
     "echoes handler, all of it": ["InboxHandler.post"],
     "  store: the send+take script calls": ["Store.exchange"],
     "  store: the acks script calls": ["Store._queue_acks"],
-    "  validation": ["(echoes/validation.py"],
+    "  validation": ["(echoes/http/validation.py"],
     "pipeline: batches written to Redis, replies read (its own tasks)": ["Pipeline._send"],
     "  redis-py: reading replies": ["AbstractConnection.read_response"],
     "wake-up listener (nothing waits under this load)": ["Listener.run"],

@@ -7,7 +7,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from . import cli, config, logs, options
+from . import config, logs, options
+from .client import cli
 from .embedded import EmbeddedError
 
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import topology
-from .keys import WAKE_MODES
 
 ENV_PREFIX = "ECHOES_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+WAKE_MODES = ("keyspace", "publish")
 EMBEDDED = "embedded"
 # prometheus_client's multiprocess mode (--processes): set before its first import.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .keys import NOTIFY_FLAGS
 from .processes import die_with_parent
+from .store.keys import NOTIFY_FLAGS
 
 log = logging.getLogger("echoes.embedded")
 

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from . import __version__
-from .config import METRICS_DIR_ENV
+from .config import METRICS_DIR_ENV, Settings
 
 disable_created_metrics()
 
@@ -153,6 +153,10 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.wake_mode.labels(wake_mode).set(1)
+
+    def configure(self, settings: Settings) -> None:
+        """Report the limits of ``settings``."""
+        self.waiters_limit.set(settings.max_waiters)
 
     def exposition(self) -> bytes:
         """The text format of every metric, summed over processes when there are several."""

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, cli
+from . import __version__
+from .client import cli
 from .config import ENV_PREFIX, ConfigError, Settings, validate
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
@@ -45,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """The one command line: ``echoes [serve] [options]`` runs the server, and the client
-    commands of cli.py (``echoes send ...``) hang on the same parser."""
+    commands of echoes.client.cli (``echoes send ...``) hang on the same parser."""
     top = _Parser(prog="echoes", description="echoes: a message inbox on Redis, and its clients.")
     top.add_argument("--version", action="version", version=f"echoes {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

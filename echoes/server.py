@@ -15,18 +15,19 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 import tornado.web
-from redis.exceptions import RedisError
 from tornado.iostream import IOStream
 
-from . import accept, listener, logs, malformed, metrics, processes, servers, systemd, topology
+from . import logs, metrics, processes, systemd, topology
 from .config import EMBEDDED, ConfigError, Settings
 from .embedded import RedisServer
-from .handlers import InFlight, make_app
-from .keys import Keys
+from .http import accept, malformed
+from .http.app import make_app
+from .http.base import Context
 from .metrics import Metrics
-from .origins import Origins
-from .store import Store
-from .waiters import Waiters
+from .store import Store, Unavailable, servers
+from .store.keys import Keys
+from .wake import listener
+from .wake.waiters import Waiters
 
 log = logging.getLogger("echoes")
 Reload = Callable[[], Settings]
@@ -73,8 +74,16 @@ class HTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
     def _metrics(self) -> Metrics | None:
-        settings = getattr(self.request_callback, "settings", {})
-        return settings.get("metrics")  # None in bench.ceiling's app
+        context = getattr(self.request_callback, "settings", {}).get("context")
+        return context.metrics if context else None  # None in bench.ceiling's app
+
+    def set_limits(self, settings: Settings) -> None:
+        """Give connections accepted from now on the limits of ``settings`` (not named
+        configure: Tornado's Configurable has a classmethod of that name)."""
+        params = self.conn_params
+        params.max_body_size = settings.max_body_size
+        params.body_timeout = settings.body_timeout
+        params.header_timeout = settings.idle_connection_timeout
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         # TCPServer.add_sockets with echoes' accept handler (accept.py says why); stop()
@@ -121,8 +130,11 @@ class Echoes:
             settings.recheck_interval,
             self.metrics,
         )
-        self.app = make_app(settings, self.store, self.waiters, self.listener.state, self.metrics)
-        self.inflight: InFlight = self.app.settings["inflight"]
+        self.context = Context.of(
+            settings, self.store, self.waiters, self.listener.state, self.metrics
+        )
+        self.app = make_app(self.context)
+        self.inflight = self.context.inflight
         self.server = make_server(self.app, settings)
         self._listening: asyncio.Task[None] | None = None
         self._refreshing: tornado.ioloop.PeriodicCallback | None = None
@@ -147,17 +159,9 @@ class Echoes:
 
     def _apply(self, settings: Settings) -> None:
         """Hand every part the options it reads while running."""
-        self.app.settings["config"] = settings
-        self.app.settings["origins"] = Origins(settings.cors_origins)
-        self.store.configure(settings)
-        self.waiters.limit = settings.max_waiters
-        self.waiters.per_name = settings.max_waiters_per_caller
-        self.metrics.waiters_limit.set(settings.max_waiters)
-        self.listener.recheck_interval = settings.recheck_interval
-        params = self.server.conn_params  # what new connections get
-        params.max_body_size = settings.max_body_size
-        params.body_timeout = settings.body_timeout
-        params.header_timeout = settings.idle_connection_timeout
+        for part in (self.context, self.store, self.waiters, self.metrics, self.listener):
+            part.configure(settings)
+        self.server.set_limits(settings)
         logs.configure(settings.log_level, settings.log_format, settings.processes != 1)
 
     def start(self, sockets: list[socket.socket]) -> None:
@@ -171,7 +175,7 @@ class Echoes:
     async def ready(self) -> None:
         """Return once Redis answered and the wake-up listener is subscribed."""
         await self.listener.subscribed.wait()
-        with contextlib.suppress(RedisError, TimeoutError):  # only warnings: never block readiness
+        with contextlib.suppress(Unavailable, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
                 await self.store.check_settings()
 

@@ -9,8 +9,9 @@ from conftest import KEY
 from jsonschema import Draft202012Validator
 from tornado.httputil import HTTPHeaders
 
-from echoes import __version__, schemas
-from echoes.errors import error_body
+from echoes import __version__
+from echoes.http import schemas
+from echoes.http.errors import error_body
 
 received = Draft202012Validator(
     schemas.RECEIVED, format_checker=Draft202012Validator.FORMAT_CHECKER
@@ -282,7 +283,7 @@ def test_the_server_imports_jsonschema_only_for_an_invalid_body():
     # Each echoes process is about 3.5 MB lighter without it (BENCHMARKS.md, idle memory).
     code = (
         "import sys, echoes.server, echoes.__main__; print('jsonschema' in sys.modules);"
-        " from echoes import schemas; schemas.send_errors({}); print('jsonschema' in sys.modules)"
+        " from echoes.http import schemas; schemas.send_errors({}); print('jsonschema' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]

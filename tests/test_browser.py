@@ -1,4 +1,4 @@
-"""echoes/web/echoes.js in a real headless Chromium (Debian's, driven by Playwright), from a
+"""echoes/client/web/echoes.js in a real headless Chromium (Debian's, driven by Playwright), from a
 page on another origin: against echoes directly and through conf/nginx.conf in a real nginx,
 with names outside ASCII and a long poll."""
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import PASSWORD, free_port, needs
 from playwright.sync_api import sync_playwright
 
-WEB = Path(__file__).resolve().parent.parent / "echoes" / "web"
+WEB = Path(__file__).resolve().parent.parent / "echoes" / "client" / "web"
 CHROMIUM = "/usr/bin/chromium"
 # As the machine's own probe starts it: no sandbox as root, nothing fetched from outside.
 FLAGS = [
@@ -37,7 +37,7 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def page_origin() -> Iterator[str]:
-    """echoes/web served on its own port: the page's origin, not echoes'."""
+    """echoes/client/web served on its own port: the page's origin, not echoes'."""
     handler = functools.partial(Quiet, directory=str(WEB))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ECHOES, eventually
 
-from echoes import client as echoes_client
+from echoes.client import protocol as echoes_client
 from echoes.client import AsyncClient, Client, EchoesError
 
 ROOT = Path(__file__).resolve().parent.parent

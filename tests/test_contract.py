@@ -21,11 +21,11 @@ from schemathesis.checks import (
 )
 from schemathesis.generation.modes import GenerationMode
 
-from echoes import schemas, validation
 from echoes.config import Settings
-from echoes.errors import error_body
-from echoes.handlers import routes
-from echoes.openapi import document
+from echoes.http import schemas, validation
+from echoes.http.app import routes
+from echoes.http.errors import error_body
+from echoes.http.openapi import document
 
 MAX_EXAMPLES = 90  # per operation and mode: about 550 requests in all
 CHECKS = [

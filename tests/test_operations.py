@@ -348,7 +348,7 @@ PYTHON_COMMANDS = {
 
 
 def test_the_acl_allows_exactly_what_echoes_and_its_scripts_run():
-    scripts = "".join(p.read_text() for p in (ROOT / "echoes" / "lua").glob("*.lua"))
+    scripts = "".join(p.read_text() for p in (ROOT / "echoes" / "store" / "lua").glob("*.lua"))
     called = {c.lower() for c in re.findall(r"redis\.p?call\('(\w+)'", scripts)}
     allowed = {r[1:] for r in acl_rules("echoes") if r.startswith("+")}
     assert called | PYTHON_COMMANDS == allowed
@@ -362,7 +362,7 @@ async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, se
     )
     # The admin loads echoes' function library, as the README says: the echoes user may not.
     library = subprocess.run(
-        [sys.executable, "-m", "echoes.scripts"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "echoes.store.scripts"], capture_output=True, text=True, check=True
     ).stdout
     await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     url = f"unix://echoes:pw@{own_redis.socket}"
@@ -417,7 +417,7 @@ async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
     echoes = await start_echoes(redis_url=url)
     response = await echoes.post("/receive", "a")
     assert response.status == 503 and "function library" in response.json["details"][0]
-    assert "python -m echoes.scripts | redis-cli" in caplog.text
+    assert "python -m echoes.store.scripts | redis-cli" in caplog.text
     await admin.aclose()
 
 

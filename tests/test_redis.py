@@ -11,7 +11,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echoes.embedded import RedisServer, find_binary, shipped_binary
-from echoes.pipeline import pack
+from echoes.store.pipeline import pack
 
 
 async def test_the_spec_example(echoes):

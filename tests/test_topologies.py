@@ -19,7 +19,7 @@ from conftest import ROOT, eventually, needs, spec_example
 
 from bench.topologies import Cluster, Sentinels, redis_cli
 from echoes.embedded import find_binary
-from echoes.keys import Keys
+from echoes.store.keys import Keys
 
 WOKEN_WITHIN = 5.0
 pytestmark = needs("redis-cli")  # it makes the Cluster (Debian's redis-tools; CI installs it)
@@ -253,7 +253,7 @@ async def test_echoes_works_on_a_cluster_under_the_documented_acl(
     # The admin loads the function library on every primary, as conf/redis-cluster-node.conf
     # says (the echoes user may not).
     library = subprocess.run(
-        [sys.executable, "-m", "echoes.scripts"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "echoes.store.scripts"], capture_output=True, text=True, check=True
     ).stdout
     call = [redis_cli(), "--cluster", "call", cluster.nodes[0].address, "FUNCTION", "LOAD"]
     subprocess.run([*call, "REPLACE", library, "--cluster-only-masters"], check=True)

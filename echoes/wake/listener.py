@@ -22,11 +22,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
-from .keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
-from .metrics import Metrics
-from .redisconfig import notifications_missing
-from .servers import Server, Servers
-from .store import Store
+from ..config import Settings
+from ..metrics import Metrics
+from ..store.checks import notifications_missing
+from ..store.inboxes import Store
+from ..store.keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
+from ..store.servers import Server, Servers
+from .state import ListenerState
 from .subscriptions import LINGER_SECONDS, Subscriptions
 from .waiters import Waiters
 
@@ -39,13 +41,14 @@ TOPOLOGY_SECONDS = 1.0
 
 
 @dataclass
-class ListenerState:
-    """What /health and /metrics report about wake-ups."""
+class Link:
+    """The listener's connection to one Redis server, and what it knows of that server."""
 
-    mode: str
+    task: asyncio.Task[None] | None = None
+    client: aioredis.Redis | None = None
     connected: bool = False
-    notifications: bool = False
-    servers: int = 0  # servers subscribed on (a Cluster's primaries)
+    notifications: bool | None = False  # None: CONFIG refused, a test event decides
+    address: tuple[str, int] | None = None  # where the server was last reached
 
 
 class Route:
@@ -134,13 +137,13 @@ class Listener:
         self._probe_seen = asyncio.Event()
         self._probing: asyncio.Task[None] | None = None
         self._warned = False
-        self._listening: dict[str, asyncio.Task[None]] = {}
-        self._connected: dict[str, bool] = {}
-        self._clients: dict[str, aioredis.Redis] = {}
-        self._notifications: dict[str, bool | None] = {}
+        self._links: dict[str, Link] = {}  # by server name
         self._suspect = asyncio.Event()  # the topology may have changed: ask the Cluster
-        self._addresses: dict[str, tuple[str, int]] = {}  # where each server was last reached
         self._primaries: set[str] = set()
+
+    def configure(self, settings: Settings) -> None:
+        """Use ``settings``' recheck interval from the next sweep on."""
+        self.recheck_interval = settings.recheck_interval
 
     async def run(self) -> None:
         """Subscribe on every server, dispatch and sweep until cancelled."""
@@ -148,15 +151,13 @@ class Listener:
         try:
             await self._follow_servers()
         finally:
-            tasks = [sweeper, *self._listening.values()]
-            if self._probing:
-                tasks.append(self._probing)
+            running = [sweeper, self._probing, *(link.task for link in self._links.values())]
+            tasks = [task for task in running if task is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for client in self._clients.values():
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
+            for link in self._links.values():
+                await _close(link)
 
     async def _follow_servers(self) -> None:
         """Keep one listening task per server; after a topology change, rehome and sweep."""
@@ -173,12 +174,14 @@ class Listener:
                 self.metrics.failovers.inc(len(names - self._primaries))
             self._primaries = names
             for server in servers:
-                if server.name not in self._listening:
-                    task = asyncio.create_task(self._listen_forever(server))
-                    self._listening[server.name] = task
-            for gone in set(self._listening) - names:
-                self._listening.pop(gone).cancel()
-                self._connected.pop(gone, None)
+                if server.name not in self._links:
+                    link = self._links[server.name] = Link()
+                    link.task = asyncio.create_task(self._listen_forever(server, link))
+            for gone in set(self._links) - names:
+                link = self._links.pop(gone)
+                if link.task:
+                    link.task.cancel()
+                await _close(link)
             self.state.servers = len(servers)
             if self.route.rehome():
                 self._sweep_now.set()
@@ -196,29 +199,29 @@ class Listener:
                 async with asyncio.timeout(TOPOLOGY_SECONDS):
                     await self._suspect.wait()
             waited += TOPOLOGY_SECONDS
-            if self._suspect.is_set() or not all(self._connected.values()):
+            if self._suspect.is_set() or not all(link.connected for link in self._links.values()):
                 break
         self._suspect.clear()
         await self.servers.recover()
 
-    async def _listen_forever(self, server: Server) -> None:
+    async def _listen_forever(self, server: Server, link: Link) -> None:
         backoff = 0.1
         subscriptions = self.route.of(server.name)
         while True:
-            client = self._clients.get(server.name) or self.servers.subscriber(server)
-            self._clients[server.name] = client
-            pubsub = client.pubsub()
+            if link.client is None:
+                link.client = self.servers.subscriber(server)
+            pubsub = link.client.pubsub()
             flushing = None
             try:
                 if self.state.mode == "keyspace":
                     async with asyncio.timeout(self.recheck_interval):
                         enabled = await self.store.enable_notifications(server)
-                    self._notified(server.name, enabled)
+                    self._notified(link, enabled)
                 await pubsub.connect()
-                self._reached(server.name, pubsub)
+                self._reached(server.name, link, pubsub)
                 subscriptions.lost()  # a new connection: every wanted inbox again
                 restoring = len(subscriptions.wanted)
-                self._set_connected(server.name, True)
+                self._set_connected(link, True)
                 if not restoring:
                     self._sweep_now.set()
                 backoff = 0.1
@@ -241,7 +244,7 @@ class Listener:
                 if flushing:
                     flushing.cancel()
                     await asyncio.gather(flushing, return_exceptions=True)
-                self._set_connected(server.name, False)
+                self._set_connected(link, False)
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
             await asyncio.sleep(backoff)
@@ -292,15 +295,15 @@ class Listener:
             elif kind == "sunsubscribe" and self._moved_away(subscriptions, message["channel"]):
                 self._sweep_now.set()
 
-    def _reached(self, server: str, pubsub: aioredis.client.PubSub) -> None:
+    def _reached(self, server: str, link: Link, pubsub: aioredis.client.PubSub) -> None:
         """Count a failover when a server (Sentinel's master) is now at another address."""
         conn = pubsub.connection
         address = (str(getattr(conn, "host", "")), int(getattr(conn, "port", 0) or 0))
-        previous = self._addresses.get(server)
+        previous = link.address
         if previous is not None and previous != address:
             self.metrics.failovers.inc()
             log.info("Redis %s is now at %s:%d (it was at %s:%d)", server, *address, *previous)
-        self._addresses[server] = address
+        link.address = address
 
     def _confirmed(self, subscriptions: Subscriptions, channel: bytes) -> bool:
         name = _inbox_of(channel)
@@ -320,14 +323,13 @@ class Listener:
         self._suspect.set()  # learn the new primary, then rehome (_follow_servers)
         return True
 
-    def _set_connected(self, name: str, connected: bool) -> None:
-        self._connected[name] = connected
+    def _set_connected(self, link: Link, connected: bool) -> None:
+        link.connected = connected
         self._update_connected()
 
     def _update_connected(self) -> None:
-        connected = bool(self._listening) and all(
-            self._connected.get(name) for name in self._listening
-        )
+        links = self._links.values()
+        connected = bool(links) and all(link.connected for link in links)
         self.state.connected = connected
         self.metrics.listener_connected.set(int(connected))
         if connected:
@@ -335,13 +337,13 @@ class Listener:
         else:
             self.subscribed.clear()
 
-    def _notified(self, server: str, enabled: bool | None) -> None:
-        self._notifications[server] = enabled
+    def _notified(self, link: Link, enabled: bool | None) -> None:
+        link.notifications = enabled
         if enabled is None:
             if self._probing is None or self._probing.done():
                 self._probing = asyncio.create_task(self._probe())
             return
-        self.state.notifications = all(self._notifications.values())
+        self.state.notifications = all(link.notifications for link in self._links.values())
 
     def _wake(self, channel: bytes) -> None:
         name = _inbox_of(channel)
@@ -402,3 +404,10 @@ def _inbox_of(channel: bytes) -> str | None:
     except ValueError:
         log.debug("ignored a message on %r", channel)
         return None
+
+
+async def _close(link: Link) -> None:
+    """Close a server's pub/sub client, whatever state its connection is in."""
+    if link.client is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await link.client.aclose()

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import records, redisconfig, routing
-from .config import Settings
+from ..config import Settings
+from . import checks, records, slots
 from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Keys
 from .scripts import NAMES, Call, Scripts
@@ -216,15 +216,15 @@ class Store:
         return figures
 
     async def enable_notifications(self, server: Server) -> bool | None:
-        """Add the keyspace-event flags echoes needs (redisconfig.enable_notifications)."""
-        return await redisconfig.enable_notifications(server.client)
+        """Add the keyspace-event flags echoes needs (checks.enable_notifications)."""
+        return await checks.enable_notifications(server.client)
 
     async def check_settings(self) -> None:
         """Warn, in words, about Redis settings that lose acknowledged records."""
         await classified(self.servers.ready())
         for server in self.servers.all():
-            await redisconfig.warn_if_evicting(server.client)
-            await redisconfig.warn_if_not_persistent(server.client)
+            await classified(checks.warn_if_evicting(server.client))
+            await classified(checks.warn_if_not_persistent(server.client))
 
     async def close(self) -> None:
         """Close the connections to Redis, once the batches in flight are answered."""
@@ -234,7 +234,7 @@ class Store:
         """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
         queue = self.keys.inbox(PROBE_NAME).queue
         commands = [(queue, ("ZADD", queue, 0, "probe")), (queue, ("ZREM", queue, "probe"))]
-        await routing.run(self.servers, commands)
+        await slots.run(self.servers, commands)
 
     async def holding_records(self, names: list[str]) -> list[str]:
         """Those of ``names`` whose inbox holds records (maybe expired).
@@ -247,6 +247,6 @@ class Store:
         for start in range(0, len(names), SWEEP_CHUNK):
             chunk = names[start : start + SWEEP_CHUNK]
             queues = [self.keys.inbox(name).queue for name in chunk]
-            replies = await routing.run(self.servers, [(q, ("EXISTS", q)) for q in queues])
+            replies = await slots.run(self.servers, [(q, ("EXISTS", q)) for q in queues])
             found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
         return found

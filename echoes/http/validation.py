@@ -9,10 +9,10 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from ..config import Settings
+from ..store.inboxes import Message, Take
 from . import schemas
-from .config import Settings
 from .errors import APIError
-from .store import Message, Take
 
 # Tokens echoes makes itself: unique per process (random prefix) and per request (counter),
 # without a system call per request as secrets.token_urlsafe() would make.

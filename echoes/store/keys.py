@@ -18,7 +18,7 @@ The ``:q`` and ``:r`` keys live as long as their newest record, plus an eighth o
 --message-ttl (at most an hour), so that few puts pay for extending them; ``:p`` likewise
 outlives its newest parked batch. An abandoned inbox leaves nothing behind.
 
-Waiting requests are woken through one subscription per waited-on inbox (subscriptions.py):
+Waiting requests are woken through one subscription per waited-on inbox (echoes.wake.subscriptions):
 the keyspace events of its ``:q`` key (``--wake=keyspace``), or its ``:w`` channel
 (``--wake=publish``).
 """
@@ -26,7 +26,6 @@ the keyspace events of its ``:q`` key (``--wake=keyspace``), or its ``:w`` chann
 import base64
 from dataclasses import dataclass
 
-WAKE_MODES = ("keyspace", "publish")
 # Keyspace events (K) of sorted-set commands (z); a record's arrival is a "zadd" on its queue.
 NOTIFY_FLAGS = "Kz"
 ARRIVAL_EVENT = b"zadd"

@@ -9,6 +9,8 @@ subscriptions) hears when an inbox gets its first waiter and loses its last.
 import asyncio
 from typing import Protocol
 
+from ..config import Settings
+
 
 class Watch(Protocol):
     """What hears of inboxes getting their first waiter and losing their last."""
@@ -90,6 +92,10 @@ class Waiters:
 
     def __len__(self) -> int:
         return self._count
+
+    def configure(self, settings: Settings) -> None:
+        """Apply the limits of ``settings`` to the next registrations."""
+        self.limit, self.per_name = settings.max_waiters, settings.max_waiters_per_caller
 
     def register(self, name: str) -> Waiter:
         """A new waiter on ``name``; unregister it when the request ends."""

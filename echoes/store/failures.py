@@ -1,7 +1,9 @@
 """The Redis trouble the store reports, in the two kinds the HTTP layer answers differently.
 
-The store is the only code that sees redis-py's exceptions: it turns them into these, so
-handlers neither import a Redis exception nor match an error string.
+The store turns redis-py's exceptions into these, so neither the HTTP layer nor the process
+imports a Redis exception or matches an error string. The one other code that sees them is
+the wake-up listener (echoes.wake.listener), which holds pub/sub connections of its own and
+reconnects on any of them.
 """
 
 from collections.abc import Awaitable

@@ -6,8 +6,9 @@ document cannot drift from the code; tests/test_contract.py runs schemathesis ag
 
 from typing import Any
 
-from . import __version__, schemas
-from .config import Settings
+from .. import __version__
+from ..config import Settings
+from . import schemas
 
 JSON = "application/json"
 

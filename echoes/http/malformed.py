@@ -15,9 +15,9 @@ from typing import Any
 
 from tornado.iostream import IOStream
 
+from ..logs import logfmt
+from ..metrics import Metrics
 from .errors import error_body
-from .logs import logfmt
-from .metrics import Metrics
 
 access_log = logging.getLogger("echoes.access")
 BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"

@@ -1,6 +1,6 @@
 """The client commands: ``echoes send``, ``receive``, ``exchange`` and ``follow``.
 
-A thin layer over echoes.client; the subcommands hang on the one parser of options.py
+A thin layer over echoes.client's Client; the subcommands hang on the one parser of options.py
 (``echoes`` alone, or ``echoes serve``, runs the server). Answers go to standard output as
 JSON; a refusal (4xx) prints the server's details on standard error and exits 1.
 """
@@ -13,15 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from .client import (
-    DEFAULT_URL,
-    FOLLOW_WAIT,
-    Client,
-    EchoesError,
-    Follower,
-    State,
-    Unavailable,
-)
+from .clients import Client
+from .protocol import DEFAULT_URL, FOLLOW_WAIT, EchoesError, Follower, State, Unavailable
 
 COMMANDS = ("send", "receive", "exchange", "follow")
 FOLLOW_HELP = """Long-poll forever and print one JSON record per line, oldest first.

@@ -1,0 +1,15 @@
+"""The clients of echoes: Python (``Client``, ``AsyncClient``), the command line, the browser.
+
+Owns the follow protocol (``protocol``: requests, answers, retries, the state file; no I/O),
+the two Python clients that move its bytes (``clients``), the ``echoes send|receive|
+exchange|follow`` commands (``cli``) and the browser module (``web/echoes.js``).
+
+May import: nothing of the server: a client is what runs on a user's machine.
+
+    from echoes.client import Client
+"""
+
+from .clients import AsyncClient, Client
+from .protocol import EchoesError, Unavailable
+
+__all__ = ["AsyncClient", "Client", "EchoesError", "Unavailable"]

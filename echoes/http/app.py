@@ -1,0 +1,145 @@
+"""The application: the small endpoints, the access log, and make_app() with every route."""
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import tornado.web
+
+from .. import __version__, logs, metrics
+from ..metrics import Metrics
+from .base import APIHandler, Context, unavailable
+from .errors import APIError
+from .inbox import InboxHandler
+
+log = logging.getLogger("echoes")
+access_log = logging.getLogger("echoes.access")
+
+
+class RootHandler(APIHandler):
+    """GET / and HEAD /: name and version."""
+
+    allow = "GET, HEAD, OPTIONS"
+
+    def get(self) -> None:
+        self.finish({"name": "echoes", "version": __version__})
+
+    head = get
+
+
+class HealthHandler(APIHandler):
+    """GET /health: 200 when Redis answers and the wake-up listener is subscribed, else 503."""
+
+    allow = "GET, HEAD, OPTIONS"
+
+    async def get(self) -> None:
+        listener = self.context.listener
+        try:
+            async with asyncio.timeout(self.config.redis_timeout):
+                trouble = await self.store.ping()
+        except TimeoutError:
+            trouble = {self.config.redis_display: "TimeoutError"}
+        for kind in trouble.values():
+            self.metrics.redis_errors.labels(kind).inc()
+        problems = [f"Redis at {name} is unavailable ({kind})" for name, kind in trouble.items()]
+        if not listener.connected:
+            problems.append("the wake-up listener is not subscribed")
+        if problems:
+            raise unavailable(*problems)
+        self.finish(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "wake": listener.mode,
+                "notifications": listener.notifications,
+                "waiters": len(self.context.waiters),
+                "redis": {"topology": self.store.servers.kind, "servers": listener.servers},
+            }
+        )
+
+    head = get
+
+
+class MetricsHandler(APIHandler):
+    """GET /metrics: Prometheus text format."""
+
+    allow = "GET, OPTIONS"
+
+    async def get(self) -> None:
+        try:  # Redis's memory, for the alert on it; a scrape still answers without Redis
+            for server, used, limit in await self.redis(self.store.memory()):
+                self.metrics.redis_up.labels(server).set(int(used is not None))
+                if used is not None and limit is not None:
+                    self.metrics.redis_memory.labels("used", server).set(used)
+                    self.metrics.redis_memory.labels("max", server).set(limit)
+        except APIError as e:
+            log.debug("no Redis memory figures for /metrics: %s", e)
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.finish(self.metrics.exposition())
+
+
+class OpenAPIHandler(APIHandler):
+    """GET /openapi.json: the OpenAPI 3.1 document of this API."""
+
+    allow = "GET, OPTIONS"
+
+    def get(self) -> None:
+        self.finish(self.context.openapi)
+
+
+class NotFoundHandler(APIHandler):
+    """Every unknown path: 404 in the error shape."""
+
+    def prepare(self) -> None:
+        raise APIError(404, f"no such endpoint: {self.request.path}")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log line and the request metrics, once per request."""
+    request, status = handler.request, handler.get_status()
+    level = logging.INFO if status < 500 else logging.ERROR
+    duration = request.request_time()
+    sent, taken = getattr(handler, "sent", 0), getattr(handler, "taken", 0)
+    waited = getattr(handler, "waited", False)
+    # Label by route, never by an arbitrary path: unknown paths would grow the series forever.
+    routed = isinstance(handler, APIHandler) and not isinstance(handler, NotFoundHandler)
+    endpoint = request.path if routed else "other"
+    m: Metrics = handler.context.metrics  # type: ignore[attr-defined]
+    m.requests.labels(endpoint, str(status)).inc()
+    m.latency.labels(endpoint, "yes" if waited else "no").observe(duration)
+    m.sent.inc(sent)
+    m.received.inc(taken)
+    if not access_log.isEnabledFor(level):
+        return
+    # The path with its query (a client's ?wait= matters); logfmt() quotes what clients send.
+    fields = {"method": request.method, "path": request.uri, "status": status}
+    fields |= {"duration_ms": round(duration * 1000, 2), "sent": sent, "taken": taken}
+    if access_log.isEnabledFor(logging.DEBUG):
+        fields["from"] = getattr(handler, "caller", "")
+    access_log.log(level, "%s", logs.logfmt(fields), extra=fields)
+
+
+def make_app(context: Context) -> tornado.web.Application:
+    """The Tornado application serving the echoes API."""
+    return tornado.web.Application(
+        routes(),
+        context=context,
+        default_handler_class=NotFoundHandler,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+    """Every endpoint of the API."""
+    return [
+        (r"/", RootHandler, {}),
+        (r"/send", InboxHandler, {"sends": True}),
+        (r"/receive", InboxHandler, {"receives": True}),
+        (r"/exchange", InboxHandler, {"sends": True, "receives": True}),
+        (r"/health", HealthHandler, {}),
+        (r"/metrics", MetricsHandler, {}),
+        (r"/openapi.json", OpenAPIHandler, {}),
+    ]

@@ -1,0 +1,188 @@
+"""POST /send, /receive and /exchange: the endpoints of the inboxes, long polls included."""
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import tornado.web
+
+from ..store import Message, Outcome, Take, TooLarge
+from ..wake.waiters import CallerFull, Full, Waiter
+from . import schemas, validation
+from .base import RETRY_AFTER_SECONDS, APIHandler, unavailable
+from .errors import APIError
+
+log = logging.getLogger("echoes")
+
+# Longest a new waiter waits for its inbox's subscription before its first take; past it the
+# periodic sweep (--recheck-interval) still finds its records.
+COVER_SECONDS = 1.0
+# A body over --max-body-size announced by Content-Length is read and dropped, up to this
+# many bytes, before the 413 is sent: a client that writes its whole body before reading
+# (urllib, most scripts) then reads the 413 instead of a connection reset. Larger ones are
+# answered at once and the connection closed, as nginx does past its own bound.
+DISCARD_BODY_BYTES = 64 << 20
+
+
+@tornado.web.stream_request_body
+class InboxHandler(APIHandler):
+    """POST /send, /receive and /exchange: parse, check, one store call, write.
+
+    With ?wait=S and nothing to take, the request waits for a wake-up (echoes.wake.waiters),
+    then takes again, until a record comes or S seconds pass. A client that disconnects while
+    waiting is forgotten: nothing is taken on its behalf.
+    """
+
+    allow = "POST, OPTIONS"
+
+    def initialize(self, sends: bool = False, receives: bool = False) -> None:
+        self.sends, self.receives = sends, receives
+        self.chunks: list[bytes] | None = None
+        self.waiter: Waiter | None = None
+        self.gone = False
+        self.discarding = False
+        self.caller = ""
+
+    def prepare(self) -> None:
+        if self.request.method != "POST":
+            return  # 405 or a preflight: nothing is read or stored
+        refused = self.context.origins.refusal(self.request.headers)
+        if refused:
+            raise APIError(403, refused)
+        # The body is not read yet: an oversized one is never buffered (see DISCARD_BODY_BYTES).
+        length = self.request.headers.get("Content-Length", "0")
+        if length.isdigit() and int(length) > self.config.max_body_size:
+            if int(length) > DISCARD_BODY_BYTES:
+                raise APIError(413, self.too_large_detail())
+            self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
+            self.discarding = True
+
+    def too_large_detail(self) -> str:
+        return f"the body is larger than {self.config.max_body_size} bytes (--max-body-size)"
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.discarding:
+            return
+        if self.chunks is None:
+            self.chunks = []
+        self.chunks.append(chunk)
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+        if self.waiter:
+            self.waiter.wake()
+
+    async def post(self) -> None:
+        """Store the message (send), then take the caller's records (receive)."""
+        if self.discarding:
+            raise APIError(413, self.too_large_detail())
+        self.caller = validation.caller(self.request.headers.get_list("From"), self.config)
+        message, take = self.parse()
+        with self.context.inflight:
+            if take and take.wait > 0:
+                outcome = await self.wait_for_records(self.caller, message, take)
+            else:
+                outcome = await self.exchange(self.caller, message, take)
+        self.sent, batch = outcome.sent, outcome.batch
+        if batch:
+            self.taken = batch.count
+            self.metrics.acked.inc(batch.acks)
+        self.check_sent(outcome, take)
+        if self.gone:
+            return
+        if batch is None:
+            self.finish({"sent": self.sent})
+            return
+        self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
+        self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
+        await self.finish_within(batch.json, self.config.write_timeout)
+
+    def parse(self) -> tuple[Message | None, Take | None]:
+        """The message and the take this request asks for; the raw body is let go."""
+        query = self.request.query_arguments
+        validation.no_other_parameters(query, validation.TAKE_PARAMETERS if self.receives else ())
+        body, self.chunks = b"".join(self.chunks or ()), None
+        message = validation.message(body, self.config) if self.sends else None
+        take = validation.take(query, self.config) if self.receives else None
+        return message, take
+
+    async def finish_within(self, answer: bytes, timeout: float) -> None:
+        """Finish with ``answer``; cut off a client that has not read it after ``timeout`` s.
+
+        Tornado buffers whatever the socket does not take: a client that never reads would
+        pin the answer (up to --max-batch-bytes) for as long as it keeps the connection.
+        """
+        written = self.finish(answer)
+        done, _ = await asyncio.wait({written}, timeout=timeout)
+        if not done:
+            log.warning("client did not read its answer within %s s; disconnected", timeout)
+            self.metrics.slow_readers.inc()
+            self.request.connection.stream.close()  # type: ignore[union-attr]
+
+    def check_sent(self, outcome: Outcome, take: Take | None) -> None:
+        """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
+        if not (outcome.out_of_memory or outcome.full):
+            return
+        details = [f"stored for {outcome.sent} of the destinations"]
+        if take and outcome.batch and outcome.batch.count:
+            details.append(
+                f"the records this request took are kept: POST /receive?attempt={take.attempt}"
+                f" within {self.config.attempt_ttl} s to get them"
+            )
+        if outcome.out_of_memory:
+            raise self.insufficient_storage(*details)
+        names = ", ".join(repr(n) for n in outcome.full[:10])
+        more = f" and {len(outcome.full) - 10} more" if len(outcome.full) > 10 else ""
+        limit = self.config.max_inbox_records
+        raise APIError(429, f"inbox full ({limit} records waiting): {names}{more}", *details)
+
+    async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
+        """One store call, within redis_timeout."""
+        try:
+            return await self.redis(
+                self.store.exchange(caller, message, take), take.attempt if take else None
+            )
+        except TooLarge as e:
+            raise APIError(
+                413, str(e), f"--max-request-bytes={self.config.max_request_bytes}"
+            ) from None
+
+    async def wait_for_records(self, caller: str, message: Message | None, take: Take) -> Outcome:
+        """Send, take; while nothing was taken, wait for a wake-up and take again."""
+        waiters = self.context.waiters
+        deadline = time.monotonic() + take.wait
+        try:
+            self.waiter = waiters.register(caller)  # before the first take: no wake-up is missed
+        except Full as e:
+            raise unavailable(str(e)) from e
+        except CallerFull as e:
+            raise APIError(
+                429,
+                str(e),
+                f"answer or close one first (--max-waiters-per-caller={waiters.per_name})",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from e
+        self.waited = True
+        self.metrics.waiters.inc()
+        try:
+            # Subscribed to the inbox before the take that decides to wait: no arrival missed.
+            if not await waiters.covered(caller, min(COVER_SECONDS, self.config.redis_timeout)):
+                log.debug("wake-up subscription for a waiter not confirmed; the sweep covers it")
+            outcome = await self.exchange(caller, message, take)
+            if outcome.out_of_memory or outcome.full:
+                return outcome  # the send failed: answer now, do not wait
+            # Ten thousand requests may wait at once: keep no more than the count while waiting.
+            sent, message = outcome.sent, None
+            while outcome.batch and outcome.batch.count == 0 and not (self.gone or waiters.closing):
+                left = deadline - time.monotonic()
+                if left <= 0 or not await self.waiter.wait(left):
+                    break
+                if self.gone or waiters.closing:  # answer [] and take nothing
+                    break
+                outcome = await self.exchange(caller, None, take)
+            return dataclasses.replace(outcome, sent=sent)
+        finally:
+            self.metrics.waiters.dec()
+            waiters.unregister(self.waiter)
+            self.waiter = None

@@ -1,0 +1,16 @@
+"""The store: the only code that reads or writes echoes' data in Redis.
+
+Owns the key layout (``keys``), the records' shapes (``records``), the Lua scripts
+(``lua/``, loaded by ``scripts``), the Redis servers of each topology (``servers``), sending
+each command to the server of its slot (``slots``), the per-loop-turn pipeline
+(``pipeline``), the checks of Redis's own settings (``checks``), and the two kinds of
+trouble it reports (``failures``). ``inboxes.Store`` is the one object the rest calls.
+
+May import: ``echoes.config``, ``echoes.topology`` and redis-py. Never Tornado, the HTTP
+layer or the wake-ups.
+"""
+
+from .failures import OutOfMemory, Unavailable
+from .inboxes import Message, Outcome, Store, Take, TooLarge
+
+__all__ = ["Message", "OutOfMemory", "Outcome", "Store", "Take", "TooLarge", "Unavailable"]
