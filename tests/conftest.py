@@ -10,7 +10,10 @@
 - ``KEY``: an idempotency key; ``waiting(echoes, name)``: a long poll started as a task, once
   its waiter is registered; ``spec_example(echoes)``: the spec's example, every answer checked;
   ``without_times(records)``: records without their timestamps, to compare.
-- ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
+- ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps);
+  ``until(condition)`` is the same for blocking code, ``waiters_on(url)`` reads a spawned
+  process's waiting requests from its /health; ``post_async(url, sender, body)`` a POST from the
+  event loop, ``http_post``/``http_get`` blocking ones.
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
   olivia, maurice, josé and 李, password PASSWORD (``basic_auth(user)`` is the header).
@@ -196,6 +199,36 @@ async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> Non
             return
         assert time.monotonic() < deadline, "condition never held"
         await asyncio.sleep(0.01)
+
+
+def until(
+    condition: Callable[[], Any], timeout: float = 10.0, what: Callable[[], str] | None = None
+) -> None:
+    """Block until ``condition()`` holds, up to a deadline; ``what()`` explains a failure."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what() if what else "condition never held"
+        time.sleep(0.02)
+
+
+def waiters_on(url: str) -> int:
+    """How many requests wait in the echoes process at ``url`` (its /health); 0 when down."""
+    status, body = http_get(url + "/health")
+    return int(json.loads(body)["waiters"]) if status == 200 else 0
+
+
+async def post_async(url: str, sender: str, body: Any = None) -> tuple[int, Any]:
+    """A POST of ``body`` as JSON from the event loop: status and the decoded answer."""
+    http = tornado.httpclient.AsyncHTTPClient()
+    response = await http.fetch(
+        url,
+        method="POST",
+        headers={"From": sender},
+        body=json.dumps(body) if body is not None else b"",
+        raise_error=False,
+        request_timeout=60,
+    )
+    return response.code, json.loads(response.body) if response.body else None
 
 
 def needs(tool: str) -> pytest.MarkDecorator:

@@ -283,7 +283,8 @@ def test_the_server_imports_jsonschema_only_for_an_invalid_body():
     # Each echoes process is about 3.5 MB lighter without it (BENCHMARKS.md, idle memory).
     code = (
         "import sys, echoes.server, echoes.__main__; print('jsonschema' in sys.modules);"
-        " from echoes.http import schemas; schemas.send_errors({}); print('jsonschema' in sys.modules)"
+        " from echoes.http import schemas; schemas.send_errors({});"
+        " print('jsonschema' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ECHOES, eventually
 
-from echoes.client import protocol as echoes_client
 from echoes.client import AsyncClient, Client, EchoesError
+from echoes.client import protocol as echoes_client
 
 ROOT = Path(__file__).resolve().parent.parent
 

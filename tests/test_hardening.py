@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import KEY, http_get, http_post, waiting
+from conftest import KEY, http_get, http_post, until, waiting
 
 
 def message(destinations, body="x", key=KEY):
@@ -149,10 +149,11 @@ def established_to(port: int) -> int:
 
 def wait_for_log(process, text, count, timeout=20.0):
     """Wait until ``text`` is in the process's log ``count`` times."""
-    deadline = time.monotonic() + timeout
-    while process.log.read_text().count(text) < count:
-        assert time.monotonic() < deadline, process.log.read_text()[-2000:]
-        time.sleep(0.1)
+    until(
+        lambda: process.log.read_text().count(text) >= count,
+        timeout,
+        what=lambda: process.log.read_text()[-2000:],
+    )
 
 
 # --- 5. At the open-files limit echoes pauses accepting instead of spinning ------------------
@@ -162,10 +163,8 @@ def test_out_of_file_descriptors_pauses_accepts(spawn_echoes, own_redis):
     # Issue 13: 1100 idle connections under LimitNOFILE=1024 spun echoes at 100% CPU and
     # wrote 87 MB of "Too many open files" tracebacks in 14 s; /health timed out.
     echoes = spawn_echoes(f"--redis-url={own_redis.url}", open_files=128)
-    deadline = time.monotonic() + 10  # started: Redis and the wake-up listener connected
-    while http_get(echoes.url + "/health")[0] != 200:
-        assert time.monotonic() < deadline, echoes.log.read_text()[-2000:]
-        time.sleep(0.05)
+    # Started: Redis and the wake-up listener connected.
+    until(lambda: http_get(echoes.url + "/health")[0] == 200, what=echoes.log.read_text)
     keep = socket.create_connection(("127.0.0.1", echoes.port))  # an established client
     keep.settimeout(10)
 

@@ -12,14 +12,13 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, basic_auth, eventually, needs, waiting
+from conftest import KEY, basic_auth, eventually, needs, until, waiters_on, waiting
 from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
@@ -232,10 +231,14 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     assert post(echoes.url + "/send", "a", two)[0] == 400  # over max_destinations
     conf.write_text('log_level = "info"\nmax_destinations = 10\nwake = "publish"\n')
     echoes.popen.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while echoes.log.read_text().count("reloaded the configuration") < processes:
-        assert echoes.popen.poll() is None and time.monotonic() < deadline, echoes.log.read_text()
-        time.sleep(0.05)
+    until(
+        lambda: (
+            echoes.log.read_text().count("reloaded the configuration") >= processes
+            or echoes.popen.poll() is not None
+        ),
+        what=echoes.log.read_text,
+    )
+    assert echoes.popen.poll() is None, echoes.log.read_text()
     log = echoes.log.read_text()
     assert "log_level 'warning' -> 'info'" in log and "max_destinations 1 -> 10" in log
     assert "needs a restart to change: wake" in log
@@ -246,15 +249,29 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     # A bad file on reload keeps the running configuration.
     conf.write_text("max_destinations = 'many'\n")
     echoes.popen.send_signal(signal.SIGHUP)
-    while "reload refused" not in echoes.log.read_text():
-        assert echoes.popen.poll() is None and time.monotonic() < deadline + 10
-        time.sleep(0.05)
+    until(lambda: "reload refused" in echoes.log.read_text(), what=echoes.log.read_text)
+    assert echoes.popen.poll() is None
     assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2})
     echoes.popen.send_signal(signal.SIGTERM)
     assert echoes.popen.wait(10) == 0
 
 
 # --- several processes ----------------------------------------------------------------------
+
+
+def worker_pids(url: str, count: int, besides: set[int] = frozenset()) -> set[int]:
+    """The pids of ``count`` workers answering /health at ``url`` (not those ``besides``);
+    each request is a new connection, which the kernel spreads over the workers."""
+    pids: set[int] = set()
+
+    def answered() -> bool:
+        status, body = get(url + "/health")
+        if status == 200 and json.loads(body)["pid"] not in besides:
+            pids.add(json.loads(body)["pid"])
+        return len(pids) >= count if not besides else bool(pids)
+
+    until(answered, 20, what=lambda: f"only {pids} answered")
+    return pids
 
 
 def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings):
@@ -264,13 +281,7 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
         "--processes=2",
         "--recheck-interval=60",
     )
-    pids = set()
-    deadline = time.monotonic() + 20
-    while len(pids) < 2:  # each request is a new connection: the kernel spreads them
-        status, body = get(echoes.url + "/health")
-        if status == 200:
-            pids.add(json.loads(body)["pid"])
-        assert time.monotonic() < deadline, f"only {pids} answered"
+    pids = worker_pids(echoes.url, 2)
     assert echoes.popen.pid not in pids
 
     # Waiters spread over both workers; sends through either wake every one of them.
@@ -279,8 +290,7 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
     names = [f"user{i}" for i in range(20)]
     with ThreadPoolExecutor(len(names)) as pool:
         waits = [pool.submit(post, echoes.url + "/receive?wait=30", n) for n in names]
-        while "echoes_waiters 20.0" not in get(echoes.url + "/metrics")[1].decode():
-            time.sleep(0.05)
+        until(lambda: "echoes_waiters 20.0" in get(echoes.url + "/metrics")[1].decode())
         for i, name in enumerate(names):
             body = {"idempotencyKey": f"key-{i:012d}", "destination": [name], "body": i}
             assert post(echoes.url + "/send", "sender", body) == (200, {"sent": 1})
@@ -296,32 +306,20 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
     # A worker killed outright is replaced.
     victim = pids.pop()
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    seen = set()
-    while not (seen - {victim} - pids):
-        status, body = get(echoes.url + "/health")
-        if status == 200:
-            seen.add(json.loads(body)["pid"])
-        assert time.monotonic() < deadline, "no new worker"
+    worker_pids(echoes.url, 2, besides=pids | {victim})  # a new one answers
     echoes.popen.send_signal(signal.SIGTERM)
     assert echoes.popen.wait(10) == 0
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(spawn_echoes, settings):
     echoes = spawn_echoes(f"--redis-url={settings.redis_url}", "--processes=2")
-    pids = set()
-    deadline = time.monotonic() + 20
-    while len(pids) < 2:
-        status, body = get(echoes.url + "/health")
-        if status == 200:
-            pids.add(json.loads(body)["pid"])
-        assert time.monotonic() < deadline, f"only {pids} answered"
+    pids = worker_pids(echoes.url, 2)
     echoes.popen.kill()  # SIGKILL: the supervisor cannot forward anything
     echoes.popen.wait()
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in pids):
-        assert time.monotonic() < deadline, "workers outlived their supervisor"
-        time.sleep(0.05)
+    until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids),
+        what=lambda: "workers outlived their supervisor",
+    )
 
 
 # --- the least-privilege Redis user of conf/redis.conf --------------------------------------
@@ -442,7 +440,7 @@ def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, nginx
 
     with ThreadPoolExecutor(1) as pool:
         wait = pool.submit(post, url + "/receive?wait=30", None, None, auth("maurice"))
-        time.sleep(0.5)
+        until(lambda: waiters_on(echoes.url) == 1)
         post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
         status, records = wait.result(timeout=10)
     assert status == 200 and [r["body"] for r in records] == ["later"]

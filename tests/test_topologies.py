@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import tornado.httpclient
-from conftest import ROOT, eventually, needs, spec_example
+from conftest import ROOT, eventually, needs, post_async, spec_example
 
 from bench.topologies import Cluster, Sentinels, redis_cli
 from echoes.embedded import find_binary
@@ -65,16 +65,7 @@ def one_name_per_primary(cluster, prefix, tag="n"):
 
 async def post(url, path, sender, body=None):
     """A POST to a spawned echoes; status and decoded JSON."""
-    http = tornado.httpclient.AsyncHTTPClient()
-    response = await http.fetch(
-        url + path,
-        method="POST",
-        headers={"From": sender},
-        body=json.dumps(body) if body is not None else b"",
-        raise_error=False,
-        request_timeout=60,
-    )
-    return response.code, json.loads(response.body) if response.body else None
+    return await post_async(url + path, sender, body)
 
 
 async def test_the_spec_example_runs_unchanged(start_echoes, topology):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, eventually, http_post, waiting
+from conftest import KEY, eventually, http_post, until, waiters_on, waiting
 
 from echoes.embedded import RedisServer
 from echoes.store.keys import Keys, name_in
@@ -175,19 +175,13 @@ async def test_a_waiter_on_one_process_is_woken_by_a_send_on_another(spawn_echoe
     common.append("--recheck-interval=60")
     waiter, sender = spawn_echoes(*common), spawn_echoes(*common)
     loop = asyncio.get_running_loop()
-    task = loop.run_in_executor(None, post, waiter.url + "/receive?wait=30", "b", None)
-    await asyncio.sleep(0.5)  # let the waiter register: it is in another process
+    task = loop.run_in_executor(None, http_post, waiter.url + "/receive?wait=30", "b", None)
+    await eventually(lambda: waiters_on(waiter.url) == 1)  # registered, in another process
     assert not task.done()
     body = {"idempotencyKey": KEY, "destination": ["b"], "body": "across"}
-    assert post(sender.url + "/send", "a", body) == {"sent": 1}
-    assert [r["body"] for r in await asyncio.wait_for(task, WOKEN_WITHIN)] == ["across"]
-
-
-def post(url, sender, body):
-    """The answer to a POST that must succeed."""
-    status, answer = http_post(url, sender, body)
-    assert status == 200, answer
-    return answer
+    assert http_post(sender.url + "/send", "a", body) == (200, {"sent": 1})
+    status, records = await asyncio.wait_for(task, WOKEN_WITHIN)
+    assert status == 200 and [r["body"] for r in records] == ["across"]
 
 
 async def test_redis_restarted_during_a_wait(start_echoes, own_redis):
@@ -292,7 +286,7 @@ def test_sigterm_with_a_waiter_exits_0_promptly(spawn_echoes, settings, tmp_path
     sock.sendall(
         b"POST /receive?wait=30 HTTP/1.1\r\nHost: x\r\nFrom: b\r\nContent-Length: 0\r\n\r\n"
     )
-    time.sleep(0.5)
+    until(lambda: waiters_on(echoes.url) == 1)
     started = time.monotonic()
     echoes.popen.send_signal(signal.SIGTERM)
     assert echoes.popen.wait(timeout=10) == 0
