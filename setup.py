@@ -26,8 +26,10 @@ setup(
         "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
     ],
     python_requires=">=3.11",
-    packages=find_packages(include=["echoes", "echoes.*"]),
-    package_data={"echoes.store": ["lua/*.lua"], "echoes.client": ["web/*.js", "web/*.html"]},
+    # The Lua and web folders are data packages (no __init__.py), named so setuptools ships them.
+    packages=find_packages(include=["echoes", "echoes.*"])
+    + ["echoes.store.lua", "echoes.client.web"],
+    package_data={"echoes.store.lua": ["*.lua"], "echoes.client.web": ["*.js", "*.html"]},
     include_package_data=True,
     install_requires=[
         # <7: echoes.server and echoes.http.malformed use Tornado internals (TCPServer's
