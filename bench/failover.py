@@ -40,7 +40,7 @@ FAILOVERS = "echoes_redis_failovers_total"
 def readers_on(node_of: Callable[[str], Node], node: Node) -> set[str]:
     """The readers of bench/faults.py's load whose inbox lives on ``node``."""
     keys = Keys(PREFIX)
-    return {f"user{u}" for u in range(USERS) if node_of(keys.inbox(f"user{u}").queue) is node}
+    return {f"user{u}" for u in range(USERS) if node_of(keys.inbox(f"user{u}").records) is node}
 
 
 def outage(ledger: Ledger, readers: set[str], began: float, ended: float) -> float:
@@ -194,7 +194,7 @@ def sentinel_manual_failover(workdir: Path, seconds: float, wait_replicas: int) 
 
 def shard_of_user0(cluster: Cluster) -> tuple[Node, set[str]]:
     """The primary of user0's inbox, and the readers whose inboxes it serves."""
-    primary = cluster.primary_of(Keys(PREFIX).inbox("user0").queue)
+    primary = cluster.primary_of(Keys(PREFIX).inbox("user0").records)
     return primary, readers_on(cluster.primary_of, primary)
 
 

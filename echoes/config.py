@@ -61,9 +61,22 @@ class Settings:
     attempt_ttl: int = option(
         300, "seconds a consumed batch stays retrievable under its ?attempt= token", 1, 86400
     )
+    dedup_window: int = option(
+        300,
+        "seconds a consumed copy is remembered: a resend of it (same origin and idempotencyKey)"
+        " within them is answered as stored and not delivered again; acks likewise (0: off)",
+        0,
+        86400,
+    )
     max_inbox_records: int = option(
         10000,
         "most records one inbox holds; a send to a full inbox is answered 429 (0: no cap)",
+        0,
+    )
+    max_inbox_bytes: int = option(
+        67108864,
+        "most bytes of records one inbox holds, as stored; a send past it is answered 429"
+        " (0: no cap)",
         0,
     )
     max_batch: int = option(

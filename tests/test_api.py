@@ -30,7 +30,7 @@ def assert_error(response, status, *fragments):
 
 async def test_send_then_receive_renders_the_spec_shapes(fake_echoes):
     response = await fake_echoes.send("olivia", KEY, ["maurice", "maurice"], {"a": [1]}, ack=True)
-    assert response.json == {"sent": 1}
+    assert response.json == {"sent": 1, "duplicates": 0}
     [msg] = await fake_echoes.receive("maurice")
     received.validate([msg])
     assert msg["type"] == "msg" and msg["origin"] == "olivia" and msg["body"] == {"a": [1]}
@@ -63,7 +63,7 @@ async def test_form_encoded_json_body_is_accepted(fake_echoes):
     body = b'{"idempotencyKey": "000000000000", "destination": ["g"], "body": "x"}'
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     response = await fake_echoes.post("/send", "o", body, headers=headers)
-    assert response.json == {"sent": 1}
+    assert response.json == {"sent": 1, "duplicates": 0}
 
 
 async def test_root_names_the_service(fake_echoes):

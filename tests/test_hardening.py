@@ -33,7 +33,10 @@ async def test_a_send_storing_more_than_max_request_bytes_is_413_and_stores_noth
     assert "more than 100000" in response.json["details"][0]
     assert await echoes.redis.keys(echoes.settings.key_prefix + "*") == []
     # Under the bound the same fan-out is stored.
-    assert (await echoes.post("/send", "a", message(names, "x" * 800))).json == {"sent": 100}
+    assert (await echoes.post("/send", "a", message(names, "x" * 800))).json == {
+        "sent": 100,
+        "duplicates": 0,
+    }
 
 
 def test_the_thousand_destination_megabyte_costs_megabytes_not_gigabytes(spawn_echoes, own_redis):
@@ -54,7 +57,7 @@ def test_the_thousand_destination_megabyte_costs_megabytes_not_gigabytes(spawn_e
     grown = r.info("memory")["used_memory"] - before
     print(f"1000 x 16 KB: {status}, echoes peak RSS {echoes.memory('VmHWM') / 1e6:.0f} MB,")
     print(f"Redis grew {grown / 1e6:.1f} MB")
-    assert (status, answer) == (200, {"sent": 1000})
+    assert (status, answer) == (200, {"sent": 1000, "duplicates": 0})
     assert echoes.memory("VmHWM") < 200e6 and grown < 40e6
     r.close()
 
@@ -72,7 +75,7 @@ async def test_expired_records_never_fill_an_inbox(start_echoes):
     assert refused == 0
     # What the inbox holds is what is live: expired records were dropped by the puts.
     inbox = echoes.store.keys.inbox("b")
-    assert await echoes.redis.zcard(inbox.queue) <= 5
+    assert await echoes.redis.zcard(inbox.index) <= 5
     response = await echoes.post("/receive?limit=1", "b")
     assert int(response.headers["Echoes-Remaining"]) <= 4
 

@@ -48,6 +48,8 @@ class Inboxes(RuleBasedStateMachine):
         self.run = next(_runs)
         self.model: dict[str, OrderedDict[tuple[str, str, str], dict[str, Any]]] = {}
         self.epoch = 0  # records are born in an epoch; "time passes" ends it
+        # (inbox, record id) of every copy consumed: the dedup window (300 s) outlasts a run.
+        self.consumed: set[tuple[str, tuple[str, str, str]]] = set()
         self.slept = False
 
     def name(self, user: str) -> str:
@@ -62,23 +64,32 @@ class Inboxes(RuleBasedStateMachine):
 
     # --- the model -------------------------------------------------------------------------
 
-    def put(self, inbox: str, rid: tuple[str, str, str], record: dict[str, Any]) -> None:
+    def put(self, inbox: str, rid: tuple[str, str, str], record: dict[str, Any]) -> bool:
+        """Store ``record``; False for a copy consumed within the dedup window (not stored)."""
+        if (inbox, rid) in self.consumed:
+            return False
         box = self.model.setdefault(inbox, OrderedDict())
         box.pop(rid, None)
         box[rid] = record | {"epoch": self.epoch}
+        return True
 
-    def model_send(self, sender: str, key: str, dests: list[str], body: int, ack: bool) -> int:
+    def model_send(
+        self, sender: str, key: str, dests: list[str], body: int, ack: bool
+    ) -> dict[str, int]:
         copies = list(dict.fromkeys(dests))
+        duplicates = 0
         for d in copies:
             msg = {"type": "msg", "idempotencyKey": key, "origin": sender, "body": body}
-            self.put(d, ("m", key, sender), msg | {"expectsAck": ack})
-        return len(copies)
+            duplicates += not self.put(d, ("m", key, sender), msg | {"expectsAck": ack})
+        return {"sent": len(copies), "duplicates": duplicates}
 
     def model_receive(self, reader: str, limit: int | None) -> tuple[list[dict[str, Any]], int]:
         box = self.model.get(reader, OrderedDict())
         for rid in [r for r, rec in box.items() if rec["epoch"] != self.epoch]:
             del box[rid]  # expired
-        taken = [box.pop(rid) for rid in list(box)[: limit or len(box)]]
+        rids = list(box)[: limit or len(box)]
+        self.consumed.update((reader, rid) for rid in rids)
+        taken = [box.pop(rid) for rid in rids]
         left = len(box)  # counted when the batch is taken: before its own acks are queued
         for record in taken:
             if record["type"] == "msg" and record["expectsAck"]:
@@ -105,7 +116,7 @@ class Inboxes(RuleBasedStateMachine):
     def send(self, sender: str, key: str, dests: list[str], body: int, ack: bool) -> None:
         sender, dests, message = self.message(sender, key, dests, body, ack)
         status, answer, _ = self.post("/send", sender, message)
-        assert status == 200 and answer == {"sent": self.model_send(sender, key, dests, body, ack)}
+        assert status == 200 and answer == self.model_send(sender, key, dests, body, ack)
 
     @rule(reader=st.sampled_from(USERS), limit=LIMIT)
     def receive(self, reader: str, limit: int | None) -> None:

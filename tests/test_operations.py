@@ -244,14 +244,14 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     assert "needs a restart to change: wake" in log
     # Every worker took the new limit, and the access lines now show (level info).
     for _ in range(4):
-        assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2})
+        assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2, "duplicates": 0})
     assert "path=/send status=200" in echoes.log.read_text()
     # A bad file on reload keeps the running configuration.
     conf.write_text("max_destinations = 'many'\n")
     echoes.popen.send_signal(signal.SIGHUP)
     until(lambda: "reload refused" in echoes.log.read_text(), what=echoes.log.read_text)
     assert echoes.popen.poll() is None
-    assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2})
+    assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2, "duplicates": 0})
     echoes.popen.send_signal(signal.SIGTERM)
     assert echoes.popen.wait(10) == 0
 
@@ -293,7 +293,7 @@ def test_two_processes_serve_wake_each_other_and_restart(spawn_echoes, settings)
         until(lambda: "echoes_waiters 20.0" in get(echoes.url + "/metrics")[1].decode())
         for i, name in enumerate(names):
             body = {"idempotencyKey": f"key-{i:012d}", "destination": [name], "body": i}
-            assert post(echoes.url + "/send", "sender", body) == (200, {"sent": 1})
+            assert post(echoes.url + "/send", "sender", body) == (200, {"sent": 1, "duplicates": 0})
         results = [w.result(timeout=10) for w in waits]
     assert [r[1][0]["body"] for r in results] == list(range(20))
 
@@ -338,9 +338,9 @@ def acl_rules(user, prefix="echoes:"):
 
 
 # What echoes sends itself, outside its scripts: health, memory figures, wake-ups, the sweep,
-# the notification probe (a zadd and a zrem), and the scripts' calls.
+# the notification probe (an hset and an hdel), and the scripts' calls.
 PYTHON_COMMANDS = {
-    *("ping", "info", "fcall", "exists", "zadd", "zrem"),
+    *("ping", "info", "fcall", "exists", "hset", "hdel"),
     *("subscribe", "unsubscribe", "ssubscribe", "sunsubscribe"),  # Cluster: shard channels
 }
 
@@ -431,7 +431,10 @@ def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, nginx
     auth = basic_auth
     body = {"idempotencyKey": KEY, "destination": ["maurice"], "body": "hi"}
     # The client claims to be mallory; nginx sends the authenticated name instead.
-    assert post(url + "/send", "mallory", body, auth("olivia")) == (200, {"sent": 1})
+    assert post(url + "/send", "mallory", body, auth("olivia")) == (
+        200,
+        {"sent": 1, "duplicates": 0},
+    )
     status, records = post(url + "/receive", "olivia", None, auth("maurice"))
     assert status == 200 and [r["origin"] for r in records] == ["olivia"]
     assert post(url + "/receive", "maurice", None, {})[0] == 401
@@ -441,12 +444,18 @@ def test_nginx_sets_from_to_the_authenticated_user(spawn_echoes, settings, nginx
     with ThreadPoolExecutor(1) as pool:
         wait = pool.submit(post, url + "/receive?wait=30", None, None, auth("maurice"))
         until(lambda: waiters_on(echoes.url) == 1)
-        post(url + "/send", None, body | {"body": "later"}, auth("olivia"))
+        later = {"idempotencyKey": "key-000000000002", "body": "later"}
+        post(url + "/send", None, body | later, auth("olivia"))
         status, records = wait.result(timeout=10)
     assert status == 200 and [r["body"] for r in records] == ["later"]
     # A page on another site makes the logged-in user's browser POST (text/plain needs no
     # preflight, the browser adds the credentials): refused, and nothing is consumed.
-    post(url + "/send", None, body | {"body": "kept"}, auth("olivia"))
+    post(
+        url + "/send",
+        None,
+        body | {"idempotencyKey": "key-000000000003", "body": "kept"},
+        auth("olivia"),
+    )
     forged = auth("maurice") | {"Origin": "https://evil.example", "Content-Type": "text/plain"}
     assert post(url + "/receive", None, None, forged)[0] == 403
     assert post(url + "/send", None, body, forged)[0] == 403

@@ -33,10 +33,21 @@ async def test_a_replaced_record_moves_to_the_back_of_the_queue(echoes):
     assert [r["body"] for r in await echoes.receive("b")] == ["second", "first, again"]
 
 
-async def test_resend_after_consumption_is_delivered_again(echoes):
+async def test_a_resend_after_consumption_is_a_duplicate_within_the_window(echoes):
     await echoes.send("a", KEY, ["b"], "once")
     assert len(await echoes.receive("b")) == 1
+    response = await echoes.send("a", KEY, ["b", "c"], "once")
+    assert response.json == {"sent": 2, "duplicates": 1}
+    assert await echoes.receive("b") == []  # not delivered again
+    assert len(await echoes.receive("c")) == 1  # c had not consumed it
+
+
+async def test_a_resend_after_the_window_is_delivered_again(start_echoes):
+    echoes = await start_echoes(dedup_window=1)
     await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+    await asyncio.sleep(1.1)
+    assert (await echoes.send("a", KEY, ["b"], "once")).json == {"sent": 1, "duplicates": 0}
     assert len(await echoes.receive("b")) == 1
 
 
@@ -44,7 +55,7 @@ async def test_every_record_expires_and_leaves_no_keys(start_echoes):
     echoes = await start_echoes(message_ttl=1)
     await echoes.send("a", KEY, ["b"], ack=True)
     redis = echoes.redis
-    assert len(await redis.keys(echoes.settings.key_prefix + "*")) == 2
+    assert len(await redis.keys(echoes.settings.key_prefix + "*")) == 1  # an inbox of one: one key
     await asyncio.sleep(1.1)
     assert await echoes.receive("b") == []
 

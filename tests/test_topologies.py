@@ -57,7 +57,7 @@ def one_name_per_primary(cluster, prefix, tag="n"):
     keys, names = Keys(prefix), {}
     for i in range(1000):
         name = f"{tag}{i}"
-        names.setdefault(cluster.primary_of(keys.inbox(name).queue).port, name)
+        names.setdefault(cluster.primary_of(keys.inbox(name).records).port, name)
         if len(names) == len(cluster.primaries()):
             return [names[p.port] for p in cluster.primaries()]
     raise AssertionError("no name for some primary")
@@ -76,13 +76,13 @@ async def test_inboxes_spread_over_every_primary_and_come_back(start_echoes, clu
     echoes = await start_echoes(redis_url=cluster.url)
     names = [f"user{i}" for i in range(60)]
     body = {"idempotencyKey": "key-000000000001", "destination": names, "body": "hi"}
-    assert (await echoes.post("/send", "olivia", body)).json == {"sent": 60}
+    assert (await echoes.post("/send", "olivia", body)).json == {"sent": 60, "duplicates": 0}
     for primary in cluster.primaries():  # every primary holds some of the inboxes
         assert primary.client().keys(settings.key_prefix + "*"), primary.port
     for name in names:
         assert [r["body"] for r in await echoes.receive(name)] == ["hi"]
     for primary in cluster.primaries():  # nothing queued any more (parked batches remain)
-        assert primary.client().keys(settings.key_prefix + "*:q") == []
+        assert primary.client().keys(settings.key_prefix + "*:m") == []
 
 
 async def test_concurrent_receivers_on_two_processes_get_each_record_once(

@@ -53,9 +53,9 @@ async def test_registry_refuses_past_its_limit_and_close_wakes_everyone():
 def test_channels_name_their_inbox():
     keys = Keys("p:")
     inbox = keys.inbox("jo:sé {*}")
-    assert name_in(b"__keyspace@3__:" + inbox.queue.encode()) == "jo:sé {*}"
+    assert name_in(b"__keyspace@3__:" + inbox.records.encode()) == "jo:sé {*}"
     assert name_in(inbox.channel.encode()) == "jo:sé {*}"
-    assert keys.wake_channel("jo:sé {*}", "keyspace", 3) == "__keyspace@3__:" + inbox.queue
+    assert keys.wake_channel("jo:sé {*}", "keyspace", 3) == "__keyspace@3__:" + inbox.records
     assert keys.wake_channel("jo:sé {*}", "publish", 0) == inbox.channel
     for wake in ("keyspace", "publish"):
         assert name_in(keys.wake_channel("李", wake, 0).encode()) == "李"
@@ -179,7 +179,7 @@ async def test_a_waiter_on_one_process_is_woken_by_a_send_on_another(spawn_echoe
     await eventually(lambda: waiters_on(waiter.url) == 1)  # registered, in another process
     assert not task.done()
     body = {"idempotencyKey": KEY, "destination": ["b"], "body": "across"}
-    assert http_post(sender.url + "/send", "a", body) == (200, {"sent": 1})
+    assert http_post(sender.url + "/send", "a", body) == (200, {"sent": 1, "duplicates": 0})
     status, records = await asyncio.wait_for(task, WOKEN_WITHIN)
     assert status == 200 and [r["body"] for r in records] == ["across"]
 
@@ -258,7 +258,7 @@ async def test_without_config_rights_a_test_event_shows_notifications_work(
     # Issue 12: under the ACL of conf/redis.conf every start logged an ERROR and /health said
     # "notifications": false although the flags were set in redis.conf and wake-ups worked.
     caplog.set_level(logging.INFO)
-    admin, url = await without_config(own_redis, "Kz")
+    admin, url = await without_config(own_redis, "Kh")
     echoes = await start_echoes(redis_url=url)
     await eventually(lambda: echoes.echoes.listener.state.notifications)
     assert (await echoes.request("GET", "/health")).json["notifications"] is True
@@ -298,7 +298,7 @@ def test_sigterm_with_a_waiter_exits_0_promptly(spawn_echoes, settings, tmp_path
 
 def test_embedded_redis_has_notifications_on(tmp_path):
     server = RedisServer(tmp_path / "r")
-    assert server.options["notify-keyspace-events"] == "Kz"
+    assert server.options["notify-keyspace-events"] == "Kh"
 
 
 # --- per-inbox subscriptions (issue 9) ------------------------------------------------------

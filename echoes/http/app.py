@@ -1,6 +1,7 @@
 """The application: the small endpoints, the access log, and make_app() with every route."""
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -9,12 +10,35 @@ import tornado.web
 
 from .. import __version__, logs, metrics
 from ..metrics import Metrics
+from . import validation
 from .base import APIHandler, Context, unavailable
 from .errors import APIError
 from .inbox import InboxHandler
 
 log = logging.getLogger("echoes")
 access_log = logging.getLogger("echoes.access")
+
+
+class StatusHandler(APIHandler):
+    """POST /status: what became of each copy of one of the caller's messages."""
+
+    allow = "POST, OPTIONS"
+
+    async def post(self) -> None:
+        refused = self.context.origins.refusal(self.request.headers)
+        if refused:
+            raise APIError(403, refused)
+        caller = validation.caller(self.request.headers.get_list("From"), self.config)
+        validation.no_other_parameters(self.request.query_arguments, ())
+        key, destinations = validation.status_query(self.request.body, self.config)
+        states = await self.redis(self.store.status(caller, key, destinations))
+        answer = []
+        for copy in states:
+            item = {"destination": copy.destination, "state": copy.state}
+            if copy.consumed_at:
+                item["consumedAt"] = copy.consumed_at
+            answer.append(item)
+        self.finish(json.dumps(answer, separators=(",", ":")))
 
 
 class RootHandler(APIHandler):
@@ -139,6 +163,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]
         (r"/send", InboxHandler, {"sends": True}),
         (r"/receive", InboxHandler, {"receives": True}),
         (r"/exchange", InboxHandler, {"sends": True, "receives": True}),
+        (r"/status", StatusHandler, {}),
         (r"/health", HealthHandler, {}),
         (r"/metrics", MetricsHandler, {}),
         (r"/openapi.json", OpenAPIHandler, {}),

@@ -89,14 +89,25 @@ class InboxHandler(APIHandler):
             self.taken = batch.count
             self.metrics.acked.inc(batch.acks)
         self.check_sent(outcome, take)
-        if self.gone:
+        if self.gone:  # nothing is taken for a client that left (Store.exchange's ``wanted``)
+            if take and batch and batch.count:  # it left after the take came back
+                await self.put_back(take.attempt)
+            self.set_status(499, "Client Closed Request")  # nginx's word for it, in the log
             return
         if batch is None:
-            self.finish({"sent": self.sent})
+            self.finish({"sent": self.sent, "duplicates": outcome.duplicates})
             return
         self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
         self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
         await self.finish_within(batch.json, self.config.write_timeout)
+
+    async def put_back(self, attempt: str) -> None:
+        """Return a batch its client never got to the inbox (kept under ``attempt`` if not)."""
+        try:
+            self.taken = 0
+            await self.redis(self.store.untake(self.caller, attempt))
+        except APIError as e:
+            log.warning("a batch for a client that left stays under its token: %s", e)
 
     def parse(self) -> tuple[Message | None, Take | None]:
         """The message and the take this request asks for; the raw body is let go."""
@@ -122,7 +133,7 @@ class InboxHandler(APIHandler):
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
         """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
-        if not (outcome.out_of_memory or outcome.full):
+        if not (outcome.out_of_memory or outcome.full or outcome.full_bytes):
             return
         details = [f"stored for {outcome.sent} of the destinations"]
         if take and outcome.batch and outcome.batch.count:
@@ -132,17 +143,23 @@ class InboxHandler(APIHandler):
             )
         if outcome.out_of_memory:
             raise self.insufficient_storage(*details)
-        names = ", ".join(repr(n) for n in outcome.full[:10])
-        more = f" and {len(outcome.full) - 10} more" if len(outcome.full) > 10 else ""
-        limit = self.config.max_inbox_records
-        raise APIError(429, f"inbox full ({limit} records waiting): {names}{more}", *details)
+        full = []
+        if outcome.full:
+            limit = self.config.max_inbox_records
+            full.append(f"inbox full ({limit} records waiting): {_names(outcome.full)}")
+        if outcome.full_bytes:
+            limit = self.config.max_inbox_bytes
+            full.append(
+                f"inbox full ({limit} bytes of records waiting, --max-inbox-bytes):"
+                f" {_names(outcome.full_bytes)}"
+            )
+        raise APIError(429, *full, *details)
 
     async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
         """One store call, within redis_timeout."""
         try:
-            return await self.redis(
-                self.store.exchange(caller, message, take), take.attempt if take else None
-            )
+            work = self.store.exchange(caller, message, take, wanted=lambda: not self.gone)
+            return await self.redis(work, take.attempt if take else None)
         except TooLarge as e:
             raise APIError(
                 413, str(e), f"--max-request-bytes={self.config.max_request_bytes}"
@@ -186,3 +203,9 @@ class InboxHandler(APIHandler):
             self.metrics.waiters.dec()
             waiters.unregister(self.waiter)
             self.waiter = None
+
+
+def _names(names: tuple[str, ...]) -> str:
+    """Up to ten inbox names for an error's details, and how many more."""
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return ", ".join(repr(n) for n in names[:10]) + more

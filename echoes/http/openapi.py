@@ -47,6 +47,7 @@ def document(config: Settings) -> dict[str, Any]:
                     "Send, then receive, in one call.", config, sends=True, receives=True
                 )
             },
+            "/status": {"post": _status(config)},
             "/": _with_head(_get("The service's name and version.", schemas.ABOUT)),
             "/health": _with_head(
                 _get("Redis and the wake-up listener are fine.", schemas.HEALTH, unavailable=True)
@@ -105,6 +106,24 @@ def _inbox(summary: str, config: Settings, sends: bool, receives: bool) -> dict[
     if sends:
         operation["requestBody"] = {"required": True, "content": {JSON: {"schema": schemas.SEND}}}
     return operation
+
+
+def _status(config: Settings) -> dict[str, Any]:
+    ok = {
+        "description": "Each copy's state: waiting, consumed (within the dedup window), unknown.",
+        "content": {JSON: {"schema": schemas.STATUS}},
+    }
+    return {
+        "summary": "What became of each copy of one of the caller's messages.",
+        "parameters": [_from(config)],
+        "requestBody": {"required": True, "content": {JSON: {"schema": schemas.STATUS_QUERY}}},
+        "responses": {
+            "200": ok,
+            "400": _error("A bad request."),
+            "403": _error("A POST from a web page on an origin not allowed."),
+            "503": _error("Redis is unavailable."),
+        },
+    }
 
 
 def _from(config: Settings) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def validator(schema_id: str) -> Any:
             yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
     extended = validators.extend(Draft202012Validator, {"pattern": pattern})
-    return extended({"send": SEND, "token": TOKEN}[schema_id])
+    return extended({"send": SEND, "token": TOKEN, "status": STATUS_QUERY}[schema_id])
 
 
 # The send schema compiled to Python by fastjsonschema: a valid body passes in about 1 us
@@ -105,9 +105,13 @@ def send_errors(document: Any, limit: int = 200) -> list[str]:
         _send_fast(document)
         return []
     except fastjsonschema.JsonSchemaException:
-        pass
-    errors = sorted(validator("send").iter_errors(document), key=lambda e: e.json_path)
-    return [f"{e.json_path}: {_short(e.message, limit)}" for e in errors]
+        return errors("send", document, limit)
+
+
+def errors(schema_id: str, document: Any, limit: int = 200) -> list[str]:
+    """Every way ``document`` breaks the schema ``schema_id``, as "<path>: <reason>" lines."""
+    found = sorted(validator(schema_id).iter_errors(document), key=lambda e: e.json_path)
+    return [f"{e.json_path}: {_short(e.message, limit)}" for e in found]
 
 
 def _short(text: str, limit: int) -> str:
@@ -129,8 +133,39 @@ ERROR: dict[str, Any] = {
 
 SENT: dict[str, Any] = {
     "type": "object",
-    "properties": {"sent": {"type": "integer", "minimum": 0}},
-    "required": ["sent"],
+    "properties": {
+        "sent": {"type": "integer", "minimum": 0, "description": "copies stored"},
+        "duplicates": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "of those, copies already consumed within the dedup window:"
+            " answered as stored, not delivered again",
+        },
+    },
+    "required": ["sent", "duplicates"],
+}
+
+# POST /status: what became of each copy of one of the caller's messages.
+STATUS_QUERY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "idempotencyKey": TOKEN,
+        "destination": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+    "required": ["idempotencyKey", "destination"],
+}
+
+STATUS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "destination": {"type": "string"},
+            "state": {"enum": ["waiting", "consumed", "unknown"]},
+            "consumedAt": {"type": "string", "format": "date-time"},
+        },
+        "required": ["destination", "state"],
+    },
 }
 
 ABOUT: dict[str, Any] = {

@@ -80,19 +80,33 @@ def message(body: bytes, settings: Settings) -> Message:
     errors = schemas.send_errors(document)
     if errors:
         raise APIError(400, *errors)
-    destinations = [normal_name(d) for d in document["destination"]]
-    if len(destinations) > settings.max_destinations:
-        raise APIError(400, f"$.destination: more than {settings.max_destinations} destinations")
-    for i, name in enumerate(destinations):
-        problem = name_problem(name, settings.max_from_length)
-        if problem:
-            raise APIError(400, f"$.destination[{i}]: {problem}")
     return Message(
         key=document["idempotencyKey"],
         body=document["body"],
         expects_ack=document.get("expectsAck", False),
-        destinations=tuple(dict.fromkeys(destinations)),
+        destinations=destinations(document["destination"], settings),
     )
+
+
+def status_query(body: bytes, settings: Settings) -> tuple[str, tuple[str, ...]]:
+    """The idempotency key and destinations a /status body asks about."""
+    document = parse_json(body)
+    errors = schemas.errors("status", document)
+    if errors:
+        raise APIError(400, *errors)
+    return document["idempotencyKey"], destinations(document["destination"], settings)
+
+
+def destinations(names: Sequence[str], settings: Settings) -> tuple[str, ...]:
+    """A body's destination names, each checked and in NFC, without repeats."""
+    normal = [normal_name(d) for d in names]
+    if len(normal) > settings.max_destinations:
+        raise APIError(400, f"$.destination: more than {settings.max_destinations} destinations")
+    for i, name in enumerate(normal):
+        problem = name_problem(name, settings.max_from_length)
+        if problem:
+            raise APIError(400, f"$.destination[{i}]: {problem}")
+    return tuple(dict.fromkeys(normal))
 
 
 def parse_json(body: bytes) -> Any:

@@ -37,6 +37,8 @@ UNAVAILABLE = (
 )
 
 T = TypeVar("T")
+# Error replies: Redis's own while a script runs past busy-reply-threshold, and the scripts'.
+BUSY, LATE = "BUSY", "LATE"
 
 
 class Unavailable(Exception):
@@ -66,6 +68,12 @@ def classify(error: Exception) -> Exception:
         return Unavailable(type(error).__name__, str(error))
     if isinstance(error, ResponseError) and out_of_memory(error):
         return OutOfMemory(str(error))
+    if isinstance(error, ResponseError) and str(error).startswith(BUSY):
+        # A script (another client's, or a slow one) holds Redis: it answers nothing else.
+        return Unavailable("Busy", str(error))
+    if isinstance(error, ResponseError) and str(error).startswith(LATE):
+        # Redis got the command after its request's deadline (lua/common.lua) and did nothing.
+        return Unavailable("Late", str(error))
     return error
 
 

@@ -3,18 +3,23 @@
 Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
 inbox touched, plus one more pipelined round when a receive queues acks. Every script
 touches the keys of one inbox only (see keys.py), and every script is safe to run twice,
-because the pipeline reruns a batch whose connection dropped (pipeline.py).
+because the pipeline reruns a batch whose connection dropped (pipeline.py): a put rerun after
+its copy was consumed finds the copy's tombstone (the dedup window). Every write carries its
+request's deadline, past which Redis does nothing (a late take or put changes nothing a later
+request relies on).
 """
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
 from . import checks, records, slots
 from .failures import OutOfMemory, Unavailable, classified, classify
-from .keys import PROBE_NAME, Keys
+from .keys import PROBE_NAME, Inbox, Keys
 from .scripts import NAMES, Call, Scripts
 from .servers import Server, Servers
 
@@ -60,21 +65,38 @@ class Batch:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one store call did: copies stored, inboxes found full, whether Redis refused a
-    copy for lack of memory, the batch.
+    """What one store call did: copies stored (duplicates included: a copy consumed within
+    the dedup window counts as stored and is not delivered again), inboxes found full of
+    records or of bytes, whether Redis refused a copy for lack of memory, the batch.
 
     When a copy was refused the other copies and the take went ahead, so a batch may be here
     too (and is parked under its attempt token).
     """
 
     sent: int = 0
+    duplicates: int = 0
     full: tuple[str, ...] = ()
+    full_bytes: tuple[str, ...] = ()
     out_of_memory: bool = False
     batch: Batch | None = None
 
 
+@dataclass(frozen=True)
+class CopyState:
+    """What became of one copy of a message: "waiting", "consumed" (at ``consumed_at``, an
+    RFC 3339 time, within the dedup window) or "unknown"."""
+
+    destination: str
+    state: str
+    consumed_at: str | None = None
+
+
+# put.lua's answers.
+STORED, FULL, DUPLICATE, FULL_BYTES = 1, 0, 2, 3
+
+
 class Store:
-    """Inboxes in Redis: send, take (delete-on-consume) and acks."""
+    """Inboxes in Redis: send, take (delete-on-consume), acks, and what became of a copy."""
 
     def __init__(self, servers: Servers, keys: Keys, settings: Settings):
         self.servers = servers
@@ -90,90 +112,143 @@ class Store:
         """Take the lifetimes and limits the store applies (at start, and on a reload)."""
         self._ttl_ms = settings.message_ttl * 1000
         self._attempt_ms = settings.attempt_ttl * 1000
+        self._dedup_ms = settings.dedup_window * 1000
         self._batch_bytes = settings.max_batch_bytes
         self._inbox_limit = settings.max_inbox_records
+        self._inbox_bytes = settings.max_inbox_bytes
         self._request_bytes = settings.max_request_bytes
+        self._timeout = settings.redis_timeout
         self._replicated = settings.redis_wait_replicas > 0
         self.servers.configure(settings)
 
-    async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
+    def _deadline(self) -> int:
+        """When a command sent now is late, in ms since the epoch: Redis then does nothing.
+
+        Redis compares it with its own clock (TIME): echoes' and Redis's clocks must agree
+        within --redis-timeout (NTP does far better), else commands are refused as late.
+        """
+        return int((time.time() + self._timeout) * 1000)
+
+    async def exchange(
+        self,
+        caller: str,
+        message: Message | None,
+        take: Take | None,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> Outcome:
         """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
 
-        Raises failures.Unavailable or failures.OutOfMemory (the take itself refused).
+        When ``wanted()`` is false once the take is back (the client left meanwhile), its
+        records go back to the inbox and the batch is empty: nothing is taken on the behalf
+        of a client that is gone. Raises failures.Unavailable or failures.OutOfMemory (the
+        take itself refused).
         """
-        calls = self.puts(caller, message) if message else []
+        deadline = self._deadline()
+        calls = self.puts(caller, message, deadline) if message else []
         if take:
             inbox = self.keys.inbox(caller)
-            keys = (inbox.queue, inbox.records, inbox.attempt(take.attempt), inbox.parked)
             counted = int(self._inbox_limit > 0)
-            args = (take.limit, self._attempt_ms, self._batch_bytes, take.attempt, counted)
-            calls.append(Call("take", keys, args))
+            limits = (take.limit, self._attempt_ms, self._batch_bytes, counted)
+            args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD)
+            calls.append(Call("take", self._take_keys(inbox, take.attempt), args))
         results = await classified(self.scripts.run(self.servers, calls))
         batch = None
         if take:
             taken = results.pop()
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
-            batch_json, count, remaining, *wanting_ack = taken
-            acks = await self._queue_acks(caller, wanting_ack) if wanting_ack else 0
-            batch = Batch(batch_json, int(count), int(remaining), acks=acks)
+            batch = await self._taken(caller, take, taken, wanted)
         destinations = message.destinations if message else ()
         refused = [classify(r) for r in results if isinstance(r, Exception)]
         for error in refused:
             if not isinstance(error, OutOfMemory):
-                raise error  # a copy failed for another reason: a bug, answered 500
+                raise error  # a copy failed for another reason (late, a bug): not stored
+        answered = dict(zip(destinations, results, strict=True))
         return Outcome(
-            sent=results.count(1),
-            full=tuple(d for d, r in zip(destinations, results, strict=True) if r == 0),
+            sent=results.count(STORED) + results.count(DUPLICATE),
+            duplicates=results.count(DUPLICATE),
+            full=tuple(d for d, r in answered.items() if r == FULL),
+            full_bytes=tuple(d for d, r in answered.items() if r == FULL_BYTES),
             out_of_memory=bool(refused),
             batch=batch,
         )
 
-    def puts(self, origin: str, message: Message) -> list[Call]:
+    @staticmethod
+    def _take_keys(inbox: Inbox, attempt: str) -> tuple[str, ...]:
+        return (inbox.records, inbox.index, inbox.attempt(attempt), inbox.parked, inbox.tombstones)
+
+    async def _taken(
+        self, caller: str, take: Take, taken: list[Any], wanted: Callable[[], bool]
+    ) -> Batch:
+        """The batch a take returned; its acks queued, or its records put back if unwanted."""
+        batch_json, count, remaining, *wanting_ack = taken
+        if int(count) and not wanted():
+            await self.untake(caller, take.attempt)
+            return Batch(b"[]", 0, int(remaining) + int(count))
+        acks = await self._queue_acks(caller, wanting_ack) if wanting_ack else 0
+        return Batch(batch_json, int(count), int(remaining), acks=acks)
+
+    async def untake(self, caller: str, attempt: str) -> int:
+        """Put the batch parked under ``attempt`` back into ``caller``'s inbox; how many."""
+        inbox = self.keys.inbox(caller)
+        counted = int(self._inbox_limit > 0)
+        call = Call("untake", self._take_keys(inbox, attempt), (counted,))
+        [result] = await classified(self.scripts.run(self.servers, [call]))
+        if isinstance(result, Exception):
+            raise classify(result) from result
+        return int(result)
+
+    def puts(self, origin: str, message: Message, deadline: int = 0) -> list[Call]:
         """The script calls that store one copy of ``message`` per destination."""
         record = records.msg(
             origin, message.key, message.body, message.expects_ack, records.timestamp()
         )
         record_id = records.msg_id(origin, message.key)
-        stored = len(record) * len(message.destinations)
+        rendered = len(record) + records.RENDER_OVERHEAD
+        stored = rendered * len(message.destinations)
         if stored > self._request_bytes:
             raise TooLarge(
-                f"this message would store {stored} bytes ({len(record)} bytes for each of"
+                f"this message would store {stored} bytes ({rendered} bytes for each of"
                 f" {len(message.destinations)} destinations), more than {self._request_bytes}:"
                 " send it to fewer destinations at a time, or send a smaller body"
             )
+        limits = (self._inbox_limit, self._inbox_bytes)
         return [
-            self._put(name, record_id, record, message.expects_ack, self._inbox_limit)
-            for name in message.destinations
+            self._put(name, record_id, record, limits, deadline) for name in message.destinations
         ]
 
     def _put(
-        self, inbox_name: str, record_id: str, record: bytes, wants_ack: bool, limit: int
+        self,
+        inbox_name: str,
+        record_id: str,
+        record: bytes,
+        limits: tuple[int, int],
+        deadline: int,
     ) -> Call:
         inbox = self.keys.inbox(inbox_name)
-        args: tuple[str | int | bytes, ...] = (record_id, record, int(wants_ack), self._ttl_ms)
-        if self.publish:
-            args += (inbox.channel, limit, "s" if self.shard_channels else "p")
-        else:
-            args += ("", limit)
-        return Call("put", (inbox.queue, inbox.records, inbox.parked), args)
+        channel = (inbox.channel, "s" if self.shard_channels else "p") if self.publish else ("", "")
+        args = (record_id, record, self._ttl_ms, *channel, *limits, int(self._dedup_ms > 0))
+        keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
+        return Call("put", keys, (*args, deadline))
 
-    async def _queue_acks(self, consumer: str, msg_ids: list[bytes]) -> int:
-        """Queue an ack for each message; how many were queued.
+    async def _queue_acks(self, consumer: str, entries: list[bytes]) -> int:
+        """Queue an ack for each message (take.lua's ack entries); how many were queued.
 
         Best effort: the messages are already taken (and parked under the attempt token),
         and an ack Redis refuses (out of memory) or cannot take is logged and dropped. But
         with --redis-wait-replicas an ack must be replicated like the rest: when Redis
         cannot take it, or its replicas did not confirm it, the receive answers 503, and its
-        retry with the same token queues the acks again.
+        retry with the same token queues the acks again (an ack the sender consumed within
+        the dedup window is not queued twice).
         """
         now = records.timestamp()
         calls = []
-        for msg_id in msg_ids:
-            key, origin = records.split_msg_id(msg_id)
+        deadline = self._deadline()
+        for entry in entries:
+            key, origin = records.split_ack_entry(entry)
             ack = records.ack(key, consumer, now)
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
-            calls.append(self._put(origin, records.ack_id(consumer, key), ack, False, 0))
+            calls.append(self._put(origin, records.ack_id(consumer, key), ack, (0, 0), deadline))
         try:
             results = await classified(self.scripts.run(self.servers, calls))
         except Unavailable as e:
@@ -184,6 +259,25 @@ class Store:
         if lost:
             log.warning("%d of %d acks could not be queued: %s", len(lost), len(calls), lost[0])
         return len(calls) - len(lost)
+
+    async def status(self, origin: str, key: str, destinations: Sequence[str]) -> list[CopyState]:
+        """What became of each copy of the message (origin, key): one script call each."""
+        record_id = records.msg_id(origin, key)
+        calls = []
+        for name in destinations:
+            inbox = self.keys.inbox(name)
+            calls.append(Call("status", (inbox.records, inbox.tombstones), (record_id,)))
+        results = await classified(self.scripts.run(self.servers, calls))
+        states = []
+        for name, result in zip(destinations, results, strict=True):
+            if isinstance(result, Exception):
+                raise classify(result) from result
+            state, *when = result
+            consumed = records.timestamp(int(when[0]) / 1000) if when else None
+            states.append(
+                CopyState(name, state.decode() if isinstance(state, bytes) else state, consumed)
+            )
+        return states
 
     async def ping(self) -> dict[str, str]:
         """What is wrong with each server, by name: {} when every one answers PING."""
@@ -231,9 +325,9 @@ class Store:
         await self.servers.close()
 
     async def touch_probe(self) -> None:
-        """Add and remove a member of the probe inbox's queue: two keyspace events, no data."""
-        queue = self.keys.inbox(PROBE_NAME).queue
-        commands = [(queue, ("ZADD", queue, 0, "probe")), (queue, ("ZREM", queue, "probe"))]
+        """Add and remove a field of the probe inbox's records: two keyspace events, no data."""
+        key = self.keys.inbox(PROBE_NAME).records
+        commands = [(key, ("HSET", key, "probe", "1")), (key, ("HDEL", key, "probe"))]
         await slots.run(self.servers, commands)
 
     async def holding_records(self, names: list[str]) -> list[str]:
@@ -246,7 +340,7 @@ class Store:
         found = []
         for start in range(0, len(names), SWEEP_CHUNK):
             chunk = names[start : start + SWEEP_CHUNK]
-            queues = [self.keys.inbox(name).queue for name in chunk]
-            replies = await slots.run(self.servers, [(q, ("EXISTS", q)) for q in queues])
+            held = [self.keys.inbox(name).records for name in chunk]
+            replies = await slots.run(self.servers, [(k, ("EXISTS", k)) for k in held])
             found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
         return found

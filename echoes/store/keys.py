@@ -5,30 +5,37 @@ slot and one script can touch them all. Names are base64url-encoded (UTF-8, no p
 before they go into a key: the encoding is injective and its alphabet has no ``:``, ``{``,
 ``}``, ``*`` or white space, so no name can reach or collide with another inbox's keys.
 
-    <prefix>{<name>}:q          sorted set: record ids by arrival (a number the inbox counts up)
-    <prefix>{<name>}:r          hash: record id -> "<expires ms>:<ack flag>:<record JSON>", and
-                                "#n" -> the last arrival number
+    <prefix>{<name>}:m          hash: record id -> record (records.py's compact form), and
+                                "#b" -> the bytes of the records, while indexed
+    <prefix>{<name>}:i          sorted set: record id -> score, expiry ms * 1000 + a tie-break
+                                (arrival order); only while the inbox holds two records or more
+    <prefix>{<name>}:d          sorted set: record id -> when it was consumed (ms), for
+                                --dedup-window: tombstones of consumed copies and acks
     <prefix>{<name>}:a:<token>  string: a consumed batch kept for retries under its attempt token
     <prefix>{<name>}:p          hash: "<ms>" -> how many records were parked in batches that
                                 expire by then (one field per sixteenth of --attempt-ttl), and
                                 "#" -> their sum: parked records count against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
 
-The ``:q`` and ``:r`` keys live as long as their newest record, plus an eighth of
---message-ttl (at most an hour), so that few puts pay for extending them; ``:p`` likewise
-outlives its newest parked batch. An abandoned inbox leaves nothing behind.
+An inbox of one record is its ``:m`` hash alone, which expires with that record (one key per
+small inbox: most of what Redis spends on an inbox of one is per key). The ``:m`` and ``:i``
+keys of a larger inbox live as long as its newest record, plus an eighth of --message-ttl
+(at most an hour), so that few puts pay for extending them; ``:p`` likewise outlives its
+newest parked batch, ``:d`` its newest tombstone by the window. An abandoned inbox leaves
+nothing behind. The first design's ``:q`` (sorted set) and ``:r`` (hash) keys are read only
+by ``python -m echoes.store.migrate``.
 
-Waiting requests are woken through one subscription per waited-on inbox (echoes.wake.subscriptions):
-the keyspace events of its ``:q`` key (``--wake=keyspace``), or its ``:w`` channel
-(``--wake=publish``).
+Waiting requests are woken through one subscription per waited-on inbox
+(echoes.wake.subscriptions): the keyspace events of its ``:m`` key (``--wake=keyspace``: a put
+is an ``hset`` there), or its ``:w`` channel (``--wake=publish``).
 """
 
 import base64
 from dataclasses import dataclass
 
-# Keyspace events (K) of sorted-set commands (z); a record's arrival is a "zadd" on its queue.
-NOTIFY_FLAGS = "Kz"
-ARRIVAL_EVENT = b"zadd"
+# Keyspace events (K) of hash commands (h); a record's arrival is an "hset" on its records.
+NOTIFY_FLAGS = "Kh"
+ARRIVAL_EVENT = b"hset"
 # The inbox a listener writes to when it cannot read notify-keyspace-events (CONFIG refused)
 # to see whether keyspace events arrive. No client can name it: names may not hold controls.
 PROBE_NAME = "\x00"
@@ -53,8 +60,9 @@ def name_in(channel: bytes) -> str:
 class Inbox:
     """The keys of one user's inbox."""
 
-    queue: str
     records: str
+    index: str
+    tombstones: str
     parked: str
     channel: str
     tag: str
@@ -74,12 +82,22 @@ class Keys:
         """The keys of ``name``'s inbox."""
         tag = f"{self.prefix}{{{encode_name(name)}}}"
         return Inbox(
-            queue=f"{tag}:q", records=f"{tag}:r", parked=f"{tag}:p", channel=f"{tag}:w", tag=tag
+            records=f"{tag}:m",
+            index=f"{tag}:i",
+            tombstones=f"{tag}:d",
+            parked=f"{tag}:p",
+            channel=f"{tag}:w",
+            tag=tag,
         )
+
+    def legacy(self, name: str) -> tuple[str, str]:
+        """The first design's queue (sorted set) and records (hash) of ``name``'s inbox."""
+        tag = f"{self.prefix}{{{encode_name(name)}}}"
+        return f"{tag}:q", f"{tag}:r"
 
     def wake_channel(self, name: str, wake: str, db: int) -> str:
         """The channel that announces arrivals in ``name``'s inbox."""
         inbox = self.inbox(name)
         if wake == "publish":
             return inbox.channel
-        return f"__keyspace@{db}__:{inbox.queue}"
+        return f"__keyspace@{db}__:{inbox.records}"

@@ -24,11 +24,15 @@ from . import slots
 from .pipeline import Command, NotReplicated, Pipeline
 from .servers import Server, Servers
 
-NAMES = ("put", "take")
+NAMES = ("put", "take", "untake", "status")
+# common.lua holds what every script shares (the record format, rendering, scores); it is put
+# before each script, so each is whole as EVALSHA runs it and as a function's body.
+COMMON = "common"
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
-# receives must keep working. A put has none, so Redis refuses it whole with -OOM (a 507)
-# when memory is full, as it refuses the first write of an EVAL script.
-FLAGS = {"take": "'allow-oom'"}
+# receives must keep working; so does an untake, which moves records back. A put has none, so
+# Redis refuses it whole with -OOM (a 507) when memory is full, as it refuses the first write
+# of an EVAL script. A status only reads.
+FLAGS = {"take": "'allow-oom'", "untake": "'allow-oom'", "status": "'no-writes'"}
 
 
 class NotLoaded(RedisError):
@@ -54,7 +58,8 @@ class Scripts:
 
     def __init__(self, *names: str):
         lua = importlib.resources.files(__package__).joinpath("lua")
-        self.source = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        common = lua.joinpath(f"{COMMON}.lua").read_text("utf-8")
+        self.source = {n: common + lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
         version = hashlib.sha1("".join(self.sha.values()).encode()).hexdigest()[:12]
         self.library = f"echoes_{version}"

@@ -63,7 +63,7 @@ class Route:
         self.home: dict[str, str] = {}  # inbox name -> the server it is subscribed on
 
     def owner(self, name: str) -> Server:
-        return self.servers.for_key(self.keys.inbox(name).queue)
+        return self.servers.for_key(self.keys.inbox(name).records)
 
     def of(self, server_name: str) -> Subscriptions:
         """The subscriptions on ``server_name`` (made on first use)."""

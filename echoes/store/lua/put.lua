@@ -1,118 +1,136 @@
--- Store one record in an inbox, replacing the waiting record with the same id if there is one.
--- KEYS[1]  the inbox's queue: sorted set, record id -> its arrival number
--- KEYS[2]  the inbox's records: hash, record id -> "<expires ms>:<ack flag>:<record JSON>",
---          and "#n" -> the last arrival number given
--- KEYS[3]  the inbox's parked records: hash, "<ms>" -> records parked in batches that expire
---          before that time, "#" -> the sum of those (take.lua)
+-- Store one record in an inbox, replacing the waiting record with the same id if there is one,
+-- unless the inbox's destination already consumed it within the dedup window.
+-- KEYS[1]  records: hash, id -> record (common.lua's format), and "#b" -> bytes of the
+--          records (only while indexed)
+-- KEYS[2]  index: sorted set, id -> score (expiry order); absent while the inbox holds at most
+--          one record, whose hash then lives exactly as long as that record
+-- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
+--          their sum: parked records count against the cap (take.lua)
+-- KEYS[4]  tombstones: sorted set, id -> when its destination consumed it (take.lua)
 -- ARGV[1]  record id
--- ARGV[2]  record JSON
--- ARGV[3]  ack flag: "1" if consuming this record queues an ack for its origin, else "0"
--- ARGV[4]  time to live, in milliseconds
--- ARGV[5]  channel to announce the arrival on (--wake=publish), or "" (keyspace events do it)
--- ARGV[6]  most records the inbox may hold, queued and parked (0: no limit); a replacement
---          always fits
--- ARGV[7]  with a channel: "s" to announce on it as a shard channel (SPUBLISH: Cluster),
---          else "p" (PUBLISH)
--- returns  1 if stored, 0 if the inbox is full; Redis's error (e.g. OOM) if it could not
---          store, in which case nothing changed but the waiting copy's place in the queue
--- Safe to run twice (echoes reruns a pipeline after a dropped connection): the rerun rewrites
--- the record.
+-- ARGV[2]  record
+-- ARGV[3]  time to live, in milliseconds
+-- ARGV[4]  channel to announce the arrival on (--wake=publish), or "" (keyspace events)
+-- ARGV[5]  with a channel: "s" to announce on it as a shard channel (SPUBLISH), else "p"
+-- ARGV[6]  most records the inbox may hold, queued and parked (0: no cap); a replacement fits
+-- ARGV[7]  most bytes of records the inbox may hold (0: no cap)
+-- ARGV[8]  "1" to refuse a copy its destination consumed within the dedup window, else "0"
+-- ARGV[9]  the request's deadline in ms of Redis's clock (0: none): later, nothing is done
+-- returns  1 stored, 2 a duplicate (consumed before: not stored again), 0 the inbox holds
+--          too many records, 3 too many bytes; an error reply (OOM, LATE) changed nothing
+-- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2).
 --
--- Every call here costs Redis CPU on every send, so the common case is seven cheap calls:
--- TIME, two counts, the arrival number, the two writes, one PTTL. The exact count of
--- live records is only made when the quick one says the inbox may be full. Numbers go to
--- Redis as strings made with '%d': Redis turns a Lua number into text with '%.17g', which
--- costs more than the command itself.
-local t = redis.call('TIME')
-local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
-local ttl = tonumber(ARGV[4])
-local limit = tonumber(ARGV[6])
+-- Work is bounded by this record, never by what the inbox holds: sizes are read with
+-- HSTRLEN, expiries from the index's scores, and at most 64 expired records are dropped.
+local now = now_ms()
+local refused = late(now, ARGV[9])
+if refused then
+  return refused
+end
+local id, record = ARGV[1], ARGV[2]
+if ARGV[8] == '1' and redis.call('ZSCORE', KEYS[4], id) then
+  return 2
+end
+local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local old = redis.call('HSTRLEN', KEYS[1], id) -- 0: no waiting copy (records are never empty)
 
--- The quick count (records queued and parked) includes records that expired and parked
--- batches that ended; only when it reaches the cap are those found and left out. Every record
--- lives ttl from its arrival, so the expired ones are at the head of the queue, checked
--- against their own expiry (a record stored under a longer --message-ttl is not dropped
--- early). They are dropped last, because with maxmemory reached Redis 6.2 refuses a script's
--- first write only if it has written nothing before.
-local expired, ended = {}, nil
-local queued = limit > 0 and redis.call('ZCARD', KEYS[1]) or 0
-local parked = limit > 0 and tonumber(redis.call('HGET', KEYS[3], '#') or 0) or 0
-if limit > 0 and queued + parked >= limit then
-  local old = redis.call('ZRANGE', KEYS[1], 0, 63)
-  if #old > 0 then
-    local values = redis.call('HMGET', KEYS[2], unpack(old))
-    for i = 1, #old do
-      local expires = values[i] and tonumber(string.match(values[i], '^(%d+):'))
-      if old[i] ~= ARGV[1] and (not expires or expires <= now_ms) then
-        expired[#expired + 1] = old[i]
+local function announce()
+  if ARGV[4] == '' then
+    return
+  elseif ARGV[5] == 's' then
+    redis.call('SPUBLISH', ARGV[4], '1')
+  else
+    redis.call('PUBLISH', ARGV[4], '1')
+  end
+end
+
+local function stored(reply)
+  return not (type(reply) == 'table' and reply.err)
+end
+
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local held = redis.call('HLEN', KEYS[1])
+  if held > 1 or (held == 1 and old == 0 and redis.call('HEXISTS', KEYS[1], '#b') == 1) then
+    redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
+    held, old = 0, 0
+  end
+  if old > 0 or held == 0 then
+    -- An inbox of at most this one record: one key.
+    if max_bytes > 0 and #record > max_bytes then
+      return 3
+    end
+    if limit > 0 and old == 0 then
+      local parked, ended = parked_count(KEYS[3], now, false)
+      if parked + 1 > limit then
+        parked, ended = parked_count(KEYS[3], now, true)
+        if parked + 1 > limit then
+          return 0
+        end
+        forget_stretches(KEYS[3], ended, parked)
       end
     end
+    local reply = redis.pcall('HSET', KEYS[1], id, record)
+    if not stored(reply) then
+      return reply
+    end
+    redis.call('PEXPIRE', KEYS[1], int(ttl))
+    announce()
+    return 1
   end
-  -- Parked batches that have all expired: their stretches of time are over.
-  ended = {}
-  local stretches = redis.call('HGETALL', KEYS[3])
-  for i = 1, #stretches, 2 do
-    if stretches[i] ~= '#' and tonumber(stretches[i]) <= now_ms then
-      ended[#ended + 1] = stretches[i]
-      parked = parked - tonumber(stretches[i + 1])
+  promote(KEYS[1], KEYS[2], now)
+end
+
+-- An indexed inbox. The quick counts include expired records; only when one says the inbox
+-- is full are those found (by score, without reading them) and left out.
+local count = redis.call('ZCARD', KEYS[2])
+local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
+local added = #record - old
+local dead, dead_bytes, ended = {}, 0, nil
+local function over_records()
+  return limit > 0 and old == 0 and count - #dead + parked >= limit
+end
+local function over_bytes()
+  return max_bytes > 0 and bytes - dead_bytes + added > max_bytes
+end
+if over_records() or over_bytes() then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
+  for i = 1, #expired do
+    if expired[i] ~= id then
+      dead[#dead + 1] = expired[i]
+      dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
     end
   end
-  if queued - #expired + parked >= limit and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if limit > 0 then
+    parked, ended = parked_count(KEYS[3], now, true)
+  end
+  if over_records() then
     return 0
   end
+  if over_bytes() then
+    return 3
+  end
 end
 
--- Arrival order is the score: a number that only grows while the inbox holds records (take.lua
--- forgets it when it empties the queue), whatever the clock does. Out of memory (maxmemory
--- with noeviction) refuses writes that add data: if the number cannot be kept, nothing
--- changed. Queue next: if the record then cannot be written, a new queue entry is taken back,
--- and a replaced record keeps its old body, so a refused send never loses what was stored.
-local arrival = redis.pcall('HINCRBY', KEYS[2], '#n', '1')
-if type(arrival) == 'table' and arrival.err then
-  return arrival
+-- The record first: out of memory (maxmemory, noeviction) Redis refuses the first write of a
+-- script that adds data, and then nothing changed.
+local reply = redis.pcall('HSET', KEYS[1], id, record)
+if not stored(reply) then
+  return reply
 end
-local added = redis.pcall('ZADD', KEYS[1], string.format('%d', arrival), ARGV[1])
-if type(added) == 'table' and added.err then
-  return added
-end
-local value = string.format('%d:%s:', now_ms + ttl, ARGV[3]) .. ARGV[2]
-local stored = redis.pcall('HSET', KEYS[2], ARGV[1], value)
-if type(stored) == 'table' and stored.err then
-  if added == 1 then
-    redis.call('ZREM', KEYS[1], ARGV[1])
-  end
-  if arrival == 1 then
-    redis.call('HDEL', KEYS[2], '#n')
-  end
-  return stored
-end
-
--- The inbox's keys outlive their newest record, so an abandoned inbox leaves nothing behind.
--- They are given an eighth more (at most an hour), so that only one put in that stretch of
--- time pays for extending them. A first arrival made the keys: they have no lifetime yet.
-if arrival == 1 or redis.call('PTTL', KEYS[1]) < ttl then
-  local lifetime = string.format('%d', ttl + math.min(math.floor(ttl / 8), 3600000))
-  redis.call('PEXPIRE', KEYS[1], lifetime)
+redis.call('ZADD', KEYS[2], int(score_for(KEYS[2], now + ttl)), id)
+-- The keys outlive their newest record by an eighth (at most an hour), so that only one put in
+-- that stretch pays for extending them; an abandoned inbox leaves nothing behind.
+if redis.call('PTTL', KEYS[2]) < ttl then
+  local lifetime = int(ttl + math.min(math.floor(ttl / 8), 3600000))
   redis.call('PEXPIRE', KEYS[2], lifetime)
+  redis.call('PEXPIRE', KEYS[1], lifetime)
 end
-if ARGV[5] ~= '' then
-  if ARGV[7] == 's' then
-    redis.call('SPUBLISH', ARGV[5], '1')
-  else
-    redis.call('PUBLISH', ARGV[5], '1')
-  end
+if #dead > 0 then
+  redis.call('ZREM', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[1], unpack(dead))
 end
-if #expired > 0 then
-  redis.call('ZREM', KEYS[1], unpack(expired))
-  redis.call('HDEL', KEYS[2], unpack(expired))
-end
-if ended and #ended > 0 then
-  if parked == 0 then
-    ended[#ended + 1] = '#'
-  end
-  redis.call('HDEL', KEYS[3], unpack(ended))
-  if parked > 0 then
-    redis.call('HSET', KEYS[3], '#', string.format('%d', parked))
-  end
-end
+redis.call('HSET', KEYS[1], '#b', int(bytes - dead_bytes + added))
+forget_stretches(KEYS[3], ended, parked)
+announce()
 return 1

@@ -1,123 +1,153 @@
 -- Take the oldest live records of an inbox (removing them), or replay the batch already taken
 -- under the same attempt token, so a retried receive gets the same records and no others.
--- KEYS[1]  the inbox's queue: sorted set, record id -> its arrival number (put.lua)
--- KEYS[2]  the inbox's records: hash, record id -> "<expires ms>:<ack flag>:<record JSON>",
---          and "#n" -> the last arrival number, forgotten here once the queue is empty
--- KEYS[3]  the attempt key: string, where a taken batch is parked:
---          "<count>\n<id of each message that wants an ack>\n...<batch as a JSON array>"
---          (neither ids nor the batch hold a newline: names may not, JSON is compact)
--- KEYS[4]  the inbox's parked records: hash, "<ms>" -> records parked in batches that expire
---          before that time (and after the previous field's), "#" -> the sum of those
+-- KEYS[1]  records: hash (put.lua)
+-- KEYS[2]  index: sorted set (put.lua)
+-- KEYS[3]  the attempt key: string, where a taken batch is parked (common.lua's format)
+-- KEYS[4]  parked: hash (put.lua)
+-- KEYS[5]  tombstones: sorted set, id -> when it was consumed, for the dedup window
 -- ARGV[1]  most records to take
 -- ARGV[2]  milliseconds a taken batch stays parked, at most (never past its first expiry)
--- ARGV[3]  most bytes of record JSON to take (at least one record is taken regardless)
--- ARGV[4]  the attempt token
--- ARGV[5]  "1" if parked records count against the inbox's cap (put.lua), so are counted in
---          KEYS[4]; else "0"
--- returns  {batch as a JSON array, records in it, records left,
---           id of each message that wants an ack...}
+-- ARGV[3]  most bytes of records to take, as rendered (at least one record is taken)
+-- ARGV[4]  "1" if parked records count against the inbox's cap (counted in KEYS[4]), else "0"
+-- ARGV[5]  the dedup window in ms (0: no tombstones)
+-- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
+-- ARGV[7]  bytes a record gains when rendered, at most (records.py)
+-- returns  {batch as a JSON array, records in it, records left, ack entry of each message
+--           that wants an ack ("<key>:<origin JSON>")...}
 --
--- An empty inbox costs two calls (GET, ZPOPMIN); a batch about eight.
+-- Work is bounded by what the take returns: an empty inbox costs two calls (GET, EXISTS);
+-- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read.
 local parked = redis.call('GET', KEYS[3])
 if parked then
-  local parts = {}
-  for part in string.gmatch(parked, '[^\n]+') do
-    parts[#parts + 1] = part
-  end
-  local batch = table.remove(parts)
-  return {batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[1]), unpack(parts, 2)}
-end
-
-local want, budget = tonumber(ARGV[1]), tonumber(ARGV[3])
-local out, acks, size = {}, {}, 0
-local now_ms, parked_until
-local exhausted, full = false, false
-
-while #out < want and not (exhausted or full) do
-  local asked = want - #out
-  local count = #out == 0 and ARGV[1] or string.format('%d', asked) -- text: see put.lua
-  local popped = redis.call('ZPOPMIN', KEYS[1], count) -- {id, score, id, score, ...}
-  local n = #popped / 2
-  exhausted = n < asked
-  if n == 0 then
-    if now_ms then -- an earlier round emptied the queue exactly
-      redis.call('HDEL', KEYS[2], '#n')
+  if string.byte(parked, 1) ~= 2 then -- parked by the first design: "<count>\n<ids>\n<batch>"
+    local parts = {}
+    for part in string.gmatch(parked, '[^\n]+') do
+      parts[#parts + 1] = part
     end
-    break
+    local batch = table.remove(parts)
+    return {batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
   end
-  if not now_ms then
-    local t = redis.call('TIME')
-    now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
-    -- A parked batch never outlives the records in it: a replay never returns an expired record.
-    parked_until = now_ms + tonumber(ARGV[2])
+  local count, _, recs = unpark(parked)
+  local out, acks = {}, {}
+  for i = 1, #recs do
+    out[i] = render(recs[i][3])
+    acks[#acks + 1] = ack_entry(recs[i][3])
+  end
+  return {'[' .. table.concat(out, ',') .. ']', count, redis.call('ZCARD', KEYS[2]), unpack(acks)}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'[]', 0, 0}
+end
+local now = now_ms()
+local refused = late(now, ARGV[6])
+if refused then
+  return refused
+end
+local want, budget, overhead = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[7])
+local taken = {} -- {id, score, record}
+local remaining = 0
+
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- An inbox of one record: the hash lives exactly as long as it.
+  local held = redis.call('HLEN', KEYS[1])
+  if held == 1 and redis.call('HEXISTS', KEYS[1], '#b') == 0 then
+    local fields = redis.call('HGETALL', KEYS[1])
+    local left = redis.call('PTTL', KEYS[1])
+    taken[1] = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
+  end
+  redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
+else
+  local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. expired_below(now), '+inf',
+    'WITHSCORES', 'LIMIT', 0, int(want))
+  local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+  local n = #live / 2
+  if bytes + n * overhead > budget then -- not all of them fit: find how many do
+    local size, fit = 0, 0
+    for i = 1, n do
+      local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
+      if fit > 0 and size + s > budget then
+        break
+      end
+      size, fit = size + s, fit + 1
+    end
+    n = fit
   end
   local ids = {}
   for i = 1, n do
-    ids[i] = popped[2 * i - 1]
+    ids[i] = live[2 * i - 1]
   end
-  local values = redis.call('HMGET', KEYS[2], unpack(ids))
-  local done = {}
-  for i = 1, n do
-    local expires, flag, json
-    if values[i] then
-      expires, flag, json = string.match(values[i], '^(%d+):(%d):(.*)$')
-      expires = tonumber(expires)
-    end
-    -- An expired record is dropped here even if Redis has not evicted the inbox yet.
-    if json and expires > now_ms then
-      if #out > 0 and size + #json > budget then
-        -- Over the byte budget: this record and the ones after it go back where they were.
-        full = true
-        local back = {}
-        for j = i, n do
-          back[#back + 1] = popped[2 * j]
-          back[#back + 1] = ids[j]
-        end
-        redis.call('ZADD', KEYS[1], unpack(back))
-        break
+  -- Records expired at the head go too, at most 64 a take (put.lua drops them when full).
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
+  local gone, freed = {}, 0
+  for i = 1, #expired do
+    gone[i] = expired[i]
+    freed = freed + redis.call('HSTRLEN', KEYS[1], expired[i])
+  end
+  if n > 0 then
+    local values = redis.call('HMGET', KEYS[1], unpack(ids))
+    for i = 1, n do
+      if values[i] then
+        taken[#taken + 1] = {ids[i], live[2 * i], values[i]}
+        freed = freed + #values[i]
       end
-      out[#out + 1] = json
-      size = size + #json + 1
-      if flag == '1' then
-        acks[#acks + 1] = ids[i]
-      end
-      parked_until = math.min(parked_until, expires)
+      gone[#gone + 1] = ids[i]
     end
-    done[#done + 1] = ids[i]
   end
-  if exhausted and not full then
-    done[#done + 1] = '#n'
+  if #gone > 0 then
+    redis.call('ZREM', KEYS[2], unpack(gone))
+    redis.call('HDEL', KEYS[1], unpack(gone))
   end
-  redis.call('HDEL', KEYS[2], unpack(done))
+  remaining = redis.call('ZCARD', KEYS[2])
+  if remaining == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
+  elseif freed > 0 then
+    redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+  end
 end
 
--- Whatever is still queued: nothing when the last pop came back short, unless records went back.
-local remaining = 0
-if full or not exhausted then
-  remaining = redis.call('ZCARD', KEYS[1])
+local out, acks, parts = {}, {}, {}
+local parked_until = now + tonumber(ARGV[2])
+for i = 1, #taken do
+  local rec = taken[i]
+  out[i] = render(rec[3])
+  acks[#acks + 1] = ack_entry(rec[3])
+  parts[i] = rec[1] .. '\t' .. rec[2] .. '\t' .. rec[3]
+  -- A parked batch never outlives the records in it: a replay never returns an expired one.
+  parked_until = math.min(parked_until, math.floor(tonumber(rec[2]) / 1000))
 end
-local batch = '[' .. table.concat(out, ',') .. ']'
-if #out > 0 then
-  -- Parking adds data, which Redis refuses when out of memory: the batch is still returned
-  -- (receiving frees memory and must keep working), only without its retry copy.
-  local ms = parked_until - now_ms
-  local listed = #acks > 0 and (table.concat(acks, '\n') .. '\n') or ''
-  local value = string.format('%d\n', #out) .. listed .. batch
-  local parked_ok = redis.pcall('SET', KEYS[3], value, 'PX', string.format('%d', ms))
-  if ARGV[5] == '1' and not (type(parked_ok) == 'table' and parked_ok.err) then
-    -- Parked records count against the inbox's cap until the end of the stretch of time (a
-    -- sixteenth of the attempt lifetime, at least a second) in which their batch expires.
-    local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
-    local ends = math.ceil(parked_until / stretch) * stretch
-    local count = string.format('%d', #out)
-    redis.pcall('HINCRBY', KEYS[4], string.format('%d', ends), count)
-    redis.pcall('HINCRBY', KEYS[4], '#', count)
-    -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
-    local lives = ends - now_ms
-    if redis.call('PTTL', KEYS[4]) < lives then
-      local lifetime = lives + math.min(math.floor(lives / 8), 3600000)
-      redis.call('PEXPIRE', KEYS[4], string.format('%d', lifetime))
-    end
+if #taken == 0 then
+  return {'[]', 0, remaining}
+end
+
+-- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
+local window = tonumber(ARGV[5])
+if window > 0 then
+  local members = {}
+  for i = 1, #taken do
+    members[2 * i - 1] = int(now)
+    members[2 * i] = taken[i][1]
+  end
+  redis.pcall('ZADD', KEYS[5], unpack(members))
+  redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - window))
+  redis.pcall('PEXPIRE', KEYS[5], int(window))
+end
+
+-- Parking adds data, which Redis refuses when out of memory: the batch is still returned
+-- (receiving frees memory and must keep working), only without its retry copy. Parked
+-- records count against the cap until the end of the stretch of time (a sixteenth of the
+-- attempt lifetime, at least a second) in which their batch expires.
+local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
+local ends = math.ceil(parked_until / stretch) * stretch
+local value = '\2' .. int(#taken) .. '\t' .. int(ends) .. '\n' .. table.concat(parts, '\1')
+local ok = redis.pcall('SET', KEYS[3], value, 'PX', int(math.max(parked_until - now, 1)))
+if ARGV[4] == '1' and not (type(ok) == 'table' and ok.err) then
+  local count = int(#taken)
+  redis.pcall('HINCRBY', KEYS[4], int(ends), count)
+  redis.pcall('HINCRBY', KEYS[4], '#', count)
+  -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
+  local lives = ends - now
+  if redis.call('PTTL', KEYS[4]) < lives then
+    redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
   end
 end
-return {batch, #out, remaining, unpack(acks)}
+return {'[' .. table.concat(out, ',') .. ']', #taken, remaining, unpack(acks)}

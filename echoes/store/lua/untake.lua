@@ -1,0 +1,55 @@
+-- Put back the batch parked under an attempt token, as if it had never been taken: for a
+-- waiter whose client left while its take was in Redis (nothing is taken on its behalf).
+-- KEYS[1..5]  records, index, the attempt key, parked, tombstones (take.lua)
+-- ARGV[1]     "1" if parked records are counted in KEYS[4] (take.lua's ARGV[4]), else "0"
+-- returns     how many records went back (0: nothing parked there, or expired meanwhile)
+-- Safe to run twice: the first run deletes the attempt key.
+local parked = redis.call('GET', KEYS[3])
+if not parked or string.byte(parked, 1) ~= 2 then
+  return 0
+end
+local now = now_ms()
+local count, stretch, recs = unpark(parked)
+local live, ids = {}, {}
+for i = 1, #recs do
+  ids[i] = recs[i][1]
+  if math.floor(tonumber(recs[i][2]) / 1000) > now then
+    live[#live + 1] = recs[i]
+  end
+end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[5], unpack(ids))
+if ARGV[1] == '1' then
+  local left = redis.call('HINCRBY', KEYS[4], stretch, -count)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[4], stretch)
+  end
+  if redis.call('HINCRBY', KEYS[4], '#', -count) <= 0 then
+    redis.call('HDEL', KEYS[4], '#')
+  end
+end
+if #live == 0 then
+  return 0
+end
+-- Back at their old places (their scores), in the inbox's layout for its new size.
+if redis.call('EXISTS', KEYS[2]) == 0 and #live == 1 and redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], live[1][1], live[1][3])
+  redis.call('PEXPIRE', KEYS[1], int(math.floor(tonumber(live[1][2]) / 1000) - now))
+  return 1
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  promote(KEYS[1], KEYS[2], now)
+end
+local bytes, latest = 0, 0
+for i = 1, #live do
+  redis.call('HSET', KEYS[1], live[i][1], live[i][3])
+  redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
+  bytes = bytes + #live[i][3]
+  latest = math.max(latest, math.floor(tonumber(live[i][2]) / 1000) - now)
+end
+redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
+if redis.call('PTTL', KEYS[2]) < latest then
+  redis.call('PEXPIRE', KEYS[2], int(latest))
+  redis.call('PEXPIRE', KEYS[1], int(latest))
+end
+return #live
