@@ -224,12 +224,19 @@ class Store:
         record: bytes,
         limits: tuple[int, int],
         deadline: int,
+        ttl_ms: int | None = None,
     ) -> Call:
         inbox = self.keys.inbox(inbox_name)
         channel = (inbox.channel, "s" if self.shard_channels else "p") if self.publish else ("", "")
-        args = (record_id, record, self._ttl_ms, *channel, *limits, int(self._dedup_ms > 0))
+        ttl = self._ttl_ms if ttl_ms is None else ttl_ms
+        args = (record_id, record, ttl, *channel, *limits, int(self._dedup_ms > 0))
         keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
         return Call("put", keys, (*args, deadline))
+
+    def restore(self, inbox_name: str, record: bytes, record_id: str, ttl_ms: int) -> Call:
+        """The script call that puts back ``record`` as it was, with ``ttl_ms`` left to live
+        (migrate.py): no cap, no dedup window refuses it."""
+        return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms)
 
     async def _queue_acks(self, consumer: str, entries: list[bytes]) -> int:
         """Queue an ack for each message (take.lua's ack entries); how many were queued.

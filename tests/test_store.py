@@ -1,0 +1,370 @@
+"""The store's second design (issues 20, 21, 25): compact records, one key per inbox of one,
+bytes per inbox, the dedup window, the fences against late commands, /status, and the
+migration from the first design. Each scenario of the issues failed on 2c56c3c."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from conftest import KEY, eventually
+
+from echoes.store import records
+from echoes.store.keys import Keys, encode_name
+from echoes.store.migrate import migrate
+
+DATA = Path(__file__).parent / "data"
+
+
+def first_json(origin, key, body, ack, at):
+    """A message as the first design stored and returned it (records.py before issue 20)."""
+    fields = {"type": "msg", "idempotencyKey": key, "origin": origin, "body": body}
+    fields |= {"expectsAck": ack, "sentAt": at}
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+async def test_records_come_back_byte_for_byte_as_the_first_design_rendered_them(echoes):
+    body = {"é": [1, "\u2028", None, 1.5], "q": '"\\'}
+    await echoes.send("josé", KEY, ["李"], body, ack=True)
+    response = await echoes.post("/receive", "李")
+    [record] = response.json
+    expected = first_json("josé", KEY, body, True, record["sentAt"])
+    assert response.body == b"[" + expected + b"]"
+    # records.render, the Python twin of the scripts' render, agrees.
+    stored = records.msg("josé", KEY, body, True, record["sentAt"])
+    assert records.render(stored) == expected
+    [ack] = await echoes.receive("josé")
+    stored_ack = records.ack(KEY, "李", ack["receivedAt"])
+    assert json.dumps(ack, separators=(",", ":")).encode() == records.render(stored_ack)
+
+
+async def test_an_inbox_of_one_is_one_key_and_grows_an_index_from_two(echoes):
+    prefix = echoes.settings.key_prefix
+    await echoes.send("a", "key-000000000001", ["b"], "one")
+    assert len(await echoes.redis.keys(prefix + "*")) == 1
+    await echoes.send("a", "key-000000000002", ["b"], "two")
+    assert len(await echoes.redis.keys(prefix + "*")) == 2
+    assert [r["body"] for r in await echoes.receive("b")] == ["one", "two"]
+    inbox = echoes.store.keys.inbox("b")
+    assert await echoes.redis.exists(inbox.records, inbox.index) == 0
+    assert await echoes.redis.zcard(inbox.tombstones) == 2  # what the dedup window remembers
+
+
+# --- bytes per inbox --------------------------------------------------------------------------
+
+
+async def test_an_inbox_holds_at_most_max_inbox_bytes(start_echoes):
+    echoes = await start_echoes(max_inbox_bytes=1000)
+    await echoes.send("a", "key-000000000001", ["b"], "x" * 500)
+    refused = await echoes.post(
+        "/send",
+        "a",
+        {"idempotencyKey": "key-000000000002", "destination": ["b", "c"], "body": "y" * 500},
+    )
+    assert refused.status == 429
+    assert any("--max-inbox-bytes" in d and "'b'" in d for d in refused.json["details"])
+    assert "stored for 1 of the destinations" in refused.json["details"]
+    # A replacement that grows the record past the cap is refused too; consumption frees it.
+    response = await echoes.post("/receive?limit=1", "b")
+    assert response.headers["Echoes-Remaining"] == "0"
+    await echoes.send("a", "key-000000000002", ["b"], "y" * 500)
+
+
+async def test_the_byte_count_is_exact_through_puts_replacements_takes_and_expiry(start_echoes):
+    echoes = await start_echoes(message_ttl=1)
+    inbox = echoes.store.keys.inbox("b")
+    sizes = {}
+    for i, body in enumerate(["x" * 10, "y" * 100, "z" * 1000]):
+        key = f"key-00000000000{i}"
+        await echoes.send("a", key, ["b"], body)
+        sizes[key] = len(records.msg("a", key, body, False, records.timestamp()))
+    await echoes.send("a", "key-000000000001", ["b"], "w")  # a replacement shrinks it
+    sizes["key-000000000001"] = len(records.msg("a", "key-000000000001", "w", False, "x" * 20))
+    assert int(await echoes.redis.hget(inbox.records, "#b")) == sum(sizes.values())
+    assert len(await echoes.receive("b", "?limit=1")) == 1
+    del sizes["key-000000000000"]
+    assert int(await echoes.redis.hget(inbox.records, "#b")) == sum(sizes.values())
+
+
+async def test_a_take_within_its_byte_budget_returns_at_least_one_record(start_echoes):
+    echoes = await start_echoes(max_batch_bytes=300)
+    for i in range(5):
+        await echoes.send("a", f"key-00000000000{i}", ["b"], "x" * 200)
+    first = await echoes.post("/receive", "b")
+    assert len(first.json) == 1 and first.headers["Echoes-Remaining"] == "4"
+    each = len(records.msg("a", KEY, "x" * 200, False, records.timestamp()))
+    small = await start_echoes(max_batch_bytes=3 * (each + records.RENDER_OVERHEAD))
+    assert len(await small.receive("b")) == 3  # the same inbox, a larger budget
+
+
+# --- the dedup window -------------------------------------------------------------------------
+
+
+async def test_a_replayed_receive_does_not_queue_a_consumed_ack_again(echoes):
+    await echoes.send("a", KEY, ["b"], "hi", ack=True)
+    token = "attempt-00000001"
+    assert len(await echoes.receive("b", f"?attempt={token}")) == 1
+    [ack] = await echoes.receive("a")
+    assert ack["type"] == "ack"
+    assert len(await echoes.receive("b", f"?attempt={token}")) == 1  # the replay
+    assert await echoes.receive("a") == []  # its ack was consumed: not queued again
+
+
+async def test_a_waiting_copy_is_still_replaced_by_a_resend(echoes):
+    await echoes.send("a", KEY, ["b"], "first")
+    assert (await echoes.send("a", KEY, ["b"], "second")).json == {"sent": 1, "duplicates": 0}
+    assert [r["body"] for r in await echoes.receive("b")] == ["second"]
+
+
+async def test_an_expired_copy_never_consumed_may_be_sent_again(start_echoes):
+    echoes = await start_echoes(message_ttl=1)
+    await echoes.send("a", KEY, ["b"], "lost")
+    await asyncio.sleep(1.1)
+    assert (await echoes.send("a", KEY, ["b"], "again")).json == {"sent": 1, "duplicates": 0}
+    assert [r["body"] for r in await echoes.receive("b")] == ["again"]
+
+
+async def test_without_a_window_a_resend_after_consumption_is_delivered_again(start_echoes):
+    echoes = await start_echoes(dedup_window=0)
+    await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+    await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+    assert not await echoes.redis.exists(echoes.store.keys.inbox("b").tombstones)
+
+
+async def test_status_says_what_became_of_each_copy(echoes):
+    await echoes.send("a", KEY, ["b", "c"], "hi")
+    await echoes.receive("b")
+    query = {"idempotencyKey": KEY, "destination": ["b", "c", "d"]}
+    response = await echoes.post("/status", "a", query)
+    assert response.status == 200
+    b, c, d = response.json
+    assert b["destination"] == "b" and b["state"] == "consumed" and b["consumedAt"].endswith("Z")
+    assert c == {"destination": "c", "state": "waiting"}
+    assert d == {"destination": "d", "state": "unknown"}
+    # Another sender's message of the same key is another message: unknown.
+    other = await echoes.post("/status", "mallory", query)
+    assert [s["state"] for s in other.json] == ["unknown"] * 3
+    bad = await echoes.post("/status", "a", {"destination": ["b"]})
+    assert bad.status == 400 and bad.json["details"]
+
+
+# --- late commands and clients that left ------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy in front of a Redis unix socket that can hold back what one connection
+    sends (a batch in a retransmission queue) or swallow a reply and drop the connection."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self.hold_next = 0.0  # seconds to hold the next FCALL of this kind ...
+        self.kind = b""  # ... whose function name contains this
+        self.swallow = False  # drop the reply to it and close, instead
+        self.triggered = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader, writer):
+        upstream_r, upstream_w = await asyncio.open_unix_connection(self.socket_path)
+        self.writers += [writer, upstream_w]
+        armed = asyncio.Event()
+
+        async def up():
+            while data := await reader.read(65536):
+                if self.kind and self.kind in data and not self.triggered.is_set():
+                    self.triggered.set()
+                    if self.swallow:
+                        armed.set()
+                    else:
+                        await asyncio.sleep(self.hold_next)
+                upstream_w.write(data)
+                await upstream_w.drain()
+
+        async def down():
+            while data := await upstream_r.read(65536):
+                if armed.is_set():
+                    await asyncio.sleep(0.5)  # meanwhile a reader takes the record
+                    writer.transport.abort()
+                    upstream_w.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        for work in (up(), down()):
+            task = asyncio.create_task(work)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def close(self):
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+        await self.server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def proxied(own_redis):
+    proxy = Proxy(str(own_redis.socket))
+    port = await proxy.start()
+    try:
+        yield proxy, f"redis://127.0.0.1:{port}/0"
+    finally:
+        await proxy.close()
+
+
+async def test_echoes_own_rerun_of_a_put_is_not_delivered_twice(start_echoes, own_redis):
+    async with proxied(own_redis) as (proxy, url):
+        sender = await start_echoes(redis_url=url)
+        reader = await start_echoes(redis_url=own_redis.url, key_prefix=sender.settings.key_prefix)
+        await sender.send("a", "key-000000000000", ["warm"], "loads the library first")
+        proxy.kind, proxy.swallow = b"echoes_put", True
+        sending = asyncio.create_task(sender.send("a", KEY, ["b"], "once"))
+        await proxy.triggered.wait()
+        taken = []
+        await eventually(lambda: _took(reader, taken))  # the put ran; its reply is swallowed
+        response = await sending  # echoes reran the put on a fresh connection
+        assert response.json == {"sent": 1, "duplicates": 1}
+        assert await reader.receive("b") == [] and len(taken) == 1
+
+
+async def _took(echoes, taken):
+    taken += await echoes.receive("b")
+    return bool(taken)
+
+
+async def test_a_late_take_takes_nothing(start_echoes, own_redis):
+    # A take held back past its request's deadline (a TCP retransmission queue, a slow link)
+    # reaches Redis after the client's retry under the same token was answered []: on
+    # 2c56c3c it took every record and parked it under a token nobody would ask for again.
+    async with proxied(own_redis) as (proxy, url):
+        reader = await start_echoes(redis_url=url, redis_timeout=0.5)
+        writer = await start_echoes(redis_url=own_redis.url, key_prefix=reader.settings.key_prefix)
+        proxy.kind, proxy.hold_next = b"echoes_take", 1.5
+        token = "attempt-00000001"
+        first = await reader.post(f"/receive?attempt={token}", "b")
+        assert first.status == 503  # timed out: the take is still held in the proxy
+        await writer.send("a", KEY, ["b"], "queued meanwhile")
+        await asyncio.sleep(1.5)  # the held take reaches Redis, past its deadline
+        assert [r["body"] for r in await writer.receive("b")] == ["queued meanwhile"]
+
+
+async def test_a_take_past_its_deadline_changes_nothing(echoes, monkeypatch):
+    await echoes.send("a", KEY, ["b"], "kept")
+    monkeypatch.setattr(echoes.store, "_deadline", lambda: int(time.time() * 1000) - 1000)
+    response = await echoes.post("/receive", "b")
+    assert response.status == 503 and "Late" in response.json["details"][0]
+    refused = await echoes.post(
+        "/send", "a", {"idempotencyKey": "key-000000000002", "destination": ["b"], "body": 1}
+    )
+    assert refused.status == 503
+    monkeypatch.undo()
+    assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
+
+
+async def test_a_client_that_leaves_during_its_take_loses_nothing(start_echoes, own_redis, caplog):
+    caplog.set_level(logging.INFO, logger="echoes.access")
+    echoes = await start_echoes(redis_url=own_redis.url)
+    await echoes.send("a", KEY, ["b"], "kept")
+    admin = aioredis.Redis.from_url(own_redis.url)
+    port = int(echoes.base_url.rsplit(":", 1)[1])
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")  # the take is held
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /receive HTTP/1.1\r\nHost: x\r\nFrom: b\r\nContent-Length: 0\r\n\r\n"
+            )
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # the pause ends, the take runs for a client that is gone
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+    await eventually(lambda: "status=499" in caplog.text)
+    assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
+    assert "status=200 taken=1" not in caplog.text
+
+
+async def test_busy_redis_is_a_503_with_retry_after(start_echoes, own_redis):
+    echoes = await start_echoes(redis_url=own_redis.url, redis_timeout=2)
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.config_set("lua-time-limit", 50)
+    blocker = aioredis.Redis.from_url(own_redis.url)
+    loop = asyncio.create_task(blocker.eval("local t = redis.call('TIME') while true do end", 0))
+    try:
+        await asyncio.sleep(0.3)
+        response = await echoes.post("/receive", "b")
+        assert response.status == 503 and response.headers["Retry-After"]
+        assert "Busy" in response.json["details"][0]
+    finally:
+        await admin.script_kill()
+        with contextlib.suppress(Exception):
+            await loop
+        await blocker.aclose()
+        await admin.aclose()
+
+
+# --- the first design's records after an upgrade ---------------------------------------------
+
+
+async def test_records_of_the_first_design_are_migrated_each_exactly_once(echoes):
+    redis, prefix = echoes.redis, echoes.settings.key_prefix
+    put = (DATA / "first_design_put.lua").read_text()
+    tag = f"{prefix}{{{encode_name('b')}}}"
+    at = records.timestamp()
+    for i in range(3):
+        key = f"key-00000000000{i}"
+        record = first_json("a", key, i, i == 1, at)
+        await redis.eval(
+            put,
+            3,
+            f"{tag}:q",
+            f"{tag}:r",
+            f"{tag}:p",
+            f"m:{key}:a",
+            record,
+            int(i == 1),
+            60000,
+            "",
+            0,
+        )
+    assert await echoes.receive("b") == []  # invisible until migrated
+    assert await migrate(echoes.store, Keys(prefix)) == (3, 1)
+    again = subprocess.run(  # the command, as the README says to run it: safe to run again
+        [
+            sys.executable,
+            "-m",
+            "echoes.store.migrate",
+            f"--redis-url={echoes.settings.redis_url}",
+            f"--key-prefix={prefix}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert again.stdout == "echoes: moved 0 records of 0 inboxes to this version's layout\n"
+    taken = await echoes.receive("b")
+    assert [r["body"] for r in taken] == [0, 1, 2]
+    assert [json.dumps(r, separators=(",", ":")).encode() for r in taken] == [
+        first_json("a", f"key-00000000000{i}", i, i == 1, at) for i in range(3)
+    ]
+    [ack] = await echoes.receive("a")  # the migrated record kept its ack flag
+    assert ack["idempotencyKey"] == "key-000000000001" and ack["destination"] == "b"
