@@ -3,9 +3,11 @@
 Each scenario runs a mixed load of sends and (long-polling) receives by well-behaved clients
 against real echoes processes on a real Redis, injects a fault mid-load, drains every inbox
 afterwards, and accounts for every record: lost = a send answered 200 whose record was never
-received; duplicated = a record received more than once. Well-behaved: a receive carries an
-attempt token and, when its answer is lost (503, a dropped connection), is retried with the
-same token; a send that was not answered 200 is not retried (it was never acknowledged).
+received; duplicated = a record received more than once. Well-behaved, as the README tells
+clients to be: a receive carries an attempt token and, when its answer is lost (503, a
+dropped connection), is retried with the same token; a send that was not answered 200 is
+resent with the same idempotencyKey until it is (``resends`` counts them): a resend of a copy
+that was in fact stored, and maybe consumed meanwhile, must not be delivered twice.
 tests/test_faults.py runs every scenario in its short form; --soak runs them ten times longer.
 """
 
@@ -30,6 +32,7 @@ from .httpclient import Connection
 from .services import Service, free_port, raise_file_limit, start_echoes
 
 USERS = 12
+RESEND_SECONDS = 30.0
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Ledger:
     """What the clients saw."""
 
     acknowledged: dict[tuple[str, str], float] = field(default_factory=dict)  # -> when: 200
+    resends: int = 0  # sends made again, with the same key, after an answer that was not 200
     slowest_delivery_ms: float = 0.0  # from a send's 200 to the record's arrival, under load
     draining: bool = False
     received: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
@@ -57,6 +61,7 @@ class Ledger:
             "records_received": sum(self.received.values()),
             "lost": lost,
             "duplicated": duplicated,
+            "resends": self.resends,
             "statuses": dict(self.statuses),
             "slowest_ms": round(self.slowest_ms, 1),
             "slowest_delivery_ms": round(self.slowest_delivery_ms, 1),
@@ -99,18 +104,21 @@ class Client:
 
 
 async def sender(client: Client, index: int, stop: asyncio.Event) -> None:
-    """Unique messages to random users, until stopped; remembers which were acknowledged."""
+    """Unique messages to random users, until stopped, each resent with its key until it is
+    answered 200 (the last one too, after the stop: up to RESEND_SECONDS)."""
     n = 0
     while not stop.is_set():
         n += 1
         reader = f"user{random.randrange(USERS)}"
         key = f"s{index}-{n:010d}"
         body = {"idempotencyKey": key, "destination": [reader], "body": n}
-        status, _ = await client.post("/send", f"sender{index}", body)
-        if status == 200:
-            client.ledger.acknowledged[(reader, key)] = time.monotonic()
-        else:
+        deadline = time.monotonic() + RESEND_SECONDS
+        while (await client.post("/send", f"sender{index}", body))[0] != 200:
+            if time.monotonic() > deadline:
+                return  # never acknowledged: not counted
+            client.ledger.resends += 1
             await asyncio.sleep(0.05)
+        client.ledger.acknowledged[(reader, key)] = time.monotonic()
 
 
 async def receiver(client: Client, reader: str, stop: asyncio.Event, wait: float) -> None:
@@ -266,15 +274,16 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         f"`{command}`",
         "",
-        "| scenario | injected | requests | records sent (200) | received | lost | duplicated"
-        " | answers | slowest answer ms | slowest delivery ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | injected | requests | records sent (200) | resends | received | lost"
+        " | duplicated | answers | slowest answer ms | slowest delivery ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
         lines.append(
             f"| {r['scenario']} | {r['injected']} | {r['requests']} | {r['records_sent']}"
-            f" | {r['records_received']} | {r['lost']} | {r['duplicated']} | {answers}"
+            f" | {r['resends']} | {r['records_received']} | {r['lost']} | {r['duplicated']}"
+            f" | {answers}"
             f" | {r['slowest_ms']} | {r['slowest_delivery_ms']} |"
         )
     return "\n".join(lines)
