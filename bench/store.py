@@ -230,25 +230,34 @@ async def post(conn: Connection, path: str, sender: str, document: Any = None) -
 async def bystander(url: str, workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
     """Figure 3: a bystander's /exchange latency, alone and beside the attacker: one caller
     receives (one record a call) from an inbox of ``attack_records`` records of
-    ``attack_size`` bytes, and sends to that inbox, full (--max-inbox-bytes), at once."""
+    ``attack_size`` bytes, and sends to another such inbox, full (--max-inbox-bytes), at once."""
     body = "x" * sizes["attack_size"]
     stored = len(records.msg("attacker", "fill-000000000000", body, False, records.timestamp()))
     full = sizes["attack_records"] * stored  # exactly full once every record is in
     echoes = start_echoes(url, workdir, f"--max-inbox-bytes={full}", "--max-inbox-records=0")
     try:
         conn = await Connection.open("127.0.0.1", echoes.port)
-        for i in range(sizes["attack_records"]):
-            message = {"idempotencyKey": f"fill-{i:012d}", "destination": ["hoard"], "body": body}
-            assert await post(conn, "/send", "attacker", message) == 200
+        for i in range(sizes["attack_records"]):  # two inboxes, full by bytes
+            message = {"idempotencyKey": f"fill-{i:012d}", "destination": ["hoard", "full"]}
+            assert await post(conn, "/send", "attacker", message | {"body": body}) == 200
         conn.close()
         alone = await _latencies(echoes.port, sizes["seconds"])
         attacks = [_attack(echoes.port, sizes["seconds"], kind) for kind in ("receive", "send")]
         beside, *statuses = await asyncio.gather(
             _latencies(echoes.port, sizes["seconds"]), *attacks
         )
+        admin = aioredis.Redis.from_url(url)
+        held = int(await admin.hget(Keys("echoes:").inbox("hoard").records, "#b") or 0)
+        await admin.aclose()
     finally:
         echoes.stop()
-    return {"alone": alone, "beside_attack": beside, "attack_statuses": statuses}
+    return {
+        "alone": alone,
+        "beside_attack": beside,
+        "attack_statuses": statuses,
+        "hoard_bytes": held,
+        "max_inbox_bytes": full,
+    }
 
 
 async def _attack(port: int, seconds: float, kind: str) -> dict[str, int]:
@@ -260,7 +269,7 @@ async def _attack(port: int, seconds: float, kind: str) -> dict[str, int]:
         if kind == "receive":
             status = await post(conn, f"/receive?limit=1&attempt=att-{i:012d}", "hoard")
         else:
-            message = {"idempotencyKey": f"more-{i:012d}", "destination": ["hoard"], "body": 0}
+            message = {"idempotencyKey": f"more-{i:012d}", "destination": ["full"], "body": 0}
             status = await post(conn, "/send", "attacker", message)
         statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
         i += 1

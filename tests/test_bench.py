@@ -64,3 +64,21 @@ def test_quick_cluster_benchmark_reports_every_row(tmp_path):
     clustered = r["throughput"]["Cluster, 3 primaries"]["redis_us_by_server"]
     assert sum(us > 0 for url, us in clustered.items() if url in r["primaries"]) == 3
     assert "Projection, not a measurement" in result.stdout and "| 24 |" in result.stdout
+
+
+def test_quick_store_benchmark_bounds_what_one_caller_holds(tmp_path):
+    # Issue 20: a bystander beside a caller that receives from a hoard of large records and
+    # sends to it full; no timing is asserted, only answers and bounds.
+    result, r = quick_run("bench.store", tmp_path)
+    assert "$ python -m bench.store --quick" in result.stdout
+    for row in r["call_costs"]:
+        for design in ("second", "first"):
+            assert all(us > 0 for us in row[design].values()), row
+    assert r["memory"]["second_bytes_per_record_inboxes_of_1"] > r["memory"]["record_json_bytes"]
+    assert r["memory"]["bytes_per_tombstone"] > 0
+    bystander = r["bystander"]
+    assert bystander["beside_attack"]["n"] > 0  # every one answered 200 (asserted in the bench)
+    statuses = {status for counts in bystander["attack_statuses"] for status in counts}
+    assert not any(status.split()[1].startswith("5") for status in statuses), statuses
+    assert "send 429" in statuses  # the hoard is full: its sends are refused
+    assert bystander["hoard_bytes"] <= bystander["max_inbox_bytes"]
