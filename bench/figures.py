@@ -124,7 +124,6 @@ async def receive_cost(
     store = store_at(redis_url, "echoes:")
     legacy = original.Original(aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1"))
     rows, stored = [], 0
-    probe = Message("probe-000000", "ping", False, ("probe",))
     for size in sizes:
         await fill(store, stored, size, users=max(1, size // 10))
         await legacy.fill(stored, size, users=max(1, size // 10))
@@ -133,11 +132,14 @@ async def receive_cost(
         http = await Connection.open("127.0.0.1", echoes.port)
         store_ms, http_ms, legacy_ms = [], [], []
         for i in range(-WARMUP, repeats):  # the first WARMUP rounds are not kept
+            # A new key each time: a resend of a consumed one would be a duplicate.
+            probe = Message(f"probe-{size}-{i:08d}", "ping", False, ("probe",))
             await store.exchange("bench", probe, None)
             started = time.perf_counter()
             batch = (await store.exchange("probe", None, Take(10, f"attempt-{size}-{i:06d}"))).batch
             took = (time.perf_counter() - started) * 1000
             assert batch and batch.count == 1
+            probe = Message(f"probe-{size}-{i:08d}-http", "ping", False, ("probe",))
             await store.exchange("bench", probe, None)
             started = time.perf_counter()
             status, body, _ = await http.request("POST", "/receive", {"From": "probe"})

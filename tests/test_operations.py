@@ -229,6 +229,7 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     )
     two = {"idempotencyKey": KEY, "destination": ["b", "c"], "body": 1}
     assert post(echoes.url + "/send", "a", two)[0] == 400  # over max_destinations
+    worker_pids(echoes.url, processes)  # every worker serves, so handles SIGHUP
     conf.write_text('log_level = "info"\nmax_destinations = 10\nwake = "publish"\n')
     echoes.popen.send_signal(signal.SIGHUP)
     until(

@@ -180,12 +180,19 @@ class Store:
     async def _taken(
         self, caller: str, take: Take, taken: list[Any], wanted: Callable[[], bool]
     ) -> Batch:
-        """The batch a take returned; its acks queued, or its records put back if unwanted."""
-        batch_json, count, remaining, *wanting_ack = taken
+        """The batch a take returned (take.lua's two forms), rendered; its acks queued, or its
+        records put back if the client left."""
+        if taken[0] == b"1":  # a batch parked by the first design, replayed
+            _, batch_json, count, remaining, *entries = taken
+            wanting = [records.first_design_ack(entry) for entry in entries]
+        else:
+            _, count, remaining, *stored = taken
+            batch_json = records.batch(stored)
+            wanting = [w for w in map(records.wants_ack, stored) if w]
         if int(count) and not wanted():
             await self.untake(caller, take.attempt)
             return Batch(b"[]", 0, int(remaining) + int(count))
-        acks = await self._queue_acks(caller, wanting_ack) if wanting_ack else 0
+        acks = await self._queue_acks(caller, wanting) if wanting else 0
         return Batch(batch_json, int(count), int(remaining), acks=acks)
 
     async def untake(self, caller: str, attempt: str) -> int:
@@ -238,8 +245,8 @@ class Store:
         (migrate.py): no cap, no dedup window refuses it."""
         return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms)
 
-    async def _queue_acks(self, consumer: str, entries: list[bytes]) -> int:
-        """Queue an ack for each message (take.lua's ack entries); how many were queued.
+    async def _queue_acks(self, consumer: str, messages: list[tuple[str, str]]) -> int:
+        """Queue an ack for each message, by (key, origin); how many were queued.
 
         Best effort: the messages are already taken (and parked under the attempt token),
         and an ack Redis refuses (out of memory) or cannot take is logged and dropped. But
@@ -251,8 +258,7 @@ class Store:
         now = records.timestamp()
         calls = []
         deadline = self._deadline()
-        for entry in entries:
-            key, origin = records.split_ack_entry(entry)
+        for key, origin in messages:
             ack = records.ack(key, consumer, now)
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
             calls.append(self._put(origin, records.ack_id(consumer, key), ack, (0, 0), deadline))

@@ -1,15 +1,8 @@
--- Shared by every script (scripts.py puts it before each): the record and batch formats.
+-- Shared by every script (scripts.py puts it before each): scores, parked records, batches.
 --
--- A record is stored compact, as "<kind><time><key>\n<name JSON>[\n<body JSON>]":
---   kind   'm' a message, 'M' a message that wants an ack, 'a' an ack
---   time   its sentAt or receivedAt, 20 characters (RFC 3339, to the second)
---   key    its idempotencyKey; the name is the message's origin or the ack's destination
--- and rendered here into the exact JSON a receive returns (records.py builds the same JSON
--- in Python; tests keep the two equal). Neither JSON nor keys hold a raw newline, tab or \1.
---
--- A parked batch is "\2<count>\t<stretch ms>\n" then its records joined by "\1", each
--- "<id>\t<score>\t<record>", so it can be replayed (rendered again) or put back (untake).
--- A batch parked by the first design starts with a digit instead (see replay).
+-- A record is stored compact (records.py: "<kind><time><key>\n<name JSON>[\n<body JSON>]",
+-- kind 'm', 'M' for a message that wants an ack, 'a' for an ack); the scripts never look
+-- inside one but for its size, and echoes renders it into the JSON a receive returns.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -24,30 +17,6 @@ local function late(now, deadline)
     return redis.error_reply('LATE the request this command belongs to has timed out')
   end
   return nil
-end
-
-local function render(v)
-  local kind, at = string.sub(v, 1, 1), string.sub(v, 2, 21)
-  local k = string.find(v, '\n', 22, true)
-  local key = string.sub(v, 22, k - 1)
-  if kind == 'a' then
-    return '{"type":"ack","idempotencyKey":"' .. key .. '","destination":'
-      .. string.sub(v, k + 1) .. ',"receivedAt":"' .. at .. '"}'
-  end
-  local n = string.find(v, '\n', k + 1, true)
-  return '{"type":"msg","idempotencyKey":"' .. key .. '","origin":' .. string.sub(v, k + 1, n - 1)
-    .. ',"body":' .. string.sub(v, n + 1) .. ',"expectsAck":'
-    .. (kind == 'M' and 'true' or 'false') .. ',"sentAt":"' .. at .. '"}'
-end
-
--- What echoes needs to queue the ack of a record that wants one: "<key>:<origin JSON>".
-local function ack_entry(v)
-  if string.sub(v, 1, 1) ~= 'M' then
-    return nil
-  end
-  local k = string.find(v, '\n', 22, true)
-  local n = string.find(v, '\n', k + 1, true)
-  return string.sub(v, 22, k - 1) .. ':' .. string.sub(v, k + 1, n - 1)
 end
 
 -- Numbers go to Redis as text made with '%d': Redis turns a Lua number into text with
@@ -115,15 +84,15 @@ local function forget_stretches(parked, ended, count)
   end
 end
 
--- Split a parked batch of this design into {count, stretch, {id, score, record}...}.
-local function unpark(value)
-  local head = string.find(value, '\n', 1, true)
-  local count, stretch = string.match(string.sub(value, 2, head - 1), '^(%d+)\t(%d+)$')
+-- A parked batch is a list: "<count>\t<stretch ms>", then <id>, <score>, <record> of each
+-- record, so it can be replayed or put back (untake.lua) without a copy made in Lua. Its
+-- triples, as {id, score, record}.
+local function unpark(key)
+  local items = redis.call('LRANGE', key, 0, -1)
+  local count, stretch = string.match(items[1], '^(%d+)\t(%d+)$')
   local recs = {}
-  for part in string.gmatch(string.sub(value, head + 1), '[^\1]+') do
-    local a = string.find(part, '\t', 1, true)
-    local b = string.find(part, '\t', a + 1, true)
-    recs[#recs + 1] = {string.sub(part, 1, a - 1), string.sub(part, a + 1, b - 1), string.sub(part, b + 1)}
+  for i = 2, #items, 3 do
+    recs[#recs + 1] = {items[i], items[i + 1], items[i + 2]}
   end
   return tonumber(count), stretch, recs
 end

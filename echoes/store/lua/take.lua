@@ -2,7 +2,7 @@
 -- under the same attempt token, so a retried receive gets the same records and no others.
 -- KEYS[1]  records: hash (put.lua)
 -- KEYS[2]  index: sorted set (put.lua)
--- KEYS[3]  the attempt key: string, where a taken batch is parked (common.lua's format)
+-- KEYS[3]  the attempt key: list, where a taken batch is parked (common.lua's unpark)
 -- KEYS[4]  parked: hash (put.lua)
 -- KEYS[5]  tombstones: sorted set, id -> when it was consumed, for the dedup window
 -- ARGV[1]  most records to take
@@ -12,31 +12,30 @@
 -- ARGV[5]  the dedup window in ms (0: no tombstones)
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
--- returns  {batch as a JSON array, records in it, records left, ack entry of each message
---           that wants an ack ("<key>:<origin JSON>")...}
+-- returns  {"2", records taken, records left, each record as stored...}, or for a batch the
+--          first design parked, {"1", batch as a JSON array, records in it, records left,
+--          "m:<key>:<origin>" of each message that wants an ack...}
 --
 -- Work is bounded by what the take returns: an empty inbox costs two calls (GET, EXISTS);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read.
-local parked = redis.call('GET', KEYS[3])
-if parked then
-  if string.byte(parked, 1) ~= 2 then -- parked by the first design: "<count>\n<ids>\n<batch>"
-    local parts = {}
-    for part in string.gmatch(parked, '[^\n]+') do
-      parts[#parts + 1] = part
-    end
-    local batch = table.remove(parts)
-    return {batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
-  end
-  local count, _, recs = unpark(parked)
-  local out, acks = {}, {}
+local parked = redis.call('TYPE', KEYS[3])['ok']
+if parked == 'list' then -- taken before under this token: the same records again
+  local count, _, recs = unpark(KEYS[3])
+  local out = {'2', count, redis.call('ZCARD', KEYS[2])}
   for i = 1, #recs do
-    out[i] = render(recs[i][3])
-    acks[#acks + 1] = ack_entry(recs[i][3])
+    out[#out + 1] = recs[i][3]
   end
-  return {'[' .. table.concat(out, ',') .. ']', count, redis.call('ZCARD', KEYS[2]), unpack(acks)}
+  return out
+elseif parked == 'string' then -- parked by the first design: "<count>\n<ids>\n<batch JSON>"
+  local parts = {}
+  for part in string.gmatch(redis.call('GET', KEYS[3]), '[^\n]+') do
+    parts[#parts + 1] = part
+  end
+  local batch = table.remove(parts)
+  return {'1', batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'[]', 0, 0}
+  return {'2', 0, 0}
 end
 local now = now_ms()
 local refused = late(now, ARGV[6])
@@ -105,18 +104,18 @@ else
   end
 end
 
-local out, acks, parts = {}, {}, {}
+local out = {'2', #taken, remaining}
+local parts = {}
 local parked_until = now + tonumber(ARGV[2])
 for i = 1, #taken do
   local rec = taken[i]
-  out[i] = render(rec[3])
-  acks[#acks + 1] = ack_entry(rec[3])
-  parts[i] = rec[1] .. '\t' .. rec[2] .. '\t' .. rec[3]
+  out[i + 3] = rec[3]
+  parts[3 * i - 2], parts[3 * i - 1], parts[3 * i] = rec[1], rec[2], rec[3]
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   parked_until = math.min(parked_until, math.floor(tonumber(rec[2]) / 1000))
 end
 if #taken == 0 then
-  return {'[]', 0, remaining}
+  return out
 end
 
 -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
@@ -138,16 +137,18 @@ end
 -- attempt lifetime, at least a second) in which their batch expires.
 local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
 local ends = math.ceil(parked_until / stretch) * stretch
-local value = '\2' .. int(#taken) .. '\t' .. int(ends) .. '\n' .. table.concat(parts, '\1')
-local ok = redis.pcall('SET', KEYS[3], value, 'PX', int(math.max(parked_until - now, 1)))
-if ARGV[4] == '1' and not (type(ok) == 'table' and ok.err) then
-  local count = int(#taken)
-  redis.pcall('HINCRBY', KEYS[4], int(ends), count)
-  redis.pcall('HINCRBY', KEYS[4], '#', count)
-  -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
-  local lives = ends - now
-  if redis.call('PTTL', KEYS[4]) < lives then
-    redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
+local ok = redis.pcall('RPUSH', KEYS[3], int(#taken) .. '\t' .. int(ends), unpack(parts))
+if not (type(ok) == 'table' and ok.err) then
+  redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
+  if ARGV[4] == '1' then
+    local count = int(#taken)
+    redis.pcall('HINCRBY', KEYS[4], int(ends), count)
+    redis.pcall('HINCRBY', KEYS[4], '#', count)
+    -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
+    local lives = ends - now
+    if redis.call('PTTL', KEYS[4]) < lives then
+      redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
+    end
   end
 end
-return {'[' .. table.concat(out, ',') .. ']', #taken, remaining, unpack(acks)}
+return out

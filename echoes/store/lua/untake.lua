@@ -4,12 +4,11 @@
 -- ARGV[1]     "1" if parked records are counted in KEYS[4] (take.lua's ARGV[4]), else "0"
 -- returns     how many records went back (0: nothing parked there, or expired meanwhile)
 -- Safe to run twice: the first run deletes the attempt key.
-local parked = redis.call('GET', KEYS[3])
-if not parked or string.byte(parked, 1) ~= 2 then
-  return 0
+if redis.call('TYPE', KEYS[3])['ok'] ~= 'list' then
+  return 0 -- nothing parked there, or a batch of the first design
 end
 local now = now_ms()
-local count, stretch, recs = unpark(parked)
+local count, stretch, recs = unpark(KEYS[3])
 local live, ids = {}, {}
 for i = 1, #recs do
   ids[i] = recs[i][1]
