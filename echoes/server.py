@@ -222,7 +222,10 @@ async def serve(
     log.info("stopping")
     for task in helpers:
         task.cancel()
-    await echoes.stop()
+    try:
+        await echoes.stop()
+    finally:
+        logs.flush()  # a worker ends by os._exit, which runs no atexit
 
 
 def _change(name: str, old: Settings, new: Settings) -> str:
