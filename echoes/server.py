@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -52,6 +53,13 @@ LISTEN_BACKLOG = 4096
 # SIGTERM to exit: waiters answer at once, requests in flight get this long to finish.
 DRAIN_SECONDS = 4.0
 CLOSE_SECONDS = 0.9
+# Python collects its oldest generation of objects after 10 collections of the middle one
+# (and once what survived into it since its last full collection is a quarter of what it
+# holds). Ten thousand waiting requests are a million tracked objects: each full collection
+# then holds the event loop 0.1-0.7 s, and with 10 there were 18 of them while 10,000 long
+# polls arrived, and some in the seconds after, the wake-up p99's swing (BENCHMARKS.md).
+# With 100, three. Young garbage is collected as before (the first two thresholds stay).
+FULL_COLLECTION_AFTER = 100
 
 
 def make_servers(settings: Settings, client: aioredis.Redis | None = None) -> servers.Servers:
@@ -205,6 +213,8 @@ async def serve(
     settings: Settings, sockets: list[socket.socket], reload: Reload | None = None
 ) -> None:
     """Serve on ``sockets`` until SIGTERM or SIGINT, reloading on SIGHUP; tell systemd."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
     echoes = Echoes(settings)
     echoes.start(sockets)
     stop = asyncio.Event()
