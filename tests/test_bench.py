@@ -47,6 +47,20 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert "| figure | target | set by | measured | holds? |" in result.stdout
 
 
+def test_the_json_path_benchmark_times_every_step():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.jsonpath", "--calls=10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "command: python -m bench.jsonpath --calls=10" in result.stdout
+    assert "| parse: echoes (stdlib json with its hooks) |" in result.stdout
+    assert "| parse + check + names: validation.message |" in result.stdout
+
+
 def test_the_projection_is_bound_by_cores_then_by_redis():
     from bench import projection
 
