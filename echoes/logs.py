@@ -8,7 +8,9 @@ millisecond. With several worker processes every line names its process id.
 The access lines, one per request, skip the logging machinery where they can (``access``):
 each is rendered as the formatter would render it and written with others in one write,
 within ACCESS_FLUSH_SECONDS, and before any other line (which keeps the stream in order), at
-shutdown and at exit.
+shutdown and at exit. Every line of ``configure``'s handler is written by a thread of its
+own (``Writer``): a write to a file on a disk busy with another process's fsyncs, or to a
+journald that lags, blocks for milliseconds, which held up every request on the event loop.
 """
 
 import asyncio
@@ -18,8 +20,10 @@ import datetime
 import json
 import logging
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -29,10 +33,11 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
 _PLAIN = re.compile(r"[A-Za-z0-9_./:+-]+")
 ACCESS = "echoes.access"
-# The access lines wait at most this long, or for this many of them, to be written together:
-# one write per line cost about 15% of /exchange's throughput (BENCHMARKS.md).
+# The access lines wait at most this long, or for this many of them, to be written together.
 ACCESS_FLUSH_SECONDS = 0.1
 ACCESS_BATCH_LINES = 256
+# How long a shutdown waits for the writer thread to write what it was handed.
+DRAIN_SECONDS = 2.0
 
 
 def rfc3339(created: float) -> str:
@@ -82,18 +87,84 @@ class JsonFormatter(logging.Formatter):
         return f"<{priority(record.levelno)}>{line}" if self.journald else line
 
 
+class Writer:
+    """Writes text to a stream from a thread of its own, in the order it was handed over;
+    ``drain`` waits until all of it is written, and writes directly from then on (exit)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.direct = False
+        self.forked()
+
+    def forked(self) -> None:
+        """No thread yet in this process (after a fork: the parent's did not come along)."""
+        self.queue: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+    def write(self, text: str) -> None:
+        if self.direct:
+            self._write(text)
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="echoes-log", daemon=True)
+            self.thread.start()
+        self.queue.put(text)
+
+    def drain(self, timeout: float = DRAIN_SECONDS, final: bool = False) -> None:
+        """Return once what was handed over is written (or after ``timeout`` s)."""
+        if self.thread is not None:
+            done = threading.Event()
+            self.queue.put(done)
+            done.wait(timeout)
+        self.direct = self.direct or final
+
+    def close(self) -> None:
+        """Write what was handed over, end the thread, and write directly from then on."""
+        self.drain(final=True)
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread = None
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                self._write(item)
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # stderr gone: nowhere left to say so
+            self.stream.write(text)
+            self.stream.flush()
+
+
 class Handler(logging.StreamHandler):
-    """The stream handler ``configure`` installs: writes the access lines waiting before any
-    other line, so that the stream stays in the order things happened."""
+    """The stream handler ``configure`` installs: its lines are written by a Writer, the
+    access lines waiting first, so that the stream stays in the order things happened."""
 
     def __init__(self, stream: TextIO):
         super().__init__(stream)
+        self.writer = Writer(stream)
         self.access: AccessLines | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
         if self.access:
             self.access.flush()
-        super().emit(record)
+        self.writer.write(text)
+
+    def drain(self, final: bool = False) -> None:
+        """Write the access lines waiting and wait until every line handed over is written."""
+        if self.access:
+            self.access.flush()
+        self.writer.drain(final=final)
 
 
 class AccessLines:
@@ -102,7 +173,7 @@ class AccessLines:
     """
 
     def __init__(self, handler: Handler, fmt: str, journald: bool, with_pid: bool):
-        self.handler, self.stream = handler, handler.stream
+        self.handler = handler
         self.json, self.journald, self.with_pid = fmt == "json", journald, with_pid
         self.lines: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -129,16 +200,13 @@ class AccessLines:
             self.timer = loop.call_later(ACCESS_FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
-        """Write the lines waiting, in one write."""
+        """Hand the lines waiting to the handler's writer, as one write."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.lines:
-            return
-        text, self.lines = "".join(self.lines), []
-        with contextlib.suppress(OSError, ValueError):  # stderr gone: nowhere left to say so
-            self.stream.write(text)
-            self.stream.flush()
+        if self.lines:
+            text, self.lines = "".join(self.lines), []
+            self.handler.writer.write(text)
 
     def render(self, level: int, fields: dict[str, Any], now: float) -> str:
         """The line (with its newline) of ``fields`` logged at ``level`` at ``now``."""
@@ -180,19 +248,28 @@ def access(level: int, fields: dict[str, Any]) -> None:
         _access_log.log(level, "%s", logfmt(fields), extra=fields)
 
 
-def flush() -> None:
-    """Write the access lines still waiting (at shutdown; at exit too, by atexit)."""
+def flush(final: bool = False) -> None:
+    """Write the access lines still waiting, and wait for every line to be written (at
+    shutdown; at exit too, by atexit, after which lines are written as they come)."""
     if _lines is not None:
-        _lines.flush()
+        _lines.handler.drain(final)
 
 
 def _forked() -> None:
     if _lines is not None:
         _lines.forked()
+        _lines.handler.writer.forked()
 
 
-atexit.register(flush)
-os.register_at_fork(after_in_child=_forked)
+def _before_fork() -> None:
+    # The writer thread idle (not inside the stream's lock) when the child is made, and
+    # nothing handed over twice.
+    if _lines is not None:
+        _lines.handler.writer.drain()
+
+
+atexit.register(flush, final=True)
+os.register_at_fork(before=_before_fork, after_in_child=_forked)
 
 
 def logfmt(fields: dict[str, Any]) -> str:
@@ -221,7 +298,9 @@ def to_journald(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool
 def configure(level: str, fmt: str, with_pid: bool = False) -> None:
     """Send every log record at ``level`` or above to stderr, as text or JSON."""
     global _lines
-    flush()  # a reload: what the old configuration holds goes out first
+    if _lines is not None:  # a reload: what the old configuration holds goes out first
+        _lines.flush()
+        _lines.handler.writer.close()
     journald = to_journald()
     handler = Handler(sys.stderr)
     if fmt == "json":

@@ -200,14 +200,17 @@ async def test_access_lines_wait_a_moment_in_batches_and_go_before_any_other_lin
     handler.access = lines = logs.AccessLines(handler, "text", journald=False, with_pid=False)
     lines.write(logging.INFO, {"path": "/a"})
     lines.write(logging.INFO, {"path": "/b"})
+    handler.writer.drain()
     assert stream.getvalue() == ""
     handler.emit(logging.LogRecord("echoes", logging.WARNING, "", 0, "careful", None, None))
+    handler.writer.drain()  # written by the writer's thread
     written = [line.rsplit(": ", 1)[1] for line in stream.getvalue().splitlines()]
     assert written == ["path=/a", "path=/b", "careful"]
     lines.write(logging.INFO, {"path": "/c"})
     await eventually(lambda: "path=/c" in stream.getvalue())  # within ACCESS_FLUSH_SECONDS
     for i in range(logs.ACCESS_BATCH_LINES):
         lines.write(logging.INFO, {"n": i})
+    handler.writer.drain()
     assert stream.getvalue().count("n=") == logs.ACCESS_BATCH_LINES  # a full batch at once
 
 
