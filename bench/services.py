@@ -89,9 +89,16 @@ def start_python(name: str, args: list[str], workdir: Path, health: str = "/") -
     return service
 
 
-def start_echoes(redis_url: str, workdir: Path, *extra: str) -> Service:
-    """echoes as its users run it, at log level warning (no access lines in the figures)."""
-    args = ["-m", "echoes", f"--redis-url={redis_url}", "--log-level=warning", *extra]
+# conf/echoes.conf's level: one access line per request, as echoes' users run it.
+SHIPPED_LOG_LEVEL = "info"
+
+
+def start_echoes(
+    redis_url: str, workdir: Path, *extra: str, log_level: str = SHIPPED_LOG_LEVEL
+) -> Service:
+    """echoes as its users run it: at conf/echoes.conf's log level unless told otherwise, its
+    log (the access lines) written to a file in ``workdir``."""
+    args = ["-m", "echoes", f"--redis-url={redis_url}", f"--log-level={log_level}", *extra]
     service = start_python("echoes", args, workdir, "/health")
     wait_ready(service)
     return service

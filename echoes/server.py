@@ -3,6 +3,8 @@
 import asyncio
 import contextlib
 import dataclasses
+import gc
+import importlib
 import logging
 import os
 import signal
@@ -52,6 +54,13 @@ LISTEN_BACKLOG = 4096
 # SIGTERM to exit: waiters answer at once, requests in flight get this long to finish.
 DRAIN_SECONDS = 4.0
 CLOSE_SECONDS = 0.9
+# Python collects its oldest generation of objects after 10 collections of the middle one
+# (and once what survived into it since its last full collection is a quarter of what it
+# holds). Ten thousand waiting requests are a million tracked objects: each full collection
+# then holds the event loop 0.1-0.7 s, and with 10 there were 18 of them while 10,000 long
+# polls arrived, and some in the seconds after, the wake-up p99's swing (BENCHMARKS.md).
+# With 100, three. Young garbage is collected as before (the first two thresholds stay).
+FULL_COLLECTION_AFTER = 100
 
 
 def make_servers(settings: Settings, client: aioredis.Redis | None = None) -> servers.Servers:
@@ -205,6 +214,8 @@ async def serve(
     settings: Settings, sockets: list[socket.socket], reload: Reload | None = None
 ) -> None:
     """Serve on ``sockets`` until SIGTERM or SIGINT, reloading on SIGHUP; tell systemd."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
     echoes = Echoes(settings)
     echoes.start(sockets)
     stop = asyncio.Event()
@@ -222,7 +233,10 @@ async def serve(
     log.info("stopping")
     for task in helpers:
         task.cancel()
-    await echoes.stop()
+    try:
+        await echoes.stop()
+    finally:
+        logs.flush()  # a worker ends by os._exit, which runs no atexit
 
 
 def _change(name: str, old: Settings, new: Settings) -> str:
@@ -281,12 +295,28 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
     )
     try:
         if count == 1:
-            asyncio.run(serve_with(settings, sockets, embedded, reload))
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(serve_with(settings, sockets, embedded, reload))
             return 0
         return run_workers(count, settings, sockets, embedded, reload)
     finally:
         if embedded:
             embedded.stop()
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where the ``uvloop`` extra is installed, else asyncio's (None).
+
+    An extra, not the default: /exchange's rate +9% with it, but 10,000 waiting requests
+    take 8 MB more (BENCHMARKS.md).
+    """
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    log.info("event loop: uvloop %s", uvloop.__version__)
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _with_redis_url(reload: Reload, url: str) -> Reload:
@@ -332,7 +362,8 @@ def run_workers(
             embedded.start()
 
     def work() -> int:
-        asyncio.run(serve(settings, sockets, reload))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings, sockets, reload))
         return 0
 
     return processes.supervise(count, work, reaped)

@@ -29,7 +29,7 @@ def quick_run(module: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[
 def test_quick_benchmark_reports_every_figure(tmp_path):
     result, r = quick_run("bench", tmp_path)
     assert "command: python -m bench --quick" in result.stdout
-    for name in ("ceiling", "echoes", "echoes_2_processes"):
+    for name in ("ceiling", "echoes", "echoes_warning", "echoes_2_processes"):
         row = r["throughput"][name]
         assert row["rps"] > 0 and row["server_us"] > 0 and row["redis_us"] > 0
         assert row["scripts"] >= 1  # the ceiling's one script, echoes' puts, take and acks
@@ -38,9 +38,27 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert [row["waiters"] for row in r["wakeup"]["echoes"]] == r["sizes"]["waiters"]
     assert all(row["rss_mb"] > 0 for row in r["wakeup"]["echoes"])
     assert r["memory"]["bytes_per_record"] > 100
-    assert "| echoes |" in result.stdout
+    assert "| echoes |" in result.stdout and "| echoes_warning |" in result.stdout
+    assert "the access log's cost" in result.stdout
+    assert (
+        "| access log's cost: 1 - info's rate / warning's | <= 0.05 | issue 24 |" in result.stdout
+    )
     assert "Projection, not a measurement" in result.stdout and "| 16 |" in result.stdout
     assert "| figure | target | set by | measured | holds? |" in result.stdout
+
+
+def test_the_json_path_benchmark_times_every_step():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.jsonpath", "--calls=10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "command: python -m bench.jsonpath --calls=10" in result.stdout
+    assert "| parse: echoes (stdlib json with its hooks) |" in result.stdout
+    assert "| parse + check + names: validation.message |" in result.stdout
 
 
 def test_the_projection_is_bound_by_cores_then_by_redis():

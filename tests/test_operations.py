@@ -1,6 +1,7 @@
 """Running echoes in production: systemd, health, metrics, logs, processes, ACL, the proxy."""
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -176,6 +177,69 @@ def test_json_log_lines_carry_the_extra_fields_an_rfc3339_time_and_the_pid():
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("journald", [False, True])
+@pytest.mark.parametrize("level", [logging.INFO, logging.ERROR])
+def test_an_access_line_without_a_record_is_what_the_formatter_makes_of_one(fmt, journald, level):
+    # Issue 24: the access lines skip the logging machinery, not a character of their shape.
+    fields = {"method": "POST", "path": "/receive?wait=1", "status": 200, "duration_ms": 1.5}
+    fields |= {"sent": 0, "taken": 2, "from": 'v "x" status=1'}
+    json_lines = fmt == "json"
+    formatter = logs.JsonFormatter(journald) if json_lines else logs.TextFormatter(journald, True)
+    handler = logs.Handler(sys.stderr)
+    lines = logs.AccessLines(handler, fmt, journald, with_pid=True)
+    record = logging.LogRecord(logs.ACCESS, level, "", 0, "%s", (logs.logfmt(fields),), None)
+    record.__dict__.update(fields)
+    assert lines.render(level, fields, record.created) == formatter.format(record) + "\n"
+
+
+async def test_access_lines_wait_a_moment_in_batches_and_go_before_any_other_line():
+    stream = io.StringIO()
+    handler = logs.Handler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    handler.access = lines = logs.AccessLines(handler, "text", journald=False, with_pid=False)
+    lines.write(logging.INFO, {"path": "/a"})
+    lines.write(logging.INFO, {"path": "/b"})
+    handler.writer.drain()
+    assert stream.getvalue() == ""
+    handler.emit(logging.LogRecord("echoes", logging.WARNING, "", 0, "careful", None, None))
+    handler.writer.drain()  # written by the writer's thread
+    written = [line.rsplit(": ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert written == ["path=/a", "path=/b", "careful"]
+    lines.write(logging.INFO, {"path": "/c"})
+    await eventually(lambda: "path=/c" in stream.getvalue())  # within ACCESS_FLUSH_SECONDS
+    for i in range(logs.ACCESS_BATCH_LINES):
+        lines.write(logging.INFO, {"n": i})
+    handler.writer.drain()
+    assert stream.getvalue().count("n=") == logs.ACCESS_BATCH_LINES  # a full batch at once
+
+
+def test_access_lines_still_waiting_are_written_at_exit():
+    code = (
+        "import asyncio, logging; from echoes import logs; logs.configure('info', 'text')\n"
+        "async def main():\n  logs.access(logging.INFO, {'path': '/last'})\n"
+        "asyncio.run(main())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "echoes.access: path=/last" in result.stderr, result
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_no_access_line_is_lost_at_shutdown(spawn_echoes, settings, processes):
+    echoes = spawn_echoes(
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+        f"--processes={processes}",
+        "--log-level=info",
+    )
+    for i in range(20):
+        assert get(echoes.url + f"/?n={i}")[0] == 200
+    echoes.popen.send_signal(signal.SIGTERM)
+    assert echoes.popen.wait(10) == 0
+    log = echoes.log.read_text()
+    assert all(f'path="/?n={i}" status=200' in log for i in range(20)), log
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
 def test_under_journald_lines_carry_a_priority_and_no_time_of_their_own(tmp_path, fmt):
     # JOURNAL_STREAM names the stream systemd connected to stderr (here: a file).
     log = tmp_path / "journal"
@@ -246,7 +310,7 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     # Every worker took the new limit, and the access lines now show (level info).
     for _ in range(4):
         assert post(echoes.url + "/send", "a", two) == (200, {"sent": 2, "duplicates": 0})
-    assert "path=/send status=200" in echoes.log.read_text()
+    until(lambda: "path=/send status=200" in echoes.log.read_text(), what=echoes.log.read_text)
     # A bad file on reload keeps the running configuration.
     conf.write_text("max_destinations = 'many'\n")
     echoes.popen.send_signal(signal.SIGHUP)

@@ -16,7 +16,7 @@ from .errors import APIError
 from .inbox import InboxHandler
 
 log = logging.getLogger("echoes")
-access_log = logging.getLogger("echoes.access")
+access_log = logging.getLogger(logs.ACCESS)
 
 
 class StatusHandler(APIHandler):
@@ -142,7 +142,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     fields |= {"duration_ms": round(duration * 1000, 2), "sent": sent, "taken": taken}
     if access_log.isEnabledFor(logging.DEBUG):
         fields["from"] = getattr(handler, "caller", "")
-    access_log.log(level, "%s", logs.logfmt(fields), extra=fields)
+    logs.access(level, fields)
 
 
 def make_app(context: Context) -> tornado.web.Application:
