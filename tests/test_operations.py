@@ -19,15 +19,17 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, basic_auth, eventually, needs, waiting
+from conftest import KEY, basic_auth, eventually, needs, needs_redis_7, waiting
 from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
 
-from echoes import __version__, logs, systemd
+from echoes import __version__, logs, scripts, systemd
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_systemd_analyze = needs("systemd-analyze")
+# conf/redis.conf's echoes user may call functions (+fcall): Redis 6.2 knows neither.
+needs_functions = needs_redis_7("functions, and the +fcall ACL of conf/redis.conf")
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -354,15 +356,25 @@ def test_the_acl_allows_exactly_what_echoes_and_its_scripts_run():
     assert called | PYTHON_COMMANDS == allowed
 
 
+@pytest.fixture
+async def admin(own_redis):
+    """A client of own_redis's default user (every right, until a test takes them away)."""
+    client = aioredis.Redis.from_url(own_redis.url)
+    yield client
+    await client.aclose()  # also when the test failed: no socket left for a later test
+
+
+@needs_functions
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
-async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, settings, wake):
-    admin = aioredis.Redis.from_url(own_redis.url)
+async def test_echoes_works_under_the_documented_acl(
+    start_echoes, own_redis, admin, settings, wake
+):
     await admin.execute_command(
         "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
     )
     # The admin loads echoes' function library, as the README says: the echoes user may not.
     library = subprocess.run(
-        [sys.executable, "-m", "echoes.scripts"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
     ).stdout
     await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     url = f"unix://echoes:pw@{own_redis.socket}"
@@ -387,15 +399,12 @@ async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, se
         with pytest.raises(NoPermissionError):
             await other.execute_command(*command)
     await other.aclose()
-    await admin.aclose()
 
 
-async def test_redis_conf_leaves_no_user_without_a_password(own_redis):
+async def test_redis_conf_leaves_no_user_without_a_password(own_redis, admin):
     # Issue 13: with conf/redis.conf applied, an unauthenticated FLUSHALL answered OK.
-    admin = aioredis.Redis.from_url(own_redis.url)
     await admin.execute_command("ACL", "SETUSER", "admin", *acl_rules("admin"))
     await admin.execute_command("ACL", "SETUSER", "default", *acl_rules("default"))
-    await admin.aclose()
     reader, writer = await asyncio.open_unix_connection(str(own_redis.socket))
     writer.write(b"FLUSHALL\r\n")  # as an attacker would, no client library
     assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"-NOAUTH")
@@ -405,10 +414,10 @@ async def test_redis_conf_leaves_no_user_without_a_password(own_redis):
     await operator.aclose()
 
 
+@needs_functions
 async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
-    start_echoes, own_redis, settings, caplog
+    start_echoes, own_redis, admin, settings, caplog
 ):
-    admin = aioredis.Redis.from_url(own_redis.url)
     await admin.execute_command(
         "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
     )
@@ -417,8 +426,47 @@ async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
     echoes = await start_echoes(redis_url=url)
     response = await echoes.post("/receive", "a")
     assert response.status == 503 and "function library" in response.json["details"][0]
-    assert "python -m echoes.scripts | redis-cli" in caplog.text
-    await admin.aclose()
+    # The command to run is the exact one: the admin user, its password, this Python.
+    command = f"{sys.executable} -m {scripts.__name__} | REDISCLI_AUTH=ADMIN-PASSWORD redis-cli"
+    assert f"{command} --user admin -s {own_redis.socket} -x FUNCTION LOAD REPLACE" in caplog.text
+    health = await echoes.request("GET", "/health")
+    assert health.status == 503, health.body
+    [detail] = health.json["details"]
+    assert echoes.store.scripts.library in detail and command in detail, detail
+    # The admin runs it (the shell's pipe, here by hand): /health is 200 again.
+    library = subprocess.run(
+        [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
+    ).stdout
+    await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
+    assert (await echoes.request("GET", "/health")).status == 200
+    assert (await echoes.post("/receive", "a")).status == 200
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+async def test_a_redis_that_refuses_echoes_credentials_is_named_in_health_and_log(
+    start_echoes, own_redis, admin, caplog, password
+):
+    caplog.set_level(logging.DEBUG, "echoes.listener")
+    # conf/redis.conf turns the default user off: echoes without the password in its URL
+    # (systemd/install.sh's placeholder URL) was told "HELLO must be called with the
+    # client already authenticated" and said "unavailable (ConnectionError)".
+    await admin.execute_command("ACL", "SETUSER", "echoes", "on", ">pw", "~*", "&*", "+@all")
+    await admin.execute_command("ACL", "SETUSER", "default", "off")
+    user = f"echoes:{password}@" if password else ""
+    echoes = await start_echoes(redis_url=f"unix://{user}{own_redis.socket}", subscribed=False)
+    health = await echoes.request("GET", "/health")
+    assert health.status == 503
+    assert "refused echoes' credentials (authentication failed" in health.json["details"][0]
+    assert "redis://USER:PASSWORD@HOST:PORT/DB" in health.json["details"][0]
+    response = await echoes.post("/receive", "a")
+    assert response.status == 503 and "authentication failed" in response.json["details"][0]
+
+    def said():
+        return [r.levelname for r in caplog.records if "refused echoes'" in r.getMessage()]
+
+    # The listener says it in full once, then at debug while Redis refuses the same way.
+    await eventually(lambda: said().count("DEBUG") >= 1)
+    assert said().count("WARNING") == 1, said()
 
 
 # --- the proxy of conf/nginx.conf -----------------------------------------------------------
