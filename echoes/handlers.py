@@ -13,7 +13,7 @@ import tornado.web
 from . import __version__, logs, metrics, openapi, schemas, validation
 from .config import Settings
 from .errors import APIError, error_body
-from .failures import OutOfMemory, Unavailable
+from .failures import AUTHENTICATION, OutOfMemory, Unavailable, problem
 from .listener import ListenerState
 from .metrics import Metrics
 from .origins import Origins
@@ -119,6 +119,11 @@ class APIHandler(tornado.web.RequestHandler):
             if kind == "NotLoaded":
                 log.error("%s", e)
                 details = ["Redis lacks echoes' function library: see the server's log"]
+            if kind == AUTHENTICATION:
+                details = [
+                    f"Redis at {self.config.redis_display} refused echoes' credentials"
+                    " (authentication failed): see the server's log"
+                ]
             if kind == "NotReplicated":
                 details = [
                     f"Redis's replicas did not confirm the writes within"
@@ -326,10 +331,10 @@ class HealthHandler(APIHandler):
             async with asyncio.timeout(self.config.redis_timeout):
                 trouble = await self.store.ping()
         except TimeoutError:
-            trouble = {self.config.redis_display: "TimeoutError"}
-        for kind in trouble.values():
-            self.metrics.redis_errors.labels(kind).inc()
-        problems = [f"Redis at {name} is unavailable ({kind})" for name, kind in trouble.items()]
+            trouble = {self.config.redis_display: Unavailable("TimeoutError")}
+        for failure in trouble.values():
+            self.metrics.redis_errors.labels(failure.kind).inc()
+        problems = [problem(name, failure) for name, failure in trouble.items()]
         if not listener.connected:
             problems.append("the wake-up listener is not subscribed")
         if problems:

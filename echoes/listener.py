@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
+from .failures import AUTHENTICATION_FIX, refused_authentication
 from .keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from .metrics import Metrics
 from .redisconfig import notifications_missing
@@ -141,6 +142,7 @@ class Listener:
         self._suspect = asyncio.Event()  # the topology may have changed: ask the Cluster
         self._addresses: dict[str, tuple[str, int]] = {}  # where each server was last reached
         self._primaries: set[str] = set()
+        self._losses: dict[str, str] = {}  # each server's last failure, while it lasts
 
     async def run(self) -> None:
         """Subscribe on every server, dispatch and sweep until cancelled."""
@@ -216,6 +218,7 @@ class Listener:
                     self._notified(server.name, enabled)
                 await pubsub.connect()
                 self._reached(server.name, pubsub)
+                self._losses.pop(server.name, None)
                 subscriptions.lost()  # a new connection: every wanted inbox again
                 restoring = len(subscriptions.wanted)
                 self._set_connected(server.name, True)
@@ -228,12 +231,7 @@ class Listener:
                 raise
             except (RedisError, OSError, TimeoutError) as e:
                 self.metrics.reconnects.inc()
-                log.warning(
-                    "wake-up listener lost Redis at %s (%s); again in %.1fs",
-                    server.name,
-                    e,
-                    backoff,
-                )
+                self._lost(server.name, e, backoff)
             except Exception:  # a bug must not end wake-ups for good: log it and start over
                 self.metrics.reconnects.inc()
                 log.exception("wake-up listener failed; again in %.1fs", backoff)
@@ -291,6 +289,16 @@ class Listener:
                     self._sweep_now.set()
             elif kind == "sunsubscribe" and self._moved_away(subscriptions, message["channel"]):
                 self._sweep_now.set()
+
+    def _lost(self, server: str, error: BaseException, backoff: float) -> None:
+        """Log why ``server`` was lost: in full once, then at debug while it fails the same way."""
+        if refused_authentication(error):
+            what = f"Redis at {server} refused echoes' credentials ({error}): {AUTHENTICATION_FIX}"
+        else:
+            what = f"wake-up listener lost Redis at {server} ({error})"
+        again = self._losses.get(server) == what
+        self._losses[server] = what
+        log.log(logging.DEBUG if again else logging.WARNING, "%s; again in %.1fs", what, backoff)
 
     def _reached(self, server: str, pubsub: aioredis.client.PubSub) -> None:
         """Count a failover when a server (Sentinel's master) is now at another address."""
