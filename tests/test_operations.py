@@ -542,8 +542,24 @@ async def test_metrics_have_process_build_and_limit_series_and_no_created(echoes
 
 
 def test_install_script_lays_out_a_working_service(tmp_path):
-    env = dict(os.environ, ROOT=str(tmp_path))
-    subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
+    # systemctl, as install.sh calls it: a stand-in that writes down its arguments.
+    calls = tmp_path / "systemctl-calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    systemctl.chmod(0o755)
+    env = dict(os.environ, ROOT=str(tmp_path), SYSTEMCTL=str(systemctl))
+    install = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    # No password in the Redis URL yet: nothing is started, and it says what to do next.
+    assert calls.read_text() == "daemon-reload\n"
+    assert "not started" in install.stdout and "systemctl enable --now echoes" in install.stdout
+    assert (tmp_path / "opt/echoes/docs/configuration.md").exists()  # the README's links
     unit = (tmp_path / "etc/systemd/system/echoes.service").read_text()
     assert unit == (ROOT / "systemd" / "echoes.service").read_text()
     conf = tmp_path / "etc/echoes/echoes.conf"
@@ -573,3 +589,9 @@ def test_install_script_lays_out_a_working_service(tmp_path):
     secret.write_text("redis://echoes:pw@127.0.0.1:6379/0\n")
     subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
     assert "port = 9000" in conf.read_text() and "pw@" in secret.read_text()
+    # Now the URL has its password: enabled, and (re)started without waiting for readiness.
+    assert calls.read_text().splitlines()[1:] == [
+        "daemon-reload",
+        "enable echoes.service",
+        "restart --no-block echoes.service",
+    ]
