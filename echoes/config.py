@@ -166,7 +166,7 @@ def validate(settings: Settings) -> Settings:
 
 
 def markdown_table() -> str:
-    """The option table of the README, made from Settings (a test keeps the README in step)."""
+    """The option table of docs/configuration.md, made from Settings (a test keeps it in step)."""
     rows = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
         default = f"`{f.default}`" if f.default != "" else "(empty)"

@@ -19,6 +19,9 @@
   olivia, maurice, josé and 李, password PASSWORD (``basic_auth(user)`` is the header).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
   ``Process`` with its port, log, memory and CPU time.
+- ``readme_block(marker, language)``: the README's code block after ``marker``, as written;
+  ``checkout``: a directory laid out as a checkout after the Quickstart (its ``.venv`` is the
+  virtualenv running the tests), and ``without_venv_path()``: PATH without that venv's bin/.
 """
 
 import asyncio
@@ -244,6 +247,31 @@ def skip_unless_redis_7(why: str) -> None:
 
 ECHOES = str(Path(sys.executable).with_name("echoes"))
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_block(marker: str, language: str = "sh") -> str:
+    """The README's first ``language`` code block after the comment ``marker``, as written."""
+    readme = (ROOT / "README.md").read_text()
+    assert marker in readme, f"README.md has no {marker!r}"
+    return readme.split(marker, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A directory as the README's commands find a checkout after the Quickstart: .venv in it."""
+    if sys.prefix == sys.base_prefix:
+        pytest.fail("the tests run from a virtualenv (the README's test command makes one)")
+    home = tmp_path / "checkout"
+    home.mkdir()
+    (home / ".venv").symlink_to(sys.prefix)
+    return home
+
+
+def without_venv_path() -> str:
+    """PATH without the bin/ of the virtualenv running the tests: what a shell has before
+    ``. .venv/bin/activate``."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != venv_bin)
 
 
 @dataclasses.dataclass
