@@ -20,6 +20,7 @@ from .services import (
     HERE,
     Service,
     raise_file_limit,
+    require,
     start_ceiling,
     start_python,
     start_redis,
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("revisions", nargs="+")
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
+    require("python -m bench.revisions", "wrk", "redis-server")
     raise_file_limit()
     print(f"command: python -m bench.revisions {' '.join(args.revisions)}", flush=True)
     with (
