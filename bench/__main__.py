@@ -21,8 +21,11 @@ from echoes.embedded import find_binary, version_of
 
 from . import figures, report
 from .services import (
+    NCHAN_MODULE,
     Service,
+    missing,
     raise_file_limit,
+    require,
     start_ceiling,
     start_echoes,
     start_nchan,
@@ -63,7 +66,11 @@ def main() -> None:
     if args.waiters:
         sizes["waiters"] = args.waiters
     command = " ".join(["python -m bench", shlex.join(sys.argv[1:])]).strip()
+    require("python -m bench", "wrk", "redis-server")
     print(f"command: {command}", flush=True)
+    nchan = missing("nginx", NCHAN_MODULE)
+    if nchan:
+        print(f"the Nchan baseline (figures 3, 4) is skipped: {nchan}", flush=True)
     print(f"file limit raised to {raise_file_limit()}", flush=True)
     binary = find_binary()  # what start_redis() runs
     redis_server = f"redis-server {'.'.join(map(str, version_of(binary)))} ({binary})"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures
-from .services import Service, raise_file_limit, start_echoes, start_redis
+from .services import Service, raise_file_limit, require, start_echoes, start_redis
 from .topologies import Cluster
 
 SIZES = {
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     command = " ".join(["python -m bench.cluster", shlex.join(sys.argv[1:])]).strip()
+    require("python -m bench.cluster", "wrk", "redis-server", "redis-cli")
     print(f"command: {command}", flush=True)
     raise_file_limit()
     with tempfile.TemporaryDirectory(prefix="echoes-bench-cluster-") as tmp:

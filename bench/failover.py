@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from echoes.store.keys import Keys
 
 from .faults import USERS, Ledger, report, under_load
-from .services import Service, raise_file_limit, start_echoes
+from .services import Service, raise_file_limit, require, start_echoes
 from .topologies import MASTER_NAME, Cluster, Node, Sentinels, in_sync, wait_until
 
 PREFIX = "echoes:"  # start_echoes runs echoes with its default key prefix
@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="of load per scenario")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    require("python -m bench.failover", "redis-server", "redis-cli")
     raise_file_limit()
     command = "python -m bench.failover" + (
         f" --seconds {args.seconds:g}" if args.seconds != 30 else ""

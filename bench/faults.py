@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from echoes.embedded import RedisServer
 
 from .httpclient import Connection
-from .services import Service, free_port, raise_file_limit, start_echoes
+from .services import Service, free_port, raise_file_limit, require, start_echoes
 
 USERS = 12
 RESEND_SECONDS = 30.0
@@ -294,6 +294,7 @@ def main() -> None:
     parser.add_argument("--soak", action="store_true", help="60 s of load per scenario, not 6")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    require("python -m bench.faults", "redis-server")
     raise_file_limit()
     seconds = 60.0 if args.soak else 6.0
     command = "python -m bench.faults" + (" --soak" if args.soak else "")

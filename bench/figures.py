@@ -263,7 +263,7 @@ async def memory_per_record(redis_url: str, records: int) -> Row:
     client = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")
     store = store_at(redis_url.rsplit("/", 1)[0] + "/2", "mem:")
     # The function library's own memory is not a record's.
-    await store.scripts.load(store.servers.all()[0].pipeline)
+    await store.scripts.load(store.servers.all()[0])
     before = (await client.info("memory"))["used_memory"]
     for base in range(0, records, 1000):
         calls: list[Call] = []

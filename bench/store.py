@@ -174,7 +174,7 @@ async def memory(url: str, records_count: int) -> dict[str, Any]:
     s = settings(url, "mem:", max_inbox_records=0, max_inbox_bytes=0)
     store = Store(connect(s), Keys("mem:"), s)
     old = FirstDesign(admin, "memold:", 0)
-    await store.scripts.load(store.servers.all()[0].pipeline)
+    await store.scripts.load(store.servers.all()[0])
     body = "x" * 100
     example = records.render(
         records.msg("sender", "mem-000000000000", body, False, records.timestamp())
@@ -184,7 +184,7 @@ async def memory(url: str, records_count: int) -> dict[str, Any]:
         for design in ("second", "first"):
             await admin.flushdb()
             if design == "second":
-                await store.scripts.load(store.servers.all()[0].pipeline)
+                await store.scripts.load(store.servers.all()[0])
             before = (await admin.info("memory"))["used_memory"]
             for base in range(0, records_count, 1000):
                 batch = range(base, min(base + 1000, records_count))
@@ -202,7 +202,7 @@ async def memory(url: str, records_count: int) -> dict[str, Any]:
             row[f"{design}_bytes_per_record_inboxes_of_{per_inbox}"] = used / records_count
     # Tombstones: consume every record of inboxes of 100, then weigh the tombstone sets.
     await admin.flushdb()
-    await store.scripts.load(store.servers.all()[0].pipeline)
+    await store.scripts.load(store.servers.all()[0])
     for base in range(0, records_count, 1000):
         calls = []
         for i in range(base, min(base + 1000, records_count)):

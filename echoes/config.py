@@ -16,6 +16,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 WAKE_MODES = ("keyspace", "publish")
 EMBEDDED = "embedded"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # prometheus_client's multiprocess mode (--processes): set before its first import.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Lua's unpack() in a script handles a few thousand values; a batch stays well under that.
@@ -46,7 +47,7 @@ class Settings:
         512,
     )
     redis_url: str = option(
-        "redis://127.0.0.1:6379/0",
+        DEFAULT_REDIS_URL,
         "Redis to use: a redis://, rediss:// or unix:// URL, redis+sentinel://HOST:PORT[,...]"
         "/MASTER for a master Sentinel names, redis+cluster://HOST:PORT[,...] for a Cluster,"
         " or 'embedded' to run a private redis-server in --data-dir",
@@ -178,7 +179,7 @@ def validate(settings: Settings) -> Settings:
 
 
 def markdown_table() -> str:
-    """The option table of the README, made from Settings (a test keeps the README in step)."""
+    """The option table of docs/configuration.md, made from Settings (a test keeps it in step)."""
     rows = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for f in dataclasses.fields(Settings):
         default = f"`{f.default}`" if f.default != "" else "(empty)"

@@ -20,13 +20,14 @@ import tornado.web
 from tornado.iostream import IOStream
 
 from . import logs, metrics, processes, systemd, topology
-from .config import EMBEDDED, ConfigError, Settings
+from .config import DEFAULT_REDIS_URL, EMBEDDED, ConfigError, Settings
 from .embedded import RedisServer
 from .http import accept, malformed
 from .http.app import make_app
 from .http.base import Context
 from .metrics import Metrics
 from .store import Store, Unavailable, servers
+from .store.failures import problem
 from .store.keys import Keys
 from .wake import listener
 from .wake.waiters import Waiters
@@ -61,6 +62,13 @@ CLOSE_SECONDS = 0.9
 # polls arrived, and some in the seconds after, the wake-up p99's swing (BENCHMARKS.md).
 # With 100, three. Young garbage is collected as before (the first two thresholds stay).
 FULL_COLLECTION_AFTER = 100
+# Not ready this long after start: say once why (in the log, and to systemd's status).
+EXPLAIN_SECONDS = 2.0
+EMBEDDED_HINT = (
+    "nothing answers at the default --redis-url (redis://127.0.0.1:6379/0): start Redis there,"
+    " point --redis-url at yours, or run echoes on a private Redis of its own with"
+    " `echoes --redis-url=embedded`"
+)
 
 
 def make_servers(settings: Settings, client: aioredis.Redis | None = None) -> servers.Servers:
@@ -187,6 +195,22 @@ class Echoes:
         with contextlib.suppress(Unavailable, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
                 await self.store.check_settings()
+                for name, failure in (await self.store.ping()).items():
+                    if failure.kind == "NotLoaded":  # every request would be answered 503
+                        log.error("%s", problem(name, failure))
+
+    async def why_not_ready(self) -> str:
+        """Why Redis cannot serve yet, in words, with the fix where there is one."""
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout):
+                trouble = await self.store.ping()
+        except TimeoutError:
+            trouble = {self.settings.redis_display: Unavailable("TimeoutError")}
+        said = [problem(name, failure) for name, failure in trouble.items()]
+        refused = any(failure.kind == "ConnectionError" for failure in trouble.values())
+        if refused and self.settings.redis_url == DEFAULT_REDIS_URL:
+            said = [EMBEDDED_HINT]
+        return "; ".join(said) or "the wake-up listener is not subscribed yet"
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""
@@ -257,8 +281,17 @@ def reloading(echoes: Echoes, reload: Reload) -> None:
 
 
 async def announce_ready(echoes: Echoes) -> None:
-    """READY=1 to systemd once Redis answered and wake-ups are armed."""
-    await echoes.ready()
+    """READY=1 to systemd once Redis answered and wake-ups are armed; if that takes longer
+    than EXPLAIN_SECONDS, say once why, and tell systemd's status."""
+    try:
+        async with asyncio.timeout(EXPLAIN_SECONDS):
+            await echoes.ready()
+    except TimeoutError:
+        why = await echoes.why_not_ready()
+        log.error("not ready: %s", why)
+        systemd.notify(f"STATUS=not ready: {why}")
+        await echoes.ready()
+        systemd.notify("STATUS=ready")
     systemd.notify("READY=1")
     log.info("ready: Redis answers and the wake-up listener is subscribed")
 
@@ -287,7 +320,7 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
     log.info(
         "echoes listening on http://%s:%d (%d process%s), Redis at %s, wake-ups by %s",
         settings.address,
-        settings.port,
+        sockets[0].getsockname()[1],  # the port bound: another than --port=0's
         count,
         "" if count == 1 else "es",
         settings.redis_display,

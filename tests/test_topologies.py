@@ -7,7 +7,6 @@ for this module. Failovers under load, with accounting, are tests/test_failover.
 import asyncio
 import json
 import logging
-import os
 import random
 import re
 import subprocess
@@ -15,22 +14,30 @@ import sys
 
 import pytest
 import tornado.httpclient
-from conftest import ROOT, eventually, needs, post_async, spec_example
+from conftest import (
+    ROOT,
+    eventually,
+    needs,
+    needs_redis_7,
+    post_async,
+    skip_unless_redis_7,
+    spec_example,
+)
 
 from bench.topologies import Cluster, Sentinels, redis_cli
-from echoes.embedded import find_binary
+from echoes.store import scripts
 from echoes.store.keys import Keys
 
 WOKEN_WITHIN = 5.0
 pytestmark = needs("redis-cli")  # it makes the Cluster (Debian's redis-tools; CI installs it)
+# Redis 6.2 reads `--replicaof "HOST PORT"`, as bench.topologies starts a replica, as one word.
+REPLICAOF = "a replica started with --replicaof 'HOST PORT'"
 
 
 def shard_channels(wake):
     """Skip --wake=publish on a Cluster where redis-server is older than 7 (no SPUBLISH)."""
-    version = subprocess.run([find_binary(), "--version"], capture_output=True, text=True).stdout
-    major = int(re.search(r"v=(\d+)", version).group(1))
-    if wake == "publish" and major < 7 and not os.environ.get("CI"):
-        pytest.skip("shard channels need Redis >= 7")
+    if wake == "publish":
+        skip_unless_redis_7("shard channels: SPUBLISH, SSUBSCRIBE")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +49,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sentinels(tmp_path_factory):
+    skip_unless_redis_7(REPLICAOF)
     started = Sentinels(tmp_path_factory.mktemp("sentinel")).start()
     yield started
     started.stop()
@@ -175,6 +183,7 @@ async def test_each_inbox_is_subscribed_on_its_own_primary_only(
     await eventually(none_left)
 
 
+@needs_redis_7("functions: add-node copies echoes' function library to the new primary")
 async def test_a_shard_added_while_records_come_and_go_loses_and_repeats_nothing(
     start_echoes, tmp_path, settings, caplog
 ):
@@ -234,6 +243,7 @@ def test_the_cluster_acl_is_the_single_redis_one_and_what_a_cluster_client_asks(
     assert set(single) <= set(clustered)
 
 
+@needs_redis_7("functions, and the +fcall ACL of conf/redis-cluster-node.conf")
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
 async def test_echoes_works_on_a_cluster_under_the_documented_acl(
     start_echoes, cluster, settings, wake
@@ -244,7 +254,7 @@ async def test_echoes_works_on_a_cluster_under_the_documented_acl(
     # The admin loads the function library on every primary, as conf/redis-cluster-node.conf
     # says (the echoes user may not).
     library = subprocess.run(
-        [sys.executable, "-m", "echoes.store.scripts"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
     ).stdout
     call = [redis_cli(), "--cluster", "call", cluster.nodes[0].address, "FUNCTION", "LOAD"]
     subprocess.run([*call, "REPLACE", library, "--cluster-only-masters"], check=True)

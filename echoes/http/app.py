@@ -10,6 +10,8 @@ import tornado.web
 
 from .. import __version__, logs, metrics
 from ..metrics import Metrics
+from ..store import Unavailable
+from ..store.failures import problem
 from . import validation
 from .base import APIHandler, Context, unavailable
 from .errors import APIError
@@ -63,10 +65,10 @@ class HealthHandler(APIHandler):
             async with asyncio.timeout(self.config.redis_timeout):
                 trouble = await self.store.ping()
         except TimeoutError:
-            trouble = {self.config.redis_display: "TimeoutError"}
-        for kind in trouble.values():
-            self.metrics.redis_errors.labels(kind).inc()
-        problems = [f"Redis at {name} is unavailable ({kind})" for name, kind in trouble.items()]
+            trouble = {self.config.redis_display: Unavailable("TimeoutError")}
+        for failure in trouble.values():
+            self.metrics.redis_errors.labels(failure.kind).inc()
+        problems = [problem(name, failure) for name, failure in trouble.items()]
         if not listener.connected:
             problems.append("the wake-up listener is not subscribed")
         if problems:

@@ -13,6 +13,7 @@ import tornado.web
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import OutOfMemory, Store, Unavailable
+from ..store.failures import AUTHENTICATION
 from ..wake.state import ListenerState
 from ..wake.waiters import Waiters
 from . import openapi, schemas
@@ -165,6 +166,11 @@ class APIHandler(tornado.web.RequestHandler):
             if kind == "NotLoaded":
                 log.error("%s", e)
                 details = ["Redis lacks echoes' function library: see the server's log"]
+            if kind == AUTHENTICATION:
+                details = [
+                    f"Redis at {self.config.redis_display} refused echoes' credentials"
+                    " (authentication failed): see the server's log"
+                ]
             if kind == "NotReplicated":
                 details = [
                     f"Redis's replicas did not confirm the writes within"

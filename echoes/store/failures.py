@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from redis.exceptions import (
+    AuthenticationError,
     ClusterError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -40,6 +41,22 @@ T = TypeVar("T")
 # Error replies: Redis's own while a script runs past busy-reply-threshold, and the scripts'.
 BUSY, LATE = "BUSY", "LATE"
 
+# What Redis answers a client whose credentials it refuses, or one that sent none to a Redis
+# whose default user is off (redis-py raises a ConnectionError with this text, caused by an
+# AuthenticationError).
+REFUSALS = (
+    "NOAUTH",
+    "WRONGPASS",
+    "HELLO must be called with the client already authenticated",
+    "invalid username-password pair",
+    "Authentication required",
+)
+AUTHENTICATION = "AuthenticationError"
+AUTHENTICATION_FIX = (
+    "put a Redis user and its password in the Redis URL"
+    " (--redis-url=redis://USER:PASSWORD@HOST:PORT/DB; under systemd, in /etc/echoes/redis_url)"
+)
+
 
 class Unavailable(Exception):
     """Redis cannot serve now: unreachable, timed out, read-only, or lacking echoes'
@@ -60,10 +77,24 @@ def out_of_memory(error: Exception) -> bool:
     return isinstance(error, OutOfMemoryError) or "OOM command not allowed" in str(error)
 
 
+def refused_authentication(error: BaseException) -> bool:
+    """Whether ``error``, or an error that caused it, is Redis refusing echoes' credentials."""
+    seen: BaseException | None = error
+    for _ in range(5):  # a chain of causes, never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, AuthenticationError) or any(r in str(seen) for r in REFUSALS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(error: Exception) -> Exception:
     """The failure ``error`` stands for: Unavailable, OutOfMemory, or itself (a bug)."""
     if isinstance(error, NotLoaded):
         return Unavailable("NotLoaded", str(error))
+    if refused_authentication(error):
+        return Unavailable(AUTHENTICATION, str(error))
     if isinstance(error, UNAVAILABLE):
         return Unavailable(type(error).__name__, str(error))
     if isinstance(error, ResponseError) and out_of_memory(error):
@@ -75,6 +106,18 @@ def classify(error: Exception) -> Exception:
         # Redis got the command after its request's deadline (lua/common.lua) and did nothing.
         return Unavailable("Late", str(error))
     return error
+
+
+def problem(where: str, failure: Unavailable) -> str:
+    """What is wrong with the Redis at ``where``, in words, with the fix when there is one."""
+    if failure.kind == AUTHENTICATION:
+        return (
+            f"Redis at {where} refused echoes' credentials (authentication failed: {failure}):"
+            f" {AUTHENTICATION_FIX}"
+        )
+    if failure.kind == "NotLoaded":
+        return f"Redis at {where}: {failure}"
+    return f"Redis at {where} is unavailable ({failure.kind})"
 
 
 async def classified(work: Awaitable[T]) -> T:

@@ -292,21 +292,24 @@ class Store:
             )
         return states
 
-    async def ping(self) -> dict[str, str]:
-        """What is wrong with each server, by name: {} when every one answers PING."""
+    async def ping(self) -> dict[str, Unavailable]:
+        """What is wrong with each server, by name: {} when every one answers PING and has
+        echoes' scripts (or lets echoes load them)."""
         try:
             await classified(self.servers.ready())
         except Unavailable as e:
-            return {self.servers.kind: e.kind}
-        kinds = await asyncio.gather(*(self._ping(server) for server in self.servers.all()))
-        return {s.name: kind for s, kind in zip(self.servers.all(), kinds, strict=True) if kind}
+            return {self.servers.kind: e}
+        servers = self.servers.all()
+        failures = await asyncio.gather(*(self._ping(server) for server in servers))
+        return {s.name: failure for s, failure in zip(servers, failures, strict=True) if failure}
 
-    async def _ping(self, server: Server) -> str:
+    async def _ping(self, server: Server) -> Unavailable | None:
         try:
             await classified(server.client.ping())
-            return ""
+            await classified(self.scripts.check(server))
+            return None
         except Unavailable as e:
-            return e.kind
+            return e
 
     async def memory(self) -> list[tuple[str, int, int] | tuple[str, None, None]]:
         """Each server's name, used_memory and maxmemory (0: no limit) in bytes, or Nones

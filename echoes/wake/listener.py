@@ -25,6 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..config import Settings
 from ..metrics import Metrics
 from ..store.checks import notifications_missing
+from ..store.failures import AUTHENTICATION_FIX, refused_authentication
 from ..store.inboxes import Store
 from ..store.keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from ..store.servers import Server, Servers
@@ -49,6 +50,7 @@ class Link:
     connected: bool = False
     notifications: bool | None = False  # None: CONFIG refused, a test event decides
     address: tuple[str, int] | None = None  # where the server was last reached
+    loss: str | None = None  # why it was last lost, while that lasts (logged in full once)
 
 
 class Route:
@@ -219,6 +221,7 @@ class Listener:
                     self._notified(link, enabled)
                 await pubsub.connect()
                 self._reached(server.name, link, pubsub)
+                link.loss = None
                 subscriptions.lost()  # a new connection: every wanted inbox again
                 restoring = len(subscriptions.wanted)
                 self._set_connected(link, True)
@@ -231,12 +234,7 @@ class Listener:
                 raise
             except (RedisError, OSError, TimeoutError) as e:
                 self.metrics.reconnects.inc()
-                log.warning(
-                    "wake-up listener lost Redis at %s (%s); again in %.1fs",
-                    server.name,
-                    e,
-                    backoff,
-                )
+                self._lost(server.name, link, e, backoff)
             except Exception:  # a bug must not end wake-ups for good: log it and start over
                 self.metrics.reconnects.inc()
                 log.exception("wake-up listener failed; again in %.1fs", backoff)
@@ -294,6 +292,16 @@ class Listener:
                     self._sweep_now.set()
             elif kind == "sunsubscribe" and self._moved_away(subscriptions, message["channel"]):
                 self._sweep_now.set()
+
+    def _lost(self, server: str, link: Link, error: BaseException, backoff: float) -> None:
+        """Log why ``server`` was lost: in full once, then at debug while it fails the same way."""
+        if refused_authentication(error):
+            what = f"Redis at {server} refused echoes' credentials ({error}): {AUTHENTICATION_FIX}"
+        else:
+            what = f"wake-up listener lost Redis at {server} ({error})"
+        again = link.loss == what
+        link.loss = what
+        log.log(logging.DEBUG if again else logging.WARNING, "%s; again in %.1fs", what, backoff)
 
     def _reached(self, server: str, link: Link, pubsub: aioredis.client.PubSub) -> None:
         """Count a failover when a server (Sentinel's master) is now at another address."""
