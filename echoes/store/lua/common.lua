@@ -50,6 +50,13 @@ local function ack_entry(v)
   return string.sub(v, 22, k - 1) .. ':' .. string.sub(v, k + 1, n - 1)
 end
 
+-- What a consumed message frees of its sender's quota: "<sentAt>\t<bytes>\t<origin JSON>".
+local function sender_share(v)
+  local k = string.find(v, '\n', 22, true)
+  local n = string.find(v, '\n', k + 1, true)
+  return string.sub(v, 2, 21) .. '\t' .. #v .. '\t' .. string.sub(v, k + 1, n - 1)
+end
+
 -- Numbers go to Redis as text made with '%d': Redis turns a Lua number into text with
 -- '%.17g', which costs more than most commands.
 local function int(n)

@@ -12,11 +12,22 @@
 -- ARGV[5]  the dedup window in ms (0: no tombstones)
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
--- returns  {batch as a JSON array, records in it, records left, ack entry of each message
---           that wants an ack ("<key>:<origin JSON>")...}
+-- ARGV[8]  "1" to return what the batch frees of its senders' quotas (see returns), else
+--          "0" or absent
+-- returns  {batch as a JSON array, records in it, records left, [with ARGV[8]: the messages
+--           taken, "<sentAt>\t<bytes as stored>\t<origin JSON>" each, joined by "\n"; ""
+--           for a replay, already counted,] ack entry of each message that wants an ack
+--           ("<key>:<origin JSON>")...}
 --
 -- Work is bounded by what the take returns: an empty inbox costs two calls (GET, EXISTS);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read.
+local function reply(batch, count, remaining, freed, acks)
+  if ARGV[8] == '1' then
+    return {batch, count, remaining, freed, unpack(acks)}
+  end
+  return {batch, count, remaining, unpack(acks)}
+end
+
 local parked = redis.call('GET', KEYS[3])
 if parked then
   if string.byte(parked, 1) ~= 2 then -- parked by the first design: "<count>\n<ids>\n<batch>"
@@ -25,7 +36,7 @@ if parked then
       parts[#parts + 1] = part
     end
     local batch = table.remove(parts)
-    return {batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
+    return reply(batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), '', {unpack(parts, 2)})
   end
   local count, _, recs = unpark(parked)
   local out, acks = {}, {}
@@ -33,10 +44,10 @@ if parked then
     out[i] = render(recs[i][3])
     acks[#acks + 1] = ack_entry(recs[i][3])
   end
-  return {'[' .. table.concat(out, ',') .. ']', count, redis.call('ZCARD', KEYS[2]), unpack(acks)}
+  return reply('[' .. table.concat(out, ',') .. ']', count, redis.call('ZCARD', KEYS[2]), '', acks)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'[]', 0, 0}
+  return reply('[]', 0, 0, '', {})
 end
 local now = now_ms()
 local refused = late(now, ARGV[6])
@@ -105,18 +116,22 @@ else
   end
 end
 
-local out, acks, parts = {}, {}, {}
+local out, acks, parts, freed = {}, {}, {}, {}
 local parked_until = now + tonumber(ARGV[2])
+local counted = ARGV[8] == '1'
 for i = 1, #taken do
   local rec = taken[i]
   out[i] = render(rec[3])
   acks[#acks + 1] = ack_entry(rec[3])
+  if counted and string.sub(rec[3], 1, 1) ~= 'a' then
+    freed[#freed + 1] = sender_share(rec[3])
+  end
   parts[i] = rec[1] .. '\t' .. rec[2] .. '\t' .. rec[3]
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   parked_until = math.min(parked_until, math.floor(tonumber(rec[2]) / 1000))
 end
 if #taken == 0 then
-  return {'[]', 0, remaining}
+  return reply('[]', 0, remaining, '', {})
 end
 
 -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
@@ -150,4 +165,4 @@ if ARGV[4] == '1' and not (type(ok) == 'table' and ok.err) then
     redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
   end
 end
-return {'[' .. table.concat(out, ',') .. ']', #taken, remaining, unpack(acks)}
+return reply('[' .. table.concat(out, ',') .. ']', #taken, remaining, table.concat(freed, '\n'), acks)
