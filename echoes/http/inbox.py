@@ -115,8 +115,13 @@ class InboxHandler(APIHandler):
             self.waiter.wake()
         if self.reserving:
             self.reserving.cancel()
+        self.release()  # a body never finished never reaches on_finish
 
     def on_finish(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Hold none of the process's bytes in flight any more."""
         if self.reservation:
             self.reservation.release()
             self.metrics.bytes_in_flight.set(self.context.budget.used)
@@ -221,8 +226,7 @@ class InboxHandler(APIHandler):
                 413, str(e), f"--max-request-bytes={self.config.max_request_bytes}"
             ) from None
         finally:
-            if self.reservation:
-                self.reservation.release()
+            self.release()
 
     async def wait_for_records(self, caller: str, message: Message | None, take: Take) -> Outcome:
         """Send, take; while nothing was taken, wait for a wake-up and take again."""

@@ -191,11 +191,14 @@ class Store:
         gone. Raises failures.Unavailable or failures.OutOfMemory (the take itself refused).
         """
         copies = self.copies(caller, message) if message else None
-        quota = self._quota_call(caller, copies, forced=True) if admit else None
-        if quota and not self.senders.optimistic(caller):
-            quota = None
+        counted = admit and self.senders.applies(
+            copies.size if copies and self.senders.max_bytes else 0
+        )
+        quota = None
+        if counted and self.senders.optimistic(caller):
+            quota = self._quota_call(caller, copies, forced=True)
+        elif counted:
             await self.admit(caller, copies)
-        counted = admit and self.senders.applies(copies.size if copies else 0)
         deadline = self._deadline()
         counts = self.senders.max_bytes > 0  # whether puts and takes report to the quota
         calls = [quota] if quota else []

@@ -49,8 +49,9 @@ FLUSH_SECONDS = 1.0
 # without Redis), a refusal for bytes at most this long: consumption may free them sooner.
 BYTES_REFUSAL_SECONDS = 1.0
 REFUSALS_KEPT = 10000
-# How long a sender Redis found far from its quotas is counted alongside its puts.
-CLEAR_SECONDS = 1.0
+# How long what Redis said of a sender holds: far from its quotas (counted alongside its
+# puts) or near them (admitted first).
+KNOWN_SECONDS = 1.0
 # Release calls per pipelined round when flushing.
 FLUSH_CHUNK = 200
 Run = Callable[[list[Call]], Awaitable[list[Any]]]
@@ -83,15 +84,16 @@ def epoch(sent_at: str) -> int:
 
 class Senders:
     """The quota calls of one process, the bytes freed since, and what the process knows of
-    each sender: clear (far from both quotas, said Redis within CLEAR_SECONDS), refused
-    (until it may retry), or unknown.
+    each sender: far from both quotas or near them (as Redis said within KNOWN_SECONDS),
+    refused (until it may retry), or unknown.
 
-    A request of a clear sender is counted in the same round trip as its puts and take
+    A request of a sender far from its quotas is counted in the same round trip as its puts and take
     (``forced``: counted whatever the verdict, as they run anyway). So is one request at a
     time of an unknown sender (the probe). Any other is admitted first, by a round trip of
     its own, and sent only if let in. So the cap holds to one request per process, unless
-    the sender's requests in flight in the processes that saw it clear pass the half of
-    each quota left when they did (at most --max-caller-bytes-in-flight in each).
+    the sender's requests in flight in the processes that saw it far from its quotas pass
+    the half of each left when they did (at most --max-caller-bytes-in-flight in each).
+    "Far" is within half of each: half the burst left, and half the bytes.
     """
 
     def __init__(self, keys: Keys, settings: Settings, run: Run):
@@ -99,7 +101,7 @@ class Senders:
         self._run = run
         self._freed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._refused: dict[str, OverQuota] = {}
-        self._clear: dict[str, float] = {}
+        self._known: dict[str, tuple[bool, float]] = {}  # sender -> (far, until)
         self._probing: set[str] = set()
         self._flushing: asyncio.TimerHandle | None = None
         self.configure(settings)
@@ -112,7 +114,7 @@ class Senders:
         self._ttl = settings.message_ttl
         self._stretch = max(1, min(LONGEST_STRETCH, self._ttl // STRETCHES))
         self._refused.clear()
-        self._clear.clear()
+        self._known.clear()
 
     def applies(self, charge: int) -> bool:
         """Whether a request storing ``charge`` bytes needs a quota call."""
@@ -136,8 +138,9 @@ class Senders:
 
     def optimistic(self, sender: str) -> bool:
         """Whether a request of ``sender`` may be counted alongside its puts (see above)."""
-        if self._clear.get(sender, 0.0) > time.monotonic():
-            return True
+        far, until = self._known.get(sender, (False, 0.0))
+        if until > time.monotonic():
+            return far
         if sender in self._probing or sender in self._refused:
             return False
         self._probing.add(sender)
@@ -164,19 +167,16 @@ class Senders:
         in this process; with ``forced`` only remembered: the request went ahead)."""
         self._probing.discard(sender)
         if isinstance(reply, Exception):
-            self._clear.pop(sender, None)
+            self._known.pop(sender, None)
             raise reply
         verdict, left, held, oldest, wait = (int(x) for x in reply)
         far = (not self.rate or left * 2 >= self.burst) and (
             not self.max_bytes or held * 2 <= self.max_bytes
         )
-        if verdict == ADMITTED and far:
-            if len(self._clear) >= REFUSALS_KEPT:
-                now = time.monotonic()
-                self._clear = {s: t for s, t in self._clear.items() if t > now}
-            self._clear[sender] = time.monotonic() + CLEAR_SECONDS
-        else:
-            self._clear.pop(sender, None)
+        now = time.monotonic()
+        if len(self._known) >= REFUSALS_KEPT:
+            self._known = {s: k for s, k in self._known.items() if k[1] > now}
+        self._known[sender] = (verdict == ADMITTED and far, now + KNOWN_SECONDS)
         if verdict == ADMITTED:
             return Admitted(left, held)
         refusal = self._refusal(verdict, held, oldest, wait)
