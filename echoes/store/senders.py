@@ -52,6 +52,7 @@ REFUSALS_KEPT = 10000
 # How long what Redis said of a sender holds: far from its quotas (counted alongside its
 # puts) or near them (admitted first).
 KNOWN_SECONDS = 1.0
+NEAR_SECONDS = 86400.0
 # Release calls per pipelined round when flushing.
 FLUSH_CHUNK = 200
 Run = Callable[[list[Call]], Awaitable[list[Any]]]
@@ -84,8 +85,8 @@ def epoch(sent_at: str) -> int:
 
 class Senders:
     """The quota calls of one process, the bytes freed since, and what the process knows of
-    each sender: far from both quotas or near them (as Redis said within KNOWN_SECONDS),
-    refused (until it may retry), or unknown.
+    each sender: far from both quotas (as Redis said within KNOWN_SECONDS), near them (as
+    Redis said last), refused (until it may retry), or unknown.
 
     A request of a sender far from its quotas is counted in the same round trip as its puts and take
     (``forced``: counted whatever the verdict, as they run anyway). So is one request at a
@@ -176,7 +177,10 @@ class Senders:
         now = time.monotonic()
         if len(self._known) >= REFUSALS_KEPT:
             self._known = {s: k for s, k in self._known.items() if k[1] > now}
-        self._known[sender] = (verdict == ADMITTED and far, now + KNOWN_SECONDS)
+        # Far holds a second; near holds until a careful call says otherwise: a sender at
+        # its cap is never probed alongside its puts again.
+        far = verdict == ADMITTED and far
+        self._known[sender] = (far, now + (KNOWN_SECONDS if far else NEAR_SECONDS))
         if verdict == ADMITTED:
             return Admitted(left, held)
         refusal = self._refusal(verdict, held, oldest, wait)
