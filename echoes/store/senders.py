@@ -177,6 +177,8 @@ class Senders:
         now = time.monotonic()
         if len(self._known) >= REFUSALS_KEPT:
             self._known = {s: k for s, k in self._known.items() if k[1] > now}
+            if len(self._known) >= REFUSALS_KEPT:  # each is probed once more
+                self._known = {}
         # Far holds a second; near holds until a careful call says otherwise: a sender at
         # its cap is never probed alongside its puts again.
         far = verdict == ADMITTED and far
