@@ -64,3 +64,17 @@ def test_quick_cluster_benchmark_reports_every_row(tmp_path):
     clustered = r["throughput"]["Cluster, 3 primaries"]["redis_us_by_server"]
     assert sum(us > 0 for url, us in clustered.items() if url in r["primaries"]) == 3
     assert "Projection, not a measurement" in result.stdout and "| 24 |" in result.stdout
+
+
+def test_the_abuse_benchmark_prints_its_table():
+    # A short large-sends attack, limits on and off: the table comes out, the bystander passes.
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.abuse", "--seconds", "3", "large"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| large |")]
+    assert len(rows) == 2 and all("| 0 of " in row for row in rows)
