@@ -80,6 +80,19 @@ class Settings:
         " (0: no cap)",
         0,
     )
+    max_sender_bytes: int = option(
+        268435456,
+        "most bytes of live records one sender (From) holds in Redis, as stored, over every"
+        " inbox and every echoes process; a send past it is answered 429 (0: no cap)",
+        0,
+    )
+    sender_rate: float = option(
+        500.0,
+        "requests a second one sender (From) may make, sustained, over every echoes process;"
+        " past it (and its burst), 429 with Retry-After (0: no limit)",
+        0,
+    )
+    sender_burst: int = option(1000, "requests one sender may make at once above --sender-rate", 1)
     max_batch: int = option(
         1000, "most records one /receive or /exchange response carries", 1, MAX_BATCH_CEILING
     )
@@ -98,6 +111,20 @@ class Settings:
     )
     max_destinations: int = option(1000, "most destinations one message may name", 1)
     max_from_length: int = option(256, "longest From header (a name), in UTF-8 bytes", 1, 8192)
+    max_bytes_in_flight: int = option(
+        134217728,
+        "most bytes of requests one process holds at once: their bodies, and what they would"
+        " store in Redis; a request waits for room before its body is read, and is answered"
+        " 503 with Retry-After after --redis-timeout (0: no bound)",
+        0,
+    )
+    max_caller_bytes_in_flight: int = option(
+        33554432,
+        "most of --max-bytes-in-flight one caller (From) holds in one process (a request"
+        " alone is always let in); past it the caller's requests wait, then are answered 429"
+        " (0: no bound)",
+        0,
+    )
     redis_timeout: float = option(
         5.0, "seconds a request waits on Redis before it answers 503", 0.01, 300
     )

@@ -29,6 +29,15 @@ disable_created_metrics()
 
 __all__ = ["Metrics", "mark_process_dead"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The limits reported as echoes_limit, and the refusals counted by echoes_refusals.
+LIMITS = (
+    "max_sender_bytes",
+    "sender_rate",
+    "sender_burst",
+    "max_bytes_in_flight",
+    "max_caller_bytes_in_flight",
+)
+REFUSALS = ("sender_rate", "sender_bytes", "caller_in_flight", "process_in_flight")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -153,10 +162,34 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self.wake_mode.labels(wake_mode).set(1)
+        self.refusals = Counter(
+            "echoes_refusals",
+            "Requests refused by a limit on one sender or caller (429) or on the process (503),"
+            " by limit: sender_rate, sender_bytes, caller_in_flight, process_in_flight",
+            ["limit"],
+            registry=r,
+        )
+        for limit in REFUSALS:
+            self.refusals.labels(limit)
+        self.limits = Gauge(
+            "echoes_limit",
+            "The limits on one sender, one caller and one process, by option (0: none)",
+            ["option"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.bytes_in_flight = Gauge(
+            "echoes_bytes_in_flight",
+            "Bytes of requests held in flight (bodies, what they may store), summed over processes",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
 
     def configure(self, settings: Settings) -> None:
         """Report the limits of ``settings``."""
         self.waiters_limit.set(settings.max_waiters)
+        for name in LIMITS:
+            self.limits.labels(name).set(getattr(settings, name))
 
     def exposition(self) -> bytes:
         """The text format of every metric, summed over processes when there are several."""

@@ -134,6 +134,7 @@ class Echoes:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None):
         self.settings = settings
         self.metrics = metrics.Metrics(settings.wake, settings.max_waiters)
+        self.metrics.configure(settings)
         keys = Keys(settings.key_prefix)
         redis_servers = make_servers(settings, client)
         self.store = Store(redis_servers, keys, settings)

@@ -196,6 +196,11 @@ def waiting(
     return start()
 
 
+async def inbox_keys(redis: Any, prefix: str) -> list[bytes]:
+    """The inboxes' keys under ``prefix``: every key but the senders' quotas (``:s``)."""
+    return [k for k in await redis.keys(prefix + "*") if not k.endswith(b":s")]
+
+
 async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> None:
     """Poll ``condition`` (plain or async) until it holds, up to a deadline."""
     deadline = time.monotonic() + timeout

@@ -117,3 +117,17 @@ def test_quick_store_benchmark_bounds_what_one_caller_holds(tmp_path):
     assert not any(status.split()[1].startswith("5") for status in statuses), statuses
     assert "send 429" in statuses  # the hoard is full: its sends are refused
     assert bystander["hoard_bytes"] <= bystander["max_inbox_bytes"]
+
+
+def test_the_abuse_benchmark_prints_its_table():
+    # A short large-sends attack, limits on and off: the table comes out, the bystander passes.
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.abuse", "--seconds", "3", "large"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| large |")]
+    assert len(rows) == 2 and all("| 0 of " in row for row in rows)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from conftest import KEY, eventually
+from conftest import KEY, eventually, inbox_keys
 
 from echoes.store import records
 from echoes.store.keys import Keys, encode_name
@@ -50,9 +50,9 @@ async def test_records_come_back_byte_for_byte_as_the_first_design_rendered_them
 async def test_an_inbox_of_one_is_one_key_and_grows_an_index_from_two(echoes):
     prefix = echoes.settings.key_prefix
     await echoes.send("a", "key-000000000001", ["b"], "one")
-    assert len(await echoes.redis.keys(prefix + "*")) == 1
+    assert len(await inbox_keys(echoes.redis, prefix)) == 1
     await echoes.send("a", "key-000000000002", ["b"], "two")
-    assert len(await echoes.redis.keys(prefix + "*")) == 2
+    assert len(await inbox_keys(echoes.redis, prefix)) == 2
     assert [r["body"] for r in await echoes.receive("b")] == ["one", "two"]
     inbox = echoes.store.keys.inbox("b")
     assert await echoes.redis.exists(inbox.records, inbox.index) == 0

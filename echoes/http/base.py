@@ -3,6 +3,7 @@ HTTP), and the one typed object that hands handlers what they use."""
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -12,11 +13,12 @@ import tornado.web
 
 from ..config import Settings
 from ..metrics import Metrics
-from ..store import OutOfMemory, Store, Unavailable
+from ..store import OutOfMemory, OverQuota, Store, Unavailable
 from ..store.failures import AUTHENTICATION
 from ..wake.state import ListenerState
 from ..wake.waiters import Waiters
 from . import openapi, schemas
+from .budget import Budget, Crowded
 from .errors import APIError, error_body
 from .origins import Origins
 
@@ -24,6 +26,8 @@ log = logging.getLogger("echoes")
 T = TypeVar("T")
 
 RETRY_AFTER_SECONDS = "1"
+# What a browser's script may read of a 429 or 503 besides the body.
+EXPOSED_LIMITS = "Retry-After, RateLimit-Policy, RateLimit"
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Context:
     origins: Origins
     openapi: dict[str, Any]
     inflight: "InFlight"
+    budget: Budget
 
     @classmethod
     def of(
@@ -50,12 +55,14 @@ class Context:
         metrics: Metrics,
     ) -> "Context":
         origins, document = Origins(config.cors_origins), openapi.document(config)
-        return cls(config, store, waiters, listener, metrics, origins, document, InFlight())
+        budget = Budget(config)
+        return cls(config, store, waiters, listener, metrics, origins, document, InFlight(), budget)
 
     def configure(self, settings: Settings) -> None:
         """Use ``settings`` from the next request on."""
         self.config = settings
         self.origins = Origins(settings.cors_origins)
+        self.budget.configure(settings)
 
 
 class InFlight:
@@ -81,6 +88,40 @@ class InFlight:
 def unavailable(*details: str) -> APIError:
     """A 503 that tells the client when to try again."""
     return APIError(503, *details, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def rate_limit_policy(config: Settings) -> str:
+    """The sender quotas as a RateLimit-Policy field (draft-ietf-httpapi-ratelimit-headers):
+    the burst of requests, refilled at --sender-rate, and the bytes held, freed as they are
+    consumed or expire (--message-ttl)."""
+    policies = []
+    if config.sender_rate:
+        window = max(1, math.ceil(config.sender_burst / config.sender_rate))
+        policies.append(f'"sender-rate";q={config.sender_burst};w={window}')
+    if config.max_sender_bytes:
+        policies.append(
+            f'"sender-bytes";q={config.max_sender_bytes};qu="content-bytes";w={config.message_ttl}'
+        )
+    return ", ".join(policies)
+
+
+def over_quota(error: OverQuota, config: Settings) -> APIError:
+    """A 429 for a sender past a quota: Retry-After, RateLimit-Policy and RateLimit."""
+    wait = max(1, math.ceil(error.retry_after))
+    if error.limit == "sender_rate":
+        current = f'"sender-rate";r=0;t={wait}'
+    else:
+        left = max(0, config.max_sender_bytes - error.held)
+        current = f'"sender-bytes";r={left};t={wait}'
+    headers = {"Retry-After": str(wait), "RateLimit-Policy": rate_limit_policy(config)}
+    return APIError(429, str(error), headers=headers | {"RateLimit": current})
+
+
+def crowded(error: Crowded) -> APIError:
+    """429 for a caller past its share of the process's bytes in flight, 503 for a full
+    process; either with Retry-After."""
+    status = 429 if error.limit == "caller_in_flight" else 503
+    return APIError(status, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 class APIHandler(tornado.web.RequestHandler):
@@ -122,7 +163,7 @@ class APIHandler(tornado.web.RequestHandler):
             self.set_header("Vary", "Origin")
             self.set_header(
                 "Access-Control-Expose-Headers",
-                f"{schemas.REMAINING_HEADER}, {schemas.ATTEMPT_HEADER}",
+                f"{schemas.REMAINING_HEADER}, {schemas.ATTEMPT_HEADER}, {EXPOSED_LIMITS}",
             )
 
     def options(self, *args: str) -> None:
@@ -183,6 +224,9 @@ class APIHandler(tornado.web.RequestHandler):
                     f"retry with ?attempt={attempt} to get what this request may have taken"
                 )
             raise unavailable(*details) from e
+        except OverQuota as e:
+            self.metrics.refusals.labels(e.limit).inc()
+            raise over_quota(e, self.config) from None
         except OutOfMemory as e:
             raise self.insufficient_storage("nothing was stored") from e
 

@@ -1,6 +1,7 @@
 """POST /send, /receive and /exchange: the endpoints of the inboxes, long polls included."""
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -10,7 +11,8 @@ import tornado.web
 from ..store import Message, Outcome, Take, TooLarge
 from ..wake.waiters import CallerFull, Full, Waiter
 from . import schemas, validation
-from .base import RETRY_AFTER_SECONDS, APIHandler, unavailable
+from .base import RETRY_AFTER_SECONDS, APIHandler, crowded, over_quota, unavailable
+from .budget import Crowded, Reservation
 from .errors import APIError
 
 log = logging.getLogger("echoes")
@@ -43,26 +45,65 @@ class InboxHandler(APIHandler):
         self.gone = False
         self.discarding = False
         self.caller = ""
+        self.reservation: Reservation | None = None
+        self.reserving: asyncio.Task[Reservation] | None = None
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.request.method != "POST":
             return  # 405 or a preflight: nothing is read or stored
         refused = self.context.origins.refusal(self.request.headers)
         if refused:
             raise APIError(403, refused)
         # The body is not read yet: an oversized one is never buffered (see DISCARD_BODY_BYTES).
-        length = self.request.headers.get("Content-Length", "0")
+        length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.config.max_body_size:
             if int(length) > DISCARD_BODY_BYTES:
                 raise APIError(413, self.too_large_detail())
             self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
             self.discarding = True
+            return
+        try:
+            with contextlib.suppress(APIError):  # answered by post(), in the order it checks
+                self.caller = validation.caller(self.request.headers.get_list("From"), self.config)
+            chunked = "chunked" in self.request.headers.get("Transfer-Encoding", "").lower()
+            unknown = self.config.max_body_size if chunked else 0
+            await self.admit(int(length) if length.isdigit() else unknown)
+        except APIError:
+            self.discarding = True  # answered before the body: read it, but keep none of it
+            raise
+
+    async def admit(self, length: int) -> None:
+        """Refuse a sender a refusal of its quotas holds for (no Redis); reserve the most
+        this request may hold of the process's bytes in flight, waiting for room."""
+        refusal = self.store.refused(self.caller) if self.caller else None
+        if refusal:
+            self.metrics.refusals.labels(refusal.limit).inc()
+            raise over_quota(refusal, self.config)
+        size = length
+        if self.sends:
+            size += min(self.config.max_request_bytes, length * self.config.max_destinations)
+        budget = self.context.budget
+        self.reserving = asyncio.ensure_future(
+            budget.reserve(self.caller, size, self.config.redis_timeout)
+        )
+        try:
+            self.reservation = await self.reserving
+            self.metrics.bytes_in_flight.set(budget.used)
+        except Crowded as e:
+            self.metrics.refusals.labels(e.limit).inc()
+            raise crowded(e) from None
+        except asyncio.CancelledError:  # the client left while it waited (not us cancelled)
+            if not self.gone:
+                raise
+            raise APIError(400, "the client closed the connection") from None
+        finally:
+            self.reserving = None
 
     def too_large_detail(self) -> str:
         return f"the body is larger than {self.config.max_body_size} bytes (--max-body-size)"
 
     def data_received(self, chunk: bytes) -> None:
-        if self.discarding:
+        if self.discarding or self._finished:
             return
         if self.chunks is None:
             self.chunks = []
@@ -72,6 +113,18 @@ class InboxHandler(APIHandler):
         self.gone = True
         if self.waiter:
             self.waiter.wake()
+        if self.reserving:
+            self.reserving.cancel()
+        self.release()  # a body never finished never reaches on_finish
+
+    def on_finish(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Hold none of the process's bytes in flight any more."""
+        if self.reservation:
+            self.reservation.release()
+            self.metrics.bytes_in_flight.set(self.context.budget.used)
 
     async def post(self) -> None:
         """Store the message (send), then take the caller's records (receive)."""
@@ -115,6 +168,9 @@ class InboxHandler(APIHandler):
         validation.no_other_parameters(query, validation.TAKE_PARAMETERS if self.receives else ())
         body, self.chunks = b"".join(self.chunks or ()), None
         message = validation.message(body, self.config) if self.sends else None
+        if self.reservation:  # what it holds now: its body, and the copies it may store
+            copies = len(message.destinations) if message else 0
+            self.reservation.shrink(len(body) * (1 + copies))
         take = validation.take(query, self.config) if self.receives else None
         return message, take
 
@@ -155,15 +211,22 @@ class InboxHandler(APIHandler):
             )
         raise APIError(429, *full, *details)
 
-    async def exchange(self, caller: str, message: Message | None, take: Take | None) -> Outcome:
-        """One store call, within redis_timeout."""
+    async def exchange(
+        self, caller: str, message: Message | None, take: Take | None, admit: bool = True
+    ) -> Outcome:
+        """One store call, within redis_timeout (``admit``: counted against the caller's
+        quotas); then this request holds none of the process's bytes in flight."""
         try:
-            work = self.store.exchange(caller, message, take, wanted=lambda: not self.gone)
+            work = self.store.exchange(
+                caller, message, take, wanted=lambda: not self.gone, admit=admit
+            )
             return await self.redis(work, take.attempt if take else None)
         except TooLarge as e:
             raise APIError(
                 413, str(e), f"--max-request-bytes={self.config.max_request_bytes}"
             ) from None
+        finally:
+            self.release()
 
     async def wait_for_records(self, caller: str, message: Message | None, take: Take) -> Outcome:
         """Send, take; while nothing was taken, wait for a wake-up and take again."""
@@ -197,7 +260,7 @@ class InboxHandler(APIHandler):
                     break
                 if self.gone or waiters.closing:  # answer [] and take nothing
                     break
-                outcome = await self.exchange(caller, None, take)
+                outcome = await self.exchange(caller, None, take, admit=False)
             return dataclasses.replace(outcome, sent=sent)
         finally:
             self.metrics.waiters.dec()

@@ -12,5 +12,15 @@ layer or the wake-ups.
 
 from .failures import OutOfMemory, Unavailable
 from .inboxes import Message, Outcome, Store, Take, TooLarge
+from .senders import OverQuota
 
-__all__ = ["Message", "OutOfMemory", "Outcome", "Store", "Take", "TooLarge", "Unavailable"]
+__all__ = [
+    "Message",
+    "OutOfMemory",
+    "Outcome",
+    "OverQuota",
+    "Store",
+    "Take",
+    "TooLarge",
+    "Unavailable",
+]

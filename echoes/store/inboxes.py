@@ -20,7 +20,9 @@ from ..config import Settings
 from . import checks, records, slots
 from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Inbox, Keys
+from .pipeline import LARGE_BATCH
 from .scripts import NAMES, Call, Scripts
+from .senders import Admitted, OverQuota, Senders
 from .servers import Server, Servers
 
 log = logging.getLogger("echoes.store")
@@ -92,7 +94,22 @@ class CopyState:
 
 
 # put.lua's answers.
-STORED, FULL, DUPLICATE, FULL_BYTES = 1, 0, 2, 3
+STORED, FULL, DUPLICATE, FULL_BYTES, REPLACED = 1, 0, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Copies:
+    """A message as stored: its record, the record's id, when it was sent (epoch seconds)."""
+
+    record_id: str
+    record: bytes
+    sent_at: int
+    destinations: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes the copies store, as stored."""
+        return len(self.record) * len(self.destinations)
 
 
 class Store:
@@ -106,6 +123,7 @@ class Store:
         self.publish = settings.wake == "publish"
         self.shard_channels = servers.kind == "cluster"
         self.scripts = Scripts(*NAMES)
+        self.senders = Senders(keys, settings, lambda calls: self.scripts.run(servers, calls))
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -119,6 +137,7 @@ class Store:
         self._request_bytes = settings.max_request_bytes
         self._timeout = settings.redis_timeout
         self._replicated = settings.redis_wait_replicas > 0
+        self.senders.configure(settings)
         self.servers.configure(settings)
 
     def _deadline(self) -> int:
@@ -129,43 +148,87 @@ class Store:
         """
         return int((time.time() + self._timeout) * 1000)
 
+    def refused(self, caller: str) -> OverQuota | None:
+        """The quota refusal ``caller`` got and may not retry before, if any: known in
+        this process, without asking Redis."""
+        return self.senders.refused(caller)
+
+    async def admit(self, caller: str, copies: Copies | None = None) -> Admitted | None:
+        """Count a request of ``caller`` (storing ``copies``) against its quotas, before it
+        is sent: one round trip to the caller's own slot, or none when neither quota applies.
+        Raises OverQuota."""
+        call = self._quota_call(caller, copies, forced=False)
+        if call is None:
+            return None
+        [reply] = await classified(self.scripts.run(self.servers, [call]))
+        if isinstance(reply, Exception):
+            reply = classify(reply)
+        return self.senders.answered(caller, reply, forced=False)
+
+    def _quota_call(self, caller: str, copies: Copies | None, forced: bool) -> Call | None:
+        senders = self.senders
+        charge = copies.size if copies and senders.max_bytes else 0
+        if not senders.applies(charge):
+            return None
+        field = senders.field(copies.sent_at) if copies and charge else "0"
+        return senders.call(caller, charge, field, forced)
+
     async def exchange(
         self,
         caller: str,
         message: Message | None,
         take: Take | None,
         wanted: Callable[[], bool] = lambda: True,
+        admit: bool = True,
     ) -> Outcome:
         """Send ``message`` from ``caller`` (if any), then take from caller's inbox (if asked).
 
-        When ``wanted()`` is false once the take is back (the client left meanwhile), its
-        records go back to the inbox and the batch is empty: nothing is taken on the behalf
-        of a client that is gone. Raises failures.Unavailable or failures.OutOfMemory (the
-        take itself refused).
+        With ``admit``, the request is counted against the caller's quotas (senders.py): in
+        the same round trip when the process knows the caller far from them, else first
+        (OverQuota if it is past one, and nothing is sent or taken). When ``wanted()`` is
+        false once the take is back (the client left meanwhile), its records go back to the
+        inbox and the batch is empty: nothing is taken on the behalf of a client that is
+        gone. Raises failures.Unavailable or failures.OutOfMemory (the take itself refused).
         """
+        copies = self.copies(caller, message) if message else None
+        counted = admit and self.senders.applies(
+            copies.size if copies and self.senders.max_bytes else 0
+        )
+        quota = None
+        if counted and self.senders.optimistic(caller):
+            quota = self._quota_call(caller, copies, forced=True)
+        elif counted:
+            await self.admit(caller, copies)
         deadline = self._deadline()
-        calls = self.puts(caller, message, deadline) if message else []
+        counts = self.senders.max_bytes > 0  # whether puts and takes report to the quota
+        calls = [quota] if quota else []
+        calls += self._puts(copies, deadline, counted and counts) if copies else []
         if take:
-            inbox = self.keys.inbox(caller)
-            counted = int(self._inbox_limit > 0)
-            limits = (take.limit, self._attempt_ms, self._batch_bytes, counted)
-            args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD)
-            calls.append(Call("take", self._take_keys(inbox, take.attempt), args))
-        results = await classified(self.scripts.run(self.servers, calls))
+            calls.append(self._take(caller, take, deadline))
+        alone = copies is not None and copies.size > LARGE_BATCH
+        try:
+            results = await classified(self.scripts.run(self.servers, calls, alone=alone))
+        finally:
+            if quota:
+                self.senders.forget(caller)
+        if quota:
+            self._counted(caller, results.pop(0))
         batch = None
         if take:
             taken = results.pop()
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
-            batch = await self._taken(caller, take, taken, wanted)
+            batch = await self._taken(caller, take, taken, wanted, counts)
         destinations = message.destinations if message else ()
+        if copies and counted and counts:
+            self._not_stored(caller, copies, results)
         refused = [classify(r) for r in results if isinstance(r, Exception)]
         for error in refused:
             if not isinstance(error, OutOfMemory):
                 raise error  # a copy failed for another reason (late, a bug): not stored
         answered = dict(zip(destinations, results, strict=True))
         return Outcome(
-            sent=results.count(STORED) + results.count(DUPLICATE),
+            sent=results.count(STORED) + results.count(REPLACED) + results.count(DUPLICATE),
             duplicates=results.count(DUPLICATE),
             full=tuple(d for d, r in answered.items() if r == FULL),
             full_bytes=tuple(d for d, r in answered.items() if r == FULL_BYTES),
@@ -173,25 +236,57 @@ class Store:
             batch=batch,
         )
 
+    def _counted(self, caller: str, reply: Any) -> None:
+        """Note what the quota call that went with the request said (it went ahead)."""
+        try:
+            self.senders.answered(
+                caller, classify(reply) if isinstance(reply, Exception) else reply, forced=True
+            )
+        except Exception as e:  # the request's own calls say whether it failed
+            log.debug("a quota call alongside a request failed: %s", e)
+
+    def _not_stored(self, caller: str, copies: Copies, results: list[Any]) -> None:
+        """Give back the quota of copies counted but not stored, or stored in place of a
+        waiting copy (counted already)."""
+        unstored = sum(1 for r in results[: len(copies.destinations)] if r != STORED)
+        if unstored:
+            field = self.senders.field(copies.sent_at)
+            self.senders.free(caller, field, unstored * len(copies.record))
+
+    def _take(self, caller: str, take: Take, deadline: int) -> Call:
+        inbox = self.keys.inbox(caller)
+        counted = int(self._inbox_limit > 0)
+        limits = (take.limit, self._attempt_ms, self._batch_bytes, counted)
+        args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD)
+        return Call("take", self._take_keys(inbox, take.attempt), args)
+
     @staticmethod
     def _take_keys(inbox: Inbox, attempt: str) -> tuple[str, ...]:
         return (inbox.records, inbox.index, inbox.attempt(attempt), inbox.parked, inbox.tombstones)
 
     async def _taken(
-        self, caller: str, take: Take, taken: list[Any], wanted: Callable[[], bool]
+        self,
+        caller: str,
+        take: Take,
+        taken: list[Any],
+        wanted: Callable[[], bool],
+        counts: bool,
     ) -> Batch:
-        """The batch a take returned (take.lua's two forms), rendered; its acks queued, or its
-        records put back if the client left."""
+        """The batch a take returned (take.lua's forms), rendered; its acks queued and what it
+        consumed taken off its senders' quotas, or its records put back if the client left."""
+        fresh: list[bytes] = []
         if taken[0] == b"1":  # a batch parked by the first design, replayed
             _, batch_json, count, remaining, *entries = taken
             wanting = [records.first_design_ack(entry) for entry in entries]
-        else:
-            _, count, remaining, *stored = taken
+        else:  # "2" taken now, "3" replayed (its senders' quotas counted it already)
+            kind, count, remaining, *stored = taken
             batch_json = records.batch(stored)
             wanting = [w for w in map(records.wants_ack, stored) if w]
+            fresh = stored if kind == b"2" and counts else []
         if int(count) and not wanted():
             await self.untake(caller, take.attempt)
             return Batch(b"[]", 0, int(remaining) + int(count))
+        self.senders.consumed(fresh)
         acks = await self._queue_acks(caller, wanting) if wanting else 0
         return Batch(batch_json, int(count), int(remaining), acks=acks)
 
@@ -205,12 +300,12 @@ class Store:
             raise classify(result) from result
         return int(result)
 
-    def puts(self, origin: str, message: Message, deadline: int = 0) -> list[Call]:
-        """The script calls that store one copy of ``message`` per destination."""
+    def copies(self, origin: str, message: Message) -> Copies:
+        """``message`` from ``origin`` as stored; TooLarge past --max-request-bytes."""
+        sent_at = int(time.time())
         record = records.msg(
-            origin, message.key, message.body, message.expects_ack, records.timestamp()
+            origin, message.key, message.body, message.expects_ack, records.timestamp(sent_at)
         )
-        record_id = records.msg_id(origin, message.key)
         rendered = len(record) + records.RENDER_OVERHEAD
         stored = rendered * len(message.destinations)
         if stored > self._request_bytes:
@@ -219,9 +314,20 @@ class Store:
                 f" {len(message.destinations)} destinations), more than {self._request_bytes}:"
                 " send it to fewer destinations at a time, or send a smaller body"
             )
+        record_id = records.msg_id(origin, message.key)
+        return Copies(record_id, record, sent_at, message.destinations)
+
+    def puts(self, origin: str, message: Message, deadline: int = 0) -> list[Call]:
+        """The script calls that store one copy of ``message`` per destination."""
+        return self._puts(self.copies(origin, message), deadline)
+
+    def _puts(self, copies: Copies, deadline: int, counted: bool = False) -> list[Call]:
         limits = (self._inbox_limit, self._inbox_bytes)
+        record_id, record = copies.record_id, copies.record
+        replaced = int(counted)
         return [
-            self._put(name, record_id, record, limits, deadline) for name in message.destinations
+            self._put(name, record_id, record, limits, deadline, replaced=replaced)
+            for name in copies.destinations
         ]
 
     def _put(
@@ -232,13 +338,14 @@ class Store:
         limits: tuple[int, int],
         deadline: int,
         ttl_ms: int | None = None,
+        replaced: int = 0,
     ) -> Call:
         inbox = self.keys.inbox(inbox_name)
         channel = (inbox.channel, "s" if self.shard_channels else "p") if self.publish else ("", "")
         ttl = self._ttl_ms if ttl_ms is None else ttl_ms
         args = (record_id, record, ttl, *channel, *limits, int(self._dedup_ms > 0))
         keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
-        return Call("put", keys, (*args, deadline))
+        return Call("put", keys, (*args, deadline, replaced))
 
     def restore(self, inbox_name: str, record: bytes, record_id: str, ttl_ms: int) -> Call:
         """The script call that puts back ``record`` as it was, with ``ttl_ms`` left to live
@@ -275,6 +382,7 @@ class Store:
 
     async def status(self, origin: str, key: str, destinations: Sequence[str]) -> list[CopyState]:
         """What became of each copy of the message (origin, key): one script call each."""
+        await self.admit(origin)
         record_id = records.msg_id(origin, key)
         calls = []
         for name in destinations:
@@ -337,7 +445,9 @@ class Store:
             await classified(checks.warn_if_not_persistent(server.client))
 
     async def close(self) -> None:
-        """Close the connections to Redis, once the batches in flight are answered."""
+        """Send the quota bytes freed meanwhile, then close the connections to Redis, once
+        the batches in flight are answered."""
+        await self.senders.close()
         await self.servers.close()
 
     async def touch_probe(self) -> None:

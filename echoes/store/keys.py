@@ -16,6 +16,9 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
                                 expire by then (one field per sixteenth of --attempt-ttl), and
                                 "#" -> their sum: parked records count against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
+    <prefix>{<name>}:s          hash: ``name``'s quotas as a sender (lua/sender.lua): its
+                                request rate's due time, and the bytes of its live records in
+                                other inboxes, by when they expire; in the sender's own slot
 
 An inbox of one record is its ``:m`` hash alone, which expires with that record (one key per
 small inbox: most of what Redis spends on an inbox of one is per key). The ``:m`` and ``:i``
@@ -89,6 +92,10 @@ class Keys:
             channel=f"{tag}:w",
             tag=tag,
         )
+
+    def sender(self, name: str) -> str:
+        """The key of ``name``'s quotas as a sender (in the slot of its own inbox)."""
+        return f"{self.prefix}{{{encode_name(name)}}}:s"
 
     def legacy(self, name: str) -> tuple[str, str]:
         """The first design's queue (sorted set) and records (hash) of ``name``'s inbox."""

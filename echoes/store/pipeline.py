@@ -15,6 +15,11 @@ With ``replicas`` (--redis-wait-replicas), a batch that holds writes ends with a
 writes are answered only once that many replicas have them, and a request whose writes they
 did not confirm in time gets NotReplicated instead of its replies.
 
+A large request (LARGE_BATCH bytes or more, one sender's copies of a big message to many
+inboxes) goes alone, at once, on a connection of its own, and is written command by command:
+the batch of small requests of the same turn is not written behind it, Redis serves the
+other connections between its commands, and echoes never holds it packed whole.
+
 Error replies are returned, not raised. A dropped connection is retried once on a fresh one,
 which is why every command echoes sends must be safe to run twice (lua/*.lua say how each
 is). A batch is bounded by its own deadline, not by its requests': a request that gives up
@@ -54,6 +59,8 @@ class NotReplicated(RedisError):
 
 # The share of a batch's deadline a WAIT may take; the rest is for writing and reading.
 WAIT_SHARE = 0.8
+# Bytes of arguments past which a request's commands go alone (Store decides: it knows them).
+LARGE_BATCH = 256 << 10
 
 
 class Pipeline:
@@ -75,13 +82,19 @@ class Pipeline:
         self._waiting: list[Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def run(self, commands: Sequence[Command], writes: bool = False) -> list[Any]:
+    async def run(
+        self, commands: Sequence[Command], writes: bool = False, alone: bool = False
+    ) -> list[Any]:
         """Send ``commands`` with whatever else this turn sends; their replies, in order.
 
         ``writes``: they store or take records, so replicas must have them (``replicas``).
+        ``alone``: they are large; sent at once on a connection of their own, one by one.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
+        if alone:
+            await self._send([Waiting(commands, future, writes and self.replicas > 0)], True)
+            return future.result()
         if not self._waiting:
             loop.call_soon(self._flush)
         self._waiting.append(Waiting(commands, future, writes and self.replicas > 0))
@@ -93,7 +106,7 @@ class Pipeline:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[Waiting]) -> None:
+    async def _send(self, batch: list[Waiting], one_by_one: bool = False) -> None:
         commands = [command for waiting in batch for command in waiting.commands]
         replicated = any(waiting.replicated for waiting in batch)
         if replicated:
@@ -102,7 +115,7 @@ class Pipeline:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    replies = await self._exchange(commands)
+                    replies = await self._exchange(commands, one_by_one)
             except TimeoutError:
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
         except Exception as error:
@@ -123,8 +136,9 @@ class Pipeline:
                 future.set_result(replies[start : start + count])
             start += count
 
-    async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
-        """Write every command at once on one connection, then read every reply.
+    async def _exchange(self, commands: Sequence[Command], one_by_one: bool = False) -> list[Any]:
+        """Write every command at once on one connection (or ``one_by_one``, each packed
+        only when the one before is written), then read every reply.
 
         What redis-py's Pipeline does, without its per-command bookkeeping (dropping it gave
         12% more /exchange per second: BENCHMARKS.md, "Earlier rounds"). A dropped connection
@@ -136,7 +150,11 @@ class Pipeline:
                 try:
                     if not conn.is_connected:
                         await conn.connect()  # Sentinel's connections ask for the master here
-                    await conn.send_packed_command(pack(commands))
+                    if one_by_one:
+                        for command in commands:
+                            await conn.send_packed_command(hiredis.pack_command(command))
+                    else:
+                        await conn.send_packed_command(pack(commands))
                     replies = [await _reply(conn) for _ in commands]
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     await conn.disconnect()

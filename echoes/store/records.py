@@ -117,6 +117,16 @@ def ack_id(destination: str, key: str) -> str:
     return _id("a", destination, key)
 
 
+def sender_share(record: bytes) -> tuple[str, str, int] | None:
+    """(origin, sentAt, bytes as stored) of a stored message, what its consumption frees of
+    its sender's quota (senders.py); None for an ack."""
+    if record[:1] == b"a":
+        return None
+    k = record.index(b"\n", 1 + TIME_LENGTH)
+    n = record.index(b"\n", k + 1)
+    return json.loads(record[k + 1 : n]), record[1 : 1 + TIME_LENGTH].decode("ascii"), len(record)
+
+
 def first_design_ack(entry: bytes) -> tuple[str, str]:
     """(key, origin) of a message whose ack a batch parked by the first design asks for
     (``m:<key>:<origin>``)."""

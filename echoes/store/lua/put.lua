@@ -16,8 +16,11 @@
 -- ARGV[7]  most bytes of records the inbox may hold (0: no cap)
 -- ARGV[8]  "1" to refuse a copy its destination consumed within the dedup window, else "0"
 -- ARGV[9]  the request's deadline in ms of Redis's clock (0: none): later, nothing is done
+-- ARGV[10] "1" to answer 4 instead of 1 when the record replaced a waiting copy (its sender's
+--          quota counts that copy already: senders.py), else "0" or absent
 -- returns  1 stored, 2 a duplicate (consumed before: not stored again), 0 the inbox holds
---          too many records, 3 too many bytes; an error reply (OOM, LATE) changed nothing
+--          too many records, 3 too many bytes, 4 stored in place of a waiting copy (with
+--          ARGV[10]); an error reply (OOM, LATE) changed nothing
 -- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2).
 --
 -- Work is bounded by this record, never by what the inbox holds: sizes are read with
@@ -48,6 +51,11 @@ local function stored(reply)
   return not (type(reply) == 'table' and reply.err)
 end
 
+local function done()
+  announce()
+  return (old > 0 and ARGV[10] == '1') and 4 or 1
+end
+
 if redis.call('EXISTS', KEYS[2]) == 0 then
   local held = redis.call('HLEN', KEYS[1])
   if held > 1 or (held == 1 and old == 0 and redis.call('HEXISTS', KEYS[1], '#b') == 1) then
@@ -74,8 +82,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
       return reply
     end
     redis.call('PEXPIRE', KEYS[1], int(ttl))
-    announce()
-    return 1
+    return done()
   end
   promote(KEYS[1], KEYS[2], now)
 end
@@ -132,5 +139,4 @@ if #dead > 0 then
 end
 redis.call('HSET', KEYS[1], '#b', int(bytes - dead_bytes + added))
 forget_stretches(KEYS[3], ended, parked)
-announce()
-return 1
+return done()

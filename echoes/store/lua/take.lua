@@ -12,7 +12,8 @@
 -- ARGV[5]  the dedup window in ms (0: no tombstones)
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
--- returns  {"2", records taken, records left, each record as stored...}, or for a batch the
+-- returns  {"2", records taken, records left, each record as stored...}, "3" for the same
+--          of a replay, or for a batch the
 --          first design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
 --
@@ -21,7 +22,7 @@
 local parked = redis.call('TYPE', KEYS[3])['ok']
 if parked == 'list' then -- taken before under this token: the same records again
   local count, _, recs = unpark(KEYS[3])
-  local out = {'2', count, redis.call('ZCARD', KEYS[2])}
+  local out = {'3', count, redis.call('ZCARD', KEYS[2])}
   for i = 1, #recs do
     out[#out + 1] = recs[i][3]
   end
