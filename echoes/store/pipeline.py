@@ -15,6 +15,12 @@ With ``replicas`` (--redis-wait-replicas), a batch that holds writes ends with a
 writes are answered only once that many replicas have them, and a request whose writes they
 did not confirm in time gets NotReplicated instead of its replies.
 
+With ``trouble``, a batch that is slow (SLOW_SECONDS without its replies) or fails tells it,
+at once: on a Cluster or under Sentinel that is the sign of a primary cut off or failed over,
+and the topology is read again then (servers.py) rather than after the request's deadline.
+A batch that timed out also drops the idle connections: they lead to the same server and
+are most likely as stuck (a partition); a new one asks Sentinel for the master again.
+
 Error replies are returned, not raised. A dropped connection is retried once on a fresh one,
 which is why every command echoes sends must be safe to run twice (lua/*.lua say how each
 is). A batch is bounded by its own deadline, not by its requests': a request that gives up
@@ -54,6 +60,8 @@ class NotReplicated(RedisError):
 
 # The share of a batch's deadline a WAIT may take; the rest is for writing and reading.
 WAIT_SHARE = 0.8
+# A batch without its replies for this long (or half its deadline) is reported as trouble.
+SLOW_SECONDS = 1.0
 
 
 class Pipeline:
@@ -66,10 +74,12 @@ class Pipeline:
         timeout: float,
         connections: int = 64,
         replicas: int = 0,
+        trouble: Callable[[], None] | None = None,
     ):
         self.make_connection = make_connection
         self.timeout = timeout
         self.replicas = replicas
+        self.trouble = trouble  # told of a slow or failed batch
         self._free: list[AbstractConnection] = []
         self._slots = asyncio.Semaphore(connections)
         self._waiting: list[Waiting] = []
@@ -99,17 +109,23 @@ class Pipeline:
         if replicated:
             ms = int(self.timeout * WAIT_SHARE * 1000)
             commands.append(("WAIT", self.replicas, ms))
+        slow = self._watch()
         try:
             try:
                 async with asyncio.timeout(self.timeout):
                     replies = await self._exchange(commands)
             except TimeoutError:
+                await self._forget_free()
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
         except Exception as error:
+            self._tell_trouble()
             for waiting in batch:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
             return
+        finally:
+            if slow:
+                slow.cancel()
         confirmed = replies.pop() if replicated else 0
         start = 0
         for waiting in batch:
@@ -122,6 +138,17 @@ class Pipeline:
             else:
                 future.set_result(replies[start : start + count])
             start += count
+
+    def _watch(self) -> asyncio.TimerHandle | None:
+        """Tell ``trouble`` if the batch about to go takes longer than SLOW_SECONDS."""
+        if self.trouble is None:
+            return None
+        slow = min(SLOW_SECONDS, self.timeout / 2)
+        return asyncio.get_running_loop().call_later(slow, self._tell_trouble)
+
+    def _tell_trouble(self) -> None:
+        if self.trouble is not None:
+            self.trouble()
 
     async def _exchange(self, commands: Sequence[Command]) -> list[Any]:
         """Write every command at once on one connection, then read every reply.
