@@ -24,7 +24,8 @@ from .http import accept, malformed
 from .http.app import make_app
 from .http.base import Context
 from .metrics import Metrics
-from .store import Store, Unavailable, servers
+from .store import Store, Unavailable, servers, shards
+from .store.failures import classified
 from .store.keys import Keys
 from .wake import listener
 from .wake.waiters import Waiters
@@ -178,6 +179,8 @@ class Echoes:
         with contextlib.suppress(Unavailable, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
                 await self.store.check_settings()
+                wait = self.settings.redis_wait_replicas
+                await classified(shards.warn_about(self.store.servers, wait))
 
     async def stop(self) -> None:
         """Stop accepting, answer waiters with [], let requests in flight finish, close."""
