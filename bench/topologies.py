@@ -1,8 +1,11 @@
 """Redis Cluster and Redis Sentinel on loopback, from the same redis-server binary.
 
-Used by the tests (tests/test_topologies.py) and the benchmark (bench/cluster.py); each
-starts and stops its own. Ports are below 55535, so that a cluster node's bus port (its
-port + 10000) is a valid port too.
+Used by the tests (tests/test_topologies.py) and the benchmarks (bench/cluster.py,
+bench/partition.py); each starts and stops its own. Ports are below 55535, so that a cluster
+node's bus port (its port + 10000) is a valid port too. ``Cluster(addresses=True)`` gives
+each node a loopback address of its own (127.0.42.N, for --bind and --bind-source-addr), so
+that firewall rules can cut the links between nodes (bench/partition.py); the harness's own
+clients then reach each node on its unix socket, which no rule cuts.
 """
 
 import random
@@ -21,19 +24,22 @@ NODE_TIMEOUT_MS = 2000  # how long a primary may be silent before its replica ta
 MASTER_NAME = "echoes"
 
 
-def free_port_pair() -> int:
+NODE_NETWORK = "127.0.42."  # Cluster(addresses=True): node N at 127.0.42.N (loopback)
+
+
+def free_port_pair(host: str = "127.0.0.1") -> int:
     """A free loopback port below 55535 whose port + 10000 is free too (a cluster bus)."""
     for _ in range(1000):
         port = random.randrange(20000, 55535)
-        if all(_free(p) for p in (port, port + 10000)):
+        if all(_free(p, host) for p in (port, port + 10000)):
             return port
     raise RuntimeError("no free port pair")
 
 
-def _free(port: int) -> bool:
+def _free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
             return True
         except OSError:
             return False
@@ -78,11 +84,17 @@ class Node:
     port: int
     server: RedisServer
     _client: redis.Redis | None = None
+    host: str = "127.0.0.1"
+    by_socket: bool = False  # the harness's client uses the unix socket (no rule cuts it)
 
     def client(self) -> redis.Redis:
         """A client of this node (one, kept until close())."""
         if self._client is None:
-            self._client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+            if self.by_socket:
+                path = str(self.server.socket)
+                self._client = redis.Redis(unix_socket_path=path, socket_timeout=5)
+            else:
+                self._client = redis.Redis(host=self.host, port=self.port, socket_timeout=5)
         return self._client
 
     def close(self) -> None:
@@ -92,7 +104,7 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def kill(self) -> None:
         """SIGKILL, as a machine that dies: nothing flushed."""
@@ -107,10 +119,17 @@ class Node:
         self.server.start()
 
 
-def start_node(directory: Path, port: int, **options: str) -> Node:
-    server = RedisServer(directory / str(port), port=str(port), **options)
+def start_node(directory: Path, port: int, host: str = "", **options: str) -> Node:
+    """A redis-server on ``port`` (and, given ``host``, bound to it alone, its own
+    connections leaving from it too), started (not yet answering)."""
+    if host:
+        # protected-mode counts only 127.0.0.1 as loopback; the node is bound to loopback anyway
+        options = {"bind": host, "bind_source_addr": host, "protected_mode": "no", **options}
+    server = RedisServer(
+        directory / f"{host}-{port}" if host else directory / str(port), port=str(port), **options
+    )
     server.spawn()
-    return Node(port, server)
+    return Node(port, server, host=host or "127.0.0.1", by_socket=bool(host))
 
 
 def in_sync(node: Node) -> bool:
@@ -121,19 +140,24 @@ def in_sync(node: Node) -> bool:
 
 @dataclass
 class Cluster:
-    """Three primaries with a replica each (redis-cli --cluster create)."""
+    """Three primaries with ``replicas`` replicas each (redis-cli --cluster create)."""
 
     directory: Path
     nodes: list[Node] = field(default_factory=list)
     library_copied: bool = False  # add_shard: the new primary got the function library
+    replicas: int = 1
+    addresses: bool = False  # each node on a loopback address of its own (NODE_NETWORK)
 
     def start(self, primaries: int = 3, **options: str) -> "Cluster":
         """Start the nodes (``options``: more redis-server settings) and make the cluster."""
-        self.nodes = [self._spawn(**options) for _ in range(primaries * 2)]
+        self.nodes = []
+        for _ in range(primaries * (1 + self.replicas)):
+            self.nodes.append(self._spawn(**options))  # _spawn numbers its address by count
         for node in self.nodes:
             wait_until(node.server.ping, 15, f"node {node.port} answers")
         addresses = [n.address for n in self.nodes]
-        cluster_command("create", *addresses, "--cluster-replicas", "1", "--cluster-yes")
+        replicas = str(self.replicas)
+        cluster_command("create", *addresses, "--cluster-replicas", replicas, "--cluster-yes")
         wait_until(self.healthy, 30, "the cluster is ok on every node")
         # A replica that never synced refuses to take over (cluster-replica-validity-factor).
         wait_until(self.replicas_in_sync, 30, "every replica is in sync")
@@ -161,10 +185,12 @@ class Cluster:
 
     def _spawn(self, **options: str) -> Node:
         """A cluster-enabled node on a free port pair, started (not yet answering)."""
-        port = free_port_pair()
+        host = f"{NODE_NETWORK}{len(self.nodes) + 1}" if self.addresses else ""
+        port = free_port_pair(host or "127.0.0.1")
         return start_node(
             self.directory,
             port,
+            host,
             cluster_enabled="yes",
             cluster_config_file=f"nodes-{port}.conf",
             cluster_node_timeout=str(NODE_TIMEOUT_MS),
@@ -183,7 +209,7 @@ class Cluster:
 
     def replicas_in_sync(self) -> bool:
         """Whether every node but the primaries is a replica in sync."""
-        return sum(in_sync(n) for n in self.running()) == len(self.nodes) // 2
+        return sum(in_sync(n) for n in self.running()) == len(self.nodes) - self.shards
 
     @property
     def url(self) -> str:
@@ -195,7 +221,11 @@ class Cluster:
             info = node.client().cluster("info")
             if info["cluster_state"] != "ok":
                 return False
-        return len(self.primaries()) == len(self.nodes) // 2
+        return len(self.primaries()) == self.shards
+
+    @property
+    def shards(self) -> int:
+        return len(self.nodes) // (1 + self.replicas)
 
     def running(self) -> list[Node]:
         return [n for n in self.nodes if n.server.running]
@@ -204,23 +234,34 @@ class Cluster:
         """The nodes that are primaries with slots now, as a running node sees them."""
         [anyone] = self.running()[:1]
         shards = anyone.client().execute_command("CLUSTER", "SLOTS")
-        ports = {int(shard[2][1]) for shard in shards}
-        return [n for n in self.nodes if n.port in ports]
+        addresses = {(shard[2][0].decode(), int(shard[2][1])) for shard in shards}
+        return [n for n in self.nodes if (n.host, n.port) in addresses]
 
     def primary_of(self, key: str) -> Node:
         slot = self.running()[0].client().cluster("keyslot", key)
         for shard in self.running()[0].client().execute_command("CLUSTER", "SLOTS"):
             if shard[0] <= slot <= shard[1]:
-                port = int(shard[2][1])
-                return next(n for n in self.nodes if n.port == port)
+                address = (shard[2][0].decode(), int(shard[2][1]))
+                return next(n for n in self.nodes if (n.host, n.port) == address)
         raise RuntimeError(f"slot {slot} is not served")
 
     def replica_of(self, primary: Node) -> Node:
+        replicas = self.replicas_of(primary)
+        if not replicas:
+            raise RuntimeError(f"no replica of {primary.port}")
+        return replicas[0]
+
+    def replicas_of(self, primary: Node) -> list[Node]:
+        """The running nodes that say they replicate ``primary``."""
+        found = []
         for node in self.running():
             info = node.client().info("replication")
-            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
-                return node
-        raise RuntimeError(f"no replica of {primary.port}")
+            if info.get("role") == "slave" and (
+                str(info.get("master_host")),
+                int(info.get("master_port", 0)),
+            ) == (primary.host, primary.port):
+                found.append(node)
+        return found
 
     def stop(self) -> None:
         for node in self.nodes:

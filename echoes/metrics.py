@@ -123,6 +123,21 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+        self.redis_replicas = Gauge(
+            "echoes_redis_replicas",
+            "Replicas connected to each Redis primary, read at each scrape",
+            ["server"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.redis_shard_ok = Gauge(
+            "echoes_redis_shard_writable",
+            "Whether each primary has the replicas --redis-wait-replicas needs and says its"
+            " cluster is up (0: its writes are answered 503), read at each scrape",
+            ["server"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self.failovers = Counter(
             "echoes_redis_failovers",
             "Primaries replaced (a Cluster's or Sentinel's failover), as this process saw them",

@@ -26,8 +26,8 @@ from .http import accept, malformed
 from .http.app import make_app
 from .http.base import Context
 from .metrics import Metrics
-from .store import Store, Unavailable, servers
-from .store.failures import problem
+from .store import Store, Unavailable, servers, shards
+from .store.failures import classified, problem
 from .store.keys import Keys
 from .wake import listener
 from .wake.waiters import Waiters
@@ -196,6 +196,8 @@ class Echoes:
         with contextlib.suppress(Unavailable, TimeoutError):  # only warnings: never block readiness
             async with asyncio.timeout(self.settings.redis_timeout):
                 await self.store.check_settings()
+                wait = self.settings.redis_wait_replicas
+                await classified(shards.warn_about(self.store.servers, wait))
                 for name, failure in (await self.store.ping()).items():
                     if failure.kind == "NotLoaded":  # every request would be answered 503
                         log.error("%s", problem(name, failure))

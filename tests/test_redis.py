@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import socket
 import time
 
 import pytest
@@ -361,7 +362,9 @@ async def test_writes_no_replica_confirms_are_answered_503_and_kept_for_the_retr
     echoes = await start_echoes(redis_wait_replicas=1, redis_timeout=1.0)  # WAIT: 0.8 s of it
     # /health runs the ping script (no WAIT): on Redis 6.2 echoes learns there that it runs
     # the scripts by EVALSHA, not on a send, where a refused FCALL would cost a second WAIT.
-    assert (await echoes.request("GET", "/health")).status == 200
+    # It is 503 here: the shard has fewer replicas than the wait, and says so (issue 25).
+    health = await echoes.request("GET", "/health")
+    assert health.status == 503 and "fewer than --redis-wait-replicas=1" in health.body.decode()
     body = {"idempotencyKey": KEY, "destination": ["b"], "body": 1}
     sent = await echoes.post("/send", "a", body)
     assert sent.status == 503 and sent.headers["Retry-After"] == "1"
@@ -390,3 +393,64 @@ def test_the_pipeline_packs_commands_as_redis_py_would():
     # echoes.pipeline.pack uses hiredis's packer instead of redis-py's (Python) one.
     commands = [("FCALL", "f", 2, "k:{é}", b"\x00\xff\r\n", "x" * 10_000), ("WAIT", 1, 400)]
     assert pack(commands) == b"".join(Connection().pack_commands(commands))
+
+
+@pytest.fixture
+def replicated(tmp_path):
+    """A Redis on a TCP port with one replica; its redis:// URL."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    primary = RedisServer(tmp_path / "primary", port=str(ports[0]))
+    replica = RedisServer(
+        tmp_path / "replica", port=str(ports[1]), replicaof=f"127.0.0.1 {ports[0]}"
+    )
+    primary.start()
+    replica.start()
+    yield f"redis://127.0.0.1:{ports[0]}/0"
+    replica.stop()
+    primary.stop()
+
+
+async def test_health_and_metrics_say_when_the_wait_is_below_or_above_the_replicas(
+    start_echoes, replicated, caplog
+):
+    # Issue 25: a wait below the replicas can lose acknowledged writes to a partition (a
+    # warning); a wait above them answers every write 503 (a stranded shard: /health 503).
+    url = replicated
+    admin = aioredis.Redis.from_url(url)
+
+    async def connected():
+        return (await admin.info("replication"))["connected_slaves"] == 1
+
+    await eventually(connected, timeout=15)
+    below = await start_echoes(redis_url=url, redis_wait_replicas=0)
+    await below.echoes.ready()
+    assert "below the 1 replicas" in caplog.text  # said at start, in the log
+    health = await below.request("GET", "/health")
+    assert health.status == 200, health.json
+    assert health.json["redis"]["waitReplicas"] == 0
+    [(server, replicas)] = health.json["redis"]["replicas"].items()
+    assert replicas == 1
+    assert any(
+        "--redis-wait-replicas=0 is below the 1 replicas" in w for w in health.json["warnings"]
+    )
+
+    equal = await start_echoes(redis_url=url, redis_wait_replicas=1)
+    health = await equal.request("GET", "/health")
+    assert health.status == 200 and health.json["warnings"] == [], health.json
+
+    above = await start_echoes(redis_url=url, redis_wait_replicas=2)
+    health = await above.request("GET", "/health")
+    assert health.status == 503
+    assert any(
+        "1 connected replicas, fewer than --redis-wait-replicas=2" in d
+        for d in health.json["details"]
+    )
+    await above.request("GET", "/metrics")
+    registry = above.echoes.metrics.registry
+    assert registry.get_sample_value("echoes_redis_replicas", {"server": server}) == 1
+    assert registry.get_sample_value("echoes_redis_shard_writable", {"server": server}) == 0
+    await admin.aclose()

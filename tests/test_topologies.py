@@ -239,7 +239,7 @@ def cluster_acl(prefix):
 def test_the_cluster_acl_is_the_single_redis_one_and_what_a_cluster_client_asks():
     single, clustered = echoes_user("redis.conf"), echoes_user("redis-cluster-node.conf")
     extra = set(clustered) - set(single)
-    assert extra == {"+cluster|slots", "+command", "+asking"}
+    assert extra == {"+cluster|slots", "+cluster|info", "+command", "+asking"}
     assert set(single) <= set(clustered)
 
 

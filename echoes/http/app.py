@@ -10,7 +10,7 @@ import tornado.web
 
 from .. import __version__, logs, metrics
 from ..metrics import Metrics
-from ..store import Unavailable
+from ..store import Shard, Store, Unavailable, replication
 from ..store.failures import problem
 from . import validation
 from .base import APIHandler, Context, unavailable
@@ -55,20 +55,18 @@ class RootHandler(APIHandler):
 
 
 class HealthHandler(APIHandler):
-    """GET /health: 200 when Redis answers and the wake-up listener is subscribed, else 503."""
+    """GET /health: 200 when Redis answers, every shard has the replicas the wait needs (and
+    its cluster is up), and the wake-up listener is subscribed, else 503."""
 
     allow = "GET, HEAD, OPTIONS"
 
     async def get(self) -> None:
-        listener = self.context.listener
-        try:
-            async with asyncio.timeout(self.config.redis_timeout):
-                trouble = await self.store.ping()
-        except TimeoutError:
-            trouble = {self.config.redis_display: Unavailable("TimeoutError")}
+        listener, wait = self.context.listener, self.config.redis_wait_replicas
+        trouble, found = await self._redis()
         for failure in trouble.values():
             self.metrics.redis_errors.labels(failure.kind).inc()
         problems = [problem(name, failure) for name, failure in trouble.items()]
+        problems += [text for shard in found if (text := shard.short(wait))]
         if not listener.connected:
             problems.append("the wake-up listener is not subscribed")
         if problems:
@@ -81,9 +79,23 @@ class HealthHandler(APIHandler):
                 "wake": listener.mode,
                 "notifications": listener.notifications,
                 "waiters": len(self.context.waiters),
-                "redis": {"topology": self.store.servers.kind, "servers": listener.servers},
+                "redis": {
+                    "topology": self.store.servers.kind,
+                    "servers": listener.servers,
+                    "waitReplicas": wait,
+                    "replicas": {shard.server: shard.replicas for shard in found},
+                },
+                "warnings": [text for shard in found if (text := shard.spare(wait))],
             }
         )
+
+    async def _redis(self) -> tuple[dict[str, Unavailable], list[Shard]]:
+        """What is wrong with each server (store.ping), and each shard's replication."""
+        try:
+            async with asyncio.timeout(self.config.redis_timeout):
+                return await asyncio.gather(self.store.ping(), _replication(self.store))
+        except TimeoutError:
+            return {self.config.redis_display: Unavailable("TimeoutError")}, []
 
     head = get
 
@@ -102,8 +114,25 @@ class MetricsHandler(APIHandler):
                     self.metrics.redis_memory.labels("max", server).set(limit)
         except APIError as e:
             log.debug("no Redis memory figures for /metrics: %s", e)
+        try:  # each shard's replicas, for the alert on a stranded shard
+            async with asyncio.timeout(self.config.redis_timeout):
+                found = await _replication(self.store)
+        except TimeoutError:
+            found = []
+        wait = self.config.redis_wait_replicas
+        for shard in found:
+            self.metrics.redis_replicas.labels(shard.server).set(shard.replicas)
+            self.metrics.redis_shard_ok.labels(shard.server).set(int(not shard.short(wait)))
         self.set_header("Content-Type", metrics.CONTENT_TYPE)
         self.finish(self.metrics.exposition())
+
+
+async def _replication(store: Store) -> list[Shard]:
+    """Each shard's replication, or [] when the servers cannot be known (store.ping says)."""
+    try:
+        return await replication(store.servers)
+    except Unavailable:
+        return []
 
 
 class OpenAPIHandler(APIHandler):

@@ -183,6 +183,8 @@ HEALTH: dict[str, Any] = {
         "wake": {"enum": ["keyspace", "publish"]},
         "notifications": {"type": "boolean"},
         "waiters": {"type": "integer", "minimum": 0},
+        "redis": {"type": "object"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["status", "version", "pid", "wake", "notifications", "waiters"],
 }

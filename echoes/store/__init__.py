@@ -3,8 +3,9 @@
 Owns the key layout (``keys``), the records' shapes (``records``), the Lua scripts
 (``lua/``, loaded by ``scripts``), the Redis servers of each topology (``servers``), sending
 each command to the server of its slot (``slots``), the per-loop-turn pipeline
-(``pipeline``), the checks of Redis's own settings (``checks``), and the two kinds of
-trouble it reports (``failures``). ``inboxes.Store`` is the one object the rest calls.
+(``pipeline``), the checks of Redis's own settings (``checks``) and of each shard's
+replicas against the wait (``shards``), and the two kinds of trouble it reports
+(``failures``). ``inboxes.Store`` is the one object the rest calls.
 
 May import: ``echoes.config``, ``echoes.topology`` and redis-py. Never Tornado, the HTTP
 layer or the wake-ups.
@@ -13,14 +14,17 @@ layer or the wake-ups.
 from .failures import OutOfMemory, Unavailable
 from .inboxes import Message, Outcome, Store, Take, TooLarge
 from .senders import OverQuota
+from .shards import Shard, replication
 
 __all__ = [
     "Message",
     "OutOfMemory",
     "Outcome",
     "OverQuota",
+    "Shard",
     "Store",
     "Take",
     "TooLarge",
     "Unavailable",
+    "replication",
 ]

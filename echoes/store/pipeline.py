@@ -20,6 +20,12 @@ inboxes) goes alone, at once, on a connection of its own, and is written command
 the batch of small requests of the same turn is not written behind it, Redis serves the
 other connections between its commands, and echoes never holds it packed whole.
 
+With ``trouble``, a batch that is slow (SLOW_SECONDS without its replies) or fails tells it,
+at once: on a Cluster or under Sentinel that is the sign of a primary cut off or failed over,
+and the topology is read again then (servers.py) rather than after the request's deadline.
+A batch that timed out also drops the idle connections: they lead to the same server and
+are most likely as stuck (a partition); a new one asks Sentinel for the master again.
+
 Error replies are returned, not raised. A dropped connection is retried once on a fresh one,
 which is why every command echoes sends must be safe to run twice (lua/*.lua say how each
 is). A batch is bounded by its own deadline, not by its requests': a request that gives up
@@ -61,6 +67,8 @@ class NotReplicated(RedisError):
 WAIT_SHARE = 0.8
 # Bytes of arguments past which a request's commands go alone (Store decides: it knows them).
 LARGE_BATCH = 256 << 10
+# A batch without its replies for this long (or half its deadline) is reported as trouble.
+SLOW_SECONDS = 1.0
 
 
 class Pipeline:
@@ -73,10 +81,12 @@ class Pipeline:
         timeout: float,
         connections: int = 64,
         replicas: int = 0,
+        trouble: Callable[[], None] | None = None,
     ):
         self.make_connection = make_connection
         self.timeout = timeout
         self.replicas = replicas
+        self.trouble = trouble  # told of a slow or failed batch
         self._free: list[AbstractConnection] = []
         self._slots = asyncio.Semaphore(connections)
         self._waiting: list[Waiting] = []
@@ -112,17 +122,23 @@ class Pipeline:
         if replicated:
             ms = int(self.timeout * WAIT_SHARE * 1000)
             commands.append(("WAIT", self.replicas, ms))
+        slow = self._watch()
         try:
             try:
                 async with asyncio.timeout(self.timeout):
                     replies = await self._exchange(commands, one_by_one)
             except TimeoutError:
+                await self._forget_free()
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
         except Exception as error:
+            self._tell_trouble()
             for waiting in batch:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
             return
+        finally:
+            if slow:
+                slow.cancel()
         confirmed = replies.pop() if replicated else 0
         start = 0
         for waiting in batch:
@@ -135,6 +151,17 @@ class Pipeline:
             else:
                 future.set_result(replies[start : start + count])
             start += count
+
+    def _watch(self) -> asyncio.TimerHandle | None:
+        """Tell ``trouble`` if the batch about to go takes longer than SLOW_SECONDS."""
+        if self.trouble is None:
+            return None
+        slow = min(SLOW_SECONDS, self.timeout / 2)
+        return asyncio.get_running_loop().call_later(slow, self._tell_trouble)
+
+    def _tell_trouble(self) -> None:
+        if self.trouble is not None:
+            self.trouble()
 
     async def _exchange(self, commands: Sequence[Command], one_by_one: bool = False) -> list[Any]:
         """Write every command at once on one connection (or ``one_by_one``, each packed

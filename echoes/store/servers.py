@@ -41,6 +41,9 @@ log = logging.getLogger("echoes.redis")
 HEALTH_CHECK_SECONDS = 30
 # How long to wait before asking a Cluster or Sentinel again about a failed node or master.
 RECOVER_SECONDS = 0.25
+# How long a Cluster's slot map may take to read after trouble (a node that does not answer
+# is given up on, and asked last the next time).
+REFRESH_SECONDS = 1.0
 
 
 @dataclass
@@ -69,11 +72,20 @@ class Servers:
         self.one = Server(name, client, self._pipeline(client.connection_pool.make_connection))
         self._subscriber = subscriber  # a client given for subscriptions too (fakeredis)
 
-    def _pipeline(self, make_connection: Any) -> Pipeline:
+    def _pipeline(self, make_connection: Any, name: str = "") -> Pipeline:
         s = self.settings
         return Pipeline(
-            make_connection, s.redis_timeout, s.redis_max_connections, s.redis_wait_replicas
+            make_connection,
+            s.redis_timeout,
+            s.redis_max_connections,
+            s.redis_wait_replicas,
+            trouble=lambda: self.suspect(name),
         )
+
+    def suspect(self, name: str) -> None:
+        """A batch to server ``name`` was slow or failed: where things are may have
+        changed (a no-op for one server, and under Sentinel: the pipeline's next connection
+        asks the sentinels anyway)."""
 
     async def ready(self) -> None:
         """Know the servers (a Cluster's slots); a no-op for one server."""
@@ -176,6 +188,7 @@ class ClusterServers(Servers):
         )
         self._servers: dict[str, Server] = {}
         self._ready = False
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def ready(self) -> None:
         if not self._ready:
@@ -196,7 +209,7 @@ class ClusterServers(Servers):
             server = self._servers[node.name] = Server(
                 node.name,
                 aioredis.Redis.from_pool(pool),  # closing the client closes its pool
-                self._pipeline(make_connection),
+                self._pipeline(make_connection, node.name),
                 (node.host, int(node.port)),
             )
         return server
@@ -238,6 +251,23 @@ class ClusterServers(Servers):
         except (RedisClusterException, RedisConnectionError, RedisTimeoutError) as e:
             log.debug("cluster topology not refreshed: %s", e)
 
+    def suspect(self, name: str) -> None:
+        """Read the slot map again now, in the background (one refresh at a time): a
+        request that waits on a primary cut off must not be what delays learning that
+        its replica took over."""
+        if self._ready and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh(name))
+
+    async def _refresh(self, suspect: str) -> None:
+        """Ask the nodes for the slot map (``suspect`` last), within REFRESH_SECONDS:
+        redis-py asks one node at a time and would wait on a silent one for ever."""
+        try:
+            async with asyncio.timeout(min(REFRESH_SECONDS, self.settings.redis_timeout)):
+                await self.cluster.nodes_manager.initialize(last_failed_node_name=suspect)
+        except (TimeoutError, RedisClusterException, RedisConnectionError, RedisTimeoutError) as e:
+            log.debug("cluster topology not refreshed after trouble at %s: %r", suspect, e)
+        await asyncio.sleep(RECOVER_SECONDS)  # at most a few refreshes a second
+
     def subscriber(self, server: Server) -> aioredis.Redis:
         assert server.address is not None
         host, port = server.address
@@ -256,6 +286,9 @@ class ClusterServers(Servers):
         return 0
 
     async def close(self) -> None:
+        if self._refreshing:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         for server in self._servers.values():
             await server.pipeline.close()
             await server.client.aclose()

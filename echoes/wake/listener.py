@@ -194,17 +194,31 @@ class Listener:
 
     async def _until_suspect(self) -> None:
         """Return once a Cluster's topology should be asked for again: a primary is out of
-        reach, Redis moved a shard channel, or a while (a slot move is otherwise silent)."""
+        reach, Redis moved a shard channel, or a while (a slot move is otherwise silent);
+        at once when the requests' own trouble taught the slot map a new primary."""
         waited = 0.0
         while waited < self.recheck_interval:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TOPOLOGY_SECONDS):
                     await self._suspect.wait()
             waited += TOPOLOGY_SECONDS
+            if self._primaries_changed():
+                self._suspect.clear()
+                return  # already known: follow it now
             if self._suspect.is_set() or not all(link.connected for link in self._links.values()):
                 break
         self._suspect.clear()
-        await self.servers.recover()
+        # Bounded: redis-py asks one node at a time, and a node cut off never answers.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(TOPOLOGY_SECONDS, self.recheck_interval)):
+                await self.servers.recover()
+
+    def _primaries_changed(self) -> bool:
+        """Whether the slot map (read again after a request's trouble) names other primaries."""
+        try:
+            return {server.name for server in self.servers.all()} != self._primaries
+        except (RedisError, RedisClusterException):
+            return False
 
     async def _listen_forever(self, server: Server, link: Link) -> None:
         backoff = 0.1
