@@ -215,8 +215,10 @@ class ClusterServers(Servers):
         return server
 
     def for_key(self, key: str) -> Server:
-        node = self.cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
-        return self._server(node)
+        slot = key_slot(key.encode())
+        if not self.cluster.nodes_manager.slots_cache.get(slot):
+            raise ClusterDownError(f"no primary of the Cluster is known to serve slot {slot}")
+        return self._server(self.cluster.nodes_manager.get_node_from_slot(slot))
 
     def at(self, host: str, port: int) -> Server:
         node = self.cluster.get_node(host, port) or ClusterNode(

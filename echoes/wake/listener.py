@@ -76,7 +76,12 @@ class Route:
         return subscriptions
 
     def want(self, name: str) -> None:
-        server = self.home.setdefault(name, self.owner(name).name)
+        server = self.home.get(name)
+        if server is None:
+            try:
+                server = self.home[name] = self.owner(name).name
+            except RedisError:  # no primary known for its slot (yet): the sweep covers it
+                return
         self.of(server).want(name)
 
     def release(self, name: str) -> None:
@@ -96,7 +101,10 @@ class Route:
         """Move each wanted inbox to the server that serves it now; how many moved."""
         moved = 0
         for name, server in list(self.home.items()):
-            owner = self.owner(name).name
+            try:
+                owner = self.owner(name).name
+            except RedisError:  # its slot's primary is unknown now: stay until it is known
+                continue
             if owner == server:
                 continue
             old = self.of(server)
