@@ -5,15 +5,259 @@ the master they should name is a real redis-server on loopback. Each case is one
 """
 
 import json
+import types
 
 import pytest
+import redis
 from conftest import http_get, http_post, until
+from fakes import Error, FakeRedis, Raw, Simple
 
 from bench.services import free_port
+from bench.topologies import free_port_pair
 from echoes import options
+from echoes.embedded import RedisServer
 from echoes.topology import display
 
+MASTER = "echoes"
+PASSWORD = "pw-of-the-master"
 MESSAGE = {"idempotencyKey": "key-000000000001", "destination": ["maurice"], "body": "hi"}
+
+
+@pytest.fixture
+def master(tmp_path):
+    """A real redis-server on a TCP port of loopback, with a password; its port and client."""
+    port = free_port_pair()
+    server = RedisServer(tmp_path / "master", port=str(port))
+    server.start()
+    redis.Redis(unix_socket_path=str(server.socket)).config_set("requirepass", PASSWORD)
+    client = redis.Redis(port=port, password=PASSWORD)
+    yield types.SimpleNamespace(port=port, client=lambda: client)
+    client.close()
+    server.stop()
+
+
+def master_fields(port, flags="master"):
+    return {
+        "name": MASTER,
+        "ip": "127.0.0.1",
+        "port": str(port),
+        "flags": flags,
+        "num-slaves": "0",
+        "num-other-sentinels": "2",
+        "quorum": "2",
+    }
+
+
+def replica_fields(port, master_port):
+    return {
+        "ip": "127.0.0.1",
+        "port": str(port),
+        "flags": "slave",
+        "master-link-status": "ok",
+        "master-host": "127.0.0.1",
+        "master-port": str(master_port),
+    }
+
+
+def sentinel(names_port, replicas=(), reply=None):
+    """A sentinel naming the master at ``names_port`` (with ``replicas`` linked), or giving
+    ``reply`` to every SENTINEL command."""
+
+    def answer(command):
+        if command[0].upper() != b"SENTINEL":
+            return None
+        if reply is not None:
+            return reply
+        what = command[1].upper()
+        if what == b"MASTER":
+            return master_fields(names_port)
+        if what == b"MASTERS":  # what redis-py's own discovery asks
+            return [master_fields(names_port)]
+        if what in (b"REPLICAS", b"SLAVES"):
+            return [replica_fields(p, names_port) for p in replicas]
+        return Error("ERR unknown subcommand")
+
+    return FakeRedis(answer)
+
+
+def attacker():
+    """A server that records everything and answers like an empty Redis master: each script
+    call stores (1), every setting is as echoes wants it."""
+
+    def answer(command):
+        name = command[0].upper()
+        if name == b"ROLE":
+            return [b"master", 0, []]
+        if name == b"CONFIG":
+            wanted = {"notify-keyspace-events": "KEA", "maxmemory-policy": "noeviction"}
+            return wanted | {"appendonly": "yes", "save": ""}
+        if name == b"FUNCTION":
+            return b"echoes"
+        if name in (b"FCALL", b"EVALSHA"):
+            return 1
+        return None
+
+    return FakeRedis(answer)
+
+
+def sentinel_url(*sentinels, query=""):
+    hosts = ",".join(s.address for s in sentinels)
+    return f"redis+sentinel://:{PASSWORD}@{hosts}/{MASTER}{query}"
+
+
+async def started(*fakes):
+    return [await fake.start() for fake in fakes]
+
+
+async def health(echoes):
+    return await echoes.request("GET", "/health")
+
+
+async def test_one_lying_sentinel_gets_neither_the_password_nor_a_message(start_echoes, master):
+    # Issue 23: a fake sentinel listed first named an attacker's server, which got
+    # HELLO 3 AUTH with the password and every message; the real master held 0 keys.
+    evil = (await started(attacker()))[0]
+    liar, honest, honest2 = await started(
+        sentinel(evil.port), sentinel(master.port), sentinel(master.port)
+    )
+    try:
+        url = sentinel_url(liar, honest)
+        echoes = await start_echoes(redis_url=url, subscribed=False, redis_timeout=0.5)
+        response = await echoes.post("/send", "olivia", MESSAGE)
+        assert response.status == 503 and response.headers["Retry-After"]
+        answer = await health(echoes)
+        assert answer.status == 503 and "(SentinelsDisagree)" in answer.json["details"][0]
+        # Three sentinels, one lying: the two that agree win; the liar's server is never
+        # reached (not even for a PING), so it never sees the password.
+        echoes = await start_echoes(redis_url=sentinel_url(liar, honest, honest2))
+        assert (await echoes.post("/send", "olivia", MESSAGE)).status == 200
+        assert master.client().keys("*")
+        assert evil.connections == 0 and not evil.said(PASSWORD.encode())
+    finally:
+        for fake in (evil, liar, honest, honest2):
+            await fake.close()
+
+
+def needs_password(port, sentinel_password):
+    """A sentinel that answers only a client that authenticated with ``sentinel_password``."""
+    honest = sentinel(port)
+
+    def answer(command):
+        name = command[0].upper()
+        if name == b"HELLO" and b"AUTH" in [c.upper() for c in command]:
+            if command[-1] != sentinel_password.encode():
+                return Error("WRONGPASS invalid username-password pair or user is disabled.")
+            guarded.session["authenticated"] = True
+            return None
+        if name == b"HELLO":
+            return Error("NOAUTH HELLO must be called with the client already authenticated")
+        if name == b"SENTINEL" and not guarded.session.get("authenticated"):
+            return Error("NOAUTH Authentication required.")
+        return honest.answer(command)
+
+    guarded = FakeRedis(answer)
+    return guarded
+
+
+async def test_sentinels_that_want_a_password_get_it_and_a_refusal_is_named(
+    start_echoes, master, caplog
+):
+    # Issue 23: sentinels with requirepass could not be used (503 "TimeoutError", a log
+    # saying "No master found" with no hint of authentication).
+    guarded = await started(*(needs_password(master.port, "s3nt") for _ in range(3)))
+    try:
+        echoes = await start_echoes(redis_url=sentinel_url(*guarded), subscribed=False)
+        response = await echoes.post("/send", "olivia", MESSAGE)
+        assert response.status == 503
+        assert "(SentinelAuthenticationError)" in response.json["details"][0]
+        answer = await health(echoes)
+        assert "(SentinelAuthenticationError)" in answer.json["details"][0]
+        assert "refused echoes' credentials" in caplog.text
+        wrong = sentinel_url(*guarded, query="?sentinel_password=nope")
+        echoes = await start_echoes(redis_url=wrong, subscribed=False)
+        assert "(SentinelAuthenticationError)" in (await health(echoes)).json["details"][0]
+        right = sentinel_url(*guarded, query="?sentinel_username=default&sentinel_password=s3nt")
+        echoes = await start_echoes(redis_url=right)
+        assert (await echoes.post("/send", "olivia", MESSAGE)).status == 200
+        assert (await health(echoes)).status == 200
+    finally:
+        for fake in guarded:
+            await fake.close()
+
+
+async def test_the_masters_own_password_refused_is_named_at_once(start_echoes, master):
+    honest = await started(*(sentinel(master.port) for _ in range(3)))
+    try:
+        url = sentinel_url(*honest).replace(PASSWORD, "wrong")
+        echoes = await start_echoes(redis_url=url, subscribed=False, redis_timeout=30)
+        response = await echoes.post("/send", "olivia", MESSAGE)  # not after 30 s
+        assert response.status == 503 and "(AuthenticationError)" in response.json["details"][0]
+    finally:
+        for fake in honest:
+            await fake.close()
+
+
+SHAPES = [
+    Simple("OK"),
+    42,
+    Raw(b"_\r\n"),  # null
+    [b"ip"],
+    [[b"ip", b"127.0.0.1"]],
+    {"ip": "127.0.0.1"},
+    {"ip": "127.0.0.1", "port": "99999", "flags": "master"},
+    {"ip": "bad host", "port": "6379", "flags": "master"},
+    {"ip": ["nested"], "port": "6379", "flags": "master"},
+    Error("ERR No such master with that name"),
+    Raw(b"*1\r\n$3\r\nfoo\r\n"),
+]
+
+
+@pytest.mark.parametrize("reply", SHAPES, ids=lambda r: type(r).__name__ + repr(r)[:20])
+async def test_a_sentinel_reply_of_any_shape_is_a_503_never_a_500(
+    start_echoes, master, reply, caplog
+):
+    # Issue 23: a sentinel reply of an unexpected shape was an AttributeError, a 500.
+    odd = await started(*(sentinel(master.port, reply=reply) for _ in range(2)))
+    try:
+        url = sentinel_url(*odd)
+        echoes = await start_echoes(redis_url=url, subscribed=False, redis_timeout=0.5)
+        assert (await echoes.post("/send", "olivia", MESSAGE)).status == 503
+        answer = await health(echoes)
+        assert answer.status == 503 and "Redis at echoes (Sentinel)" in answer.json["details"][0]
+        assert "Traceback" not in caplog.text
+    finally:
+        for fake in odd:
+            await fake.close()
+
+
+def claims(role):
+    """A server that answers ROLE with ``role`` and records what else it is sent."""
+    return FakeRedis(lambda c: role if c[0].upper() == b"ROLE" else None)
+
+
+@pytest.mark.parametrize(
+    "role",
+    [
+        [b"slave", b"127.0.0.1", 6379, b"connected", 100],  # a replica
+        [b"master", 0, []],  # a master, but not the one the replicas follow
+        Simple("OK"),
+    ],
+    ids=["replica", "no-replicas", "garbage"],
+)
+async def test_the_master_must_say_it_is_the_master_of_those_replicas(start_echoes, master, role):
+    impostor = (await started(claims(role)))[0]
+    honest = await started(*(sentinel(impostor.port, replicas=[master.port]) for _ in range(3)))
+    try:
+        url = sentinel_url(*honest)
+        echoes = await start_echoes(redis_url=url, subscribed=False, redis_timeout=0.5)
+        assert (await echoes.post("/send", "olivia", MESSAGE)).status == 503
+        answer = await health(echoes)
+        assert answer.status == 503 and "(NotMaster)" in answer.json["details"][0]
+        sent = {c[0].upper() for c in impostor.commands}
+        assert sent <= {b"HELLO", b"AUTH", b"ROLE", b"CLIENT"}, sent  # no FCALL, no data
+    finally:
+        for fake in (impostor, *honest):
+            await fake.close()
 
 
 # Every credential below holds "secret"; none may be shown anywhere.

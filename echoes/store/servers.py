@@ -19,11 +19,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
+    AuthorizationError,
     ClusterDownError,
     MovedError,
     ReadOnlyError,
@@ -36,6 +37,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import topology
 from ..config import Settings
 from .pipeline import Pipeline
+from .sentinels import (
+    MasterConnection,
+    MasterSSLConnection,
+    SentinelAuthenticationError,
+    VotingSentinel,
+)
 
 log = logging.getLogger("echoes.redis")
 HEALTH_CHECK_SECONDS = 30
@@ -44,6 +51,11 @@ RECOVER_SECONDS = 0.25
 # How long a Cluster's slot map may take to read after trouble (a node that does not answer
 # is given up on, and asked last the next time).
 REFRESH_SECONDS = 1.0
+# The share of --redis-timeout the sentinels have to answer where the master is: the rest
+# is for connecting to it and for the request's own commands.
+SENTINEL_SHARE = 0.5
+# Credentials refused: trying again within the request's deadline would not help.
+REFUSED = (AuthenticationError, AuthorizationError, SentinelAuthenticationError)
 
 
 @dataclass
@@ -135,33 +147,47 @@ class Servers:
 
 
 class SentinelServers(Servers):
-    """The master that Sentinel names serves every key; it may change (a failover)."""
+    """The master that most sentinels name serves every key; it may change (a failover).
+
+    sentinels.py says what is trusted: no one sentinel's word, and the master's own ROLE.
+    """
 
     kind = "sentinel"
 
     def __init__(self, settings: Settings, where: topology.Topology):
         self.where = where
-        self.sentinel = Sentinel(list(where.hosts), **_connection_options(settings, where))
-        client = self.sentinel.master_for(where.master, redis_class=aioredis.Redis)
+        options = _connection_options(settings, where)
+        self._master_options: dict[str, Any] = {
+            "connection_class": MasterSSLConnection
+            if options.pop("ssl", False)
+            else MasterConnection
+        }
+        self.sentinel = VotingSentinel(
+            list(where.hosts),
+            settings.redis_timeout * SENTINEL_SHARE,
+            sentinel_username=where.sentinel_username,
+            sentinel_password=where.sentinel_password,
+            **options,
+        )
+        client = self.sentinel.master_for(
+            where.master, redis_class=aioredis.Redis, **self._master_options
+        )
         super().__init__(client, settings, f"{where.master} (Sentinel)")
 
     def transient(self, error: BaseException) -> bool:
-        # No master known yet (an election), the old one refusing writes, a dropped connection.
-        return isinstance(error, RedisConnectionError | RedisTimeoutError | ReadOnlyError)
+        # No master known yet (an election), the old one refusing writes, a dropped
+        # connection; not credentials refused, by the master or by the sentinels.
+        return isinstance(
+            error, RedisConnectionError | RedisTimeoutError | ReadOnlyError
+        ) and not isinstance(error, REFUSED)
 
     def subscriber(self, server: Server) -> aioredis.Redis:
         return self.sentinel.master_for(
-            self.where.master, redis_class=aioredis.Redis, **_subscriber_options(self)
+            self.where.master,
+            redis_class=aioredis.Redis,
+            **self._master_options,
+            **_subscriber_options(self),
         )
-
-    async def master(self) -> tuple[str, int] | None:
-        """The master's address, as the sentinels say now (None if they name none)."""
-        pool = self.one.client.connection_pool
-        assert isinstance(pool, SentinelConnectionPool)
-        try:
-            return await pool.get_master_address()
-        except RedisConnectionError:
-            return None
 
     @property
     def db(self) -> int:
