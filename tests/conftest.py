@@ -83,9 +83,13 @@ class Client:
         self.base_url = base_url
         self.echoes = echoes
         self.store = echoes.store
-        self.redis = echoes.store.servers.all()[0].client  # the one Redis server's client
         self.settings = echoes.settings
         self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=1000)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The one Redis server's client (asked when used: a Cluster's are known once ready)."""
+        return self.echoes.store.servers.all()[0].client
 
     async def request(
         self,

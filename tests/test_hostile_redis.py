@@ -4,6 +4,7 @@ Sentinels and Cluster nodes that lie are small RESP servers written here (tests/
 the master they should name is a real redis-server on loopback. Each case is one of issue 23.
 """
 
+import asyncio
 import json
 import types
 
@@ -16,6 +17,7 @@ from bench.services import free_port
 from bench.topologies import free_port_pair
 from echoes import options
 from echoes.embedded import RedisServer
+from echoes.store.slots import MAX_REDIRECTS
 from echoes.topology import display
 
 MASTER = "echoes"
@@ -318,3 +320,80 @@ def test_display_drops_every_credential_and_keeps_the_address():
     }
     for url, shown in cases.items():
         assert display(url) == shown, url
+
+
+def cluster_node(peer=None, reply=None):
+    """A Cluster node that says it serves every slot; to each script call it answers MOVED
+    (or ASK) to ``peer()``, or ``reply``."""
+
+    def answer(command):
+        name = command[0].upper()
+        if name == b"CLUSTER" and command[1].upper() == b"SLOTS":
+            return [[0, 16383, [b"127.0.0.1", node.port, b"a" * 40]]]
+        if name == b"COMMAND":
+            return []
+        if name == b"CONFIG":
+            return {"notify-keyspace-events": "KEA"}
+        if name == b"FUNCTION":
+            return b"echoes"
+        if name in (b"FCALL", b"EVALSHA"):
+            if reply is not None:
+                return reply
+            kind = "ASK" if len(node.commands) % 2 else "MOVED"
+            return Error(f"{kind} 1 {peer().address}")
+        if name in (b"ASKING", b"EXISTS"):
+            return Simple("OK") if name == b"ASKING" else 0
+        return None
+
+    node = FakeRedis(answer)
+    return node
+
+
+async def test_nodes_that_redirect_to_each_other_give_up_after_a_few_round_trips(
+    start_echoes, caplog
+):
+    # Issue 23: two nodes answering MOVED/ASK to each other made one /send do 28,426 round
+    # trips in 5 s (2.9 s of CPU); 10 concurrent sends took 10 s and 175k round trips.
+    a = cluster_node(lambda: b)
+    b = cluster_node(lambda: a)
+    await started(a, b)
+    try:
+        url = f"redis+cluster://{a.address}"
+        echoes = await start_echoes(redis_url=url, subscribed=False, redis_timeout=30)
+        sends = [echoes.post("/send", "olivia", MESSAGE) for _ in range(10)]
+        answers = await asyncio.gather(*sends)  # not after the 30 s deadline
+        assert {r.status for r in answers} == {503}
+        assert all(r.headers["Retry-After"] for r in answers)
+        assert all("(Redirected)" in r.json["details"][0] for r in answers)
+        calls = sum(1 for node in (a, b) for c in node.commands if c[0] == b"FCALL")
+        print(f"10 sends between two nodes redirecting to each other: {calls} script calls")
+        assert calls <= 10 * (MAX_REDIRECTS + 1)
+        assert a.address in caplog.text and b.address in caplog.text
+        assert "redirected 6 times" in caplog.text
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Simple("OK"), 7, -1, b"1", [], [b"[]", 0], [b"not json", 0, 0], [b"[]", -1, 0], None],
+    ids=repr,
+)
+async def test_a_script_reply_of_the_wrong_shape_is_a_503_never_a_success(
+    start_echoes, reply, caplog
+):
+    # Issue 23: a script reply of the wrong shape was answered 200 {"sent": 0}.
+    node = cluster_node(reply=Raw(b"_\r\n") if reply is None else reply)
+    await node.start()
+    try:
+        url = f"redis+cluster://{node.address}"
+        echoes = await start_echoes(redis_url=url, subscribed=False)
+        for path in ("/send", "/exchange", "/receive"):
+            body = None if path == "/receive" else MESSAGE
+            response = await echoes.post(path, "olivia", body)
+            assert response.status == 503, (path, response.body)
+            assert "(BadReply)" in response.json["details"][0]
+        assert "which echoes' " in caplog.text and "Traceback" not in caplog.text
+    finally:
+        await node.close()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from . import checks, records, slots
+from . import checks, records, replies, slots
 from .failures import OutOfMemory, Unavailable, classified, classify
 from .keys import PROBE_NAME, Inbox, Keys
 from .pipeline import LARGE_BATCH
@@ -211,6 +211,7 @@ class Store:
         finally:
             if quota:
                 self.senders.forget(caller)
+        replies.check(calls, results)
         if quota:
             self._counted(caller, results.pop(0))
         batch = None
@@ -371,6 +372,7 @@ class Store:
             calls.append(self._put(origin, records.ack_id(consumer, key), ack, (0, 0), deadline))
         try:
             results = await classified(self.scripts.run(self.servers, calls))
+            replies.check(calls, results)
         except Unavailable as e:
             if self._replicated:
                 raise

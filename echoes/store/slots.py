@@ -7,6 +7,12 @@ answers while it changes is tried again until it passes or the caller's deadline
 MOVED (learn the new owner, send there), ASK (send that one command to the named node after
 ASKING), TRYAGAIN and CLUSTERDOWN (a slot migrating, an election), READONLY and refused
 connections (a primary that failed over). Every command echoes sends is safe to run twice.
+
+A slot migration redirects a command once or twice; nodes that redirect to each other would
+do it forever (28,426 round trips for one send in 5 s, before this bound). So each command
+may be redirected MAX_REDIRECTS times, each redirection after the first waits a little
+longer (REDIRECT_BACKOFF, doubling), and then the request gives up: Redirected, a 503 with
+Retry-After, and a log line naming the nodes that redirected it.
 """
 
 import asyncio
@@ -14,13 +20,20 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import AskError, MovedError
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from .pipeline import Command
 from .servers import Server, Servers
 
 log = logging.getLogger("echoes.redis")
 Send = Callable[[Server, list[Command], bool], Awaitable[list[Any]]]
+MAX_REDIRECTS = 5
+REDIRECT_BACKOFF = 0.01  # seconds before a command's second redirection is followed
+
+
+class Redirected(RedisClusterException):
+    """Cluster nodes redirected one command more than MAX_REDIRECTS times."""
 
 
 async def plain(server: Server, commands: list[Command], writes: bool) -> list[Any]:
@@ -42,6 +55,7 @@ async def run(
     replies: list[Any] = [None] * len(commands)
     pending = list(range(len(commands)))
     redirected: dict[int, Server] = {}  # ASK: this command, once, to that node
+    hops: dict[int, list[str]] = {}  # each redirected command's nodes, in order
     while True:
         groups: dict[str, tuple[Server, list[int]]] = {}
         for i in pending:
@@ -51,7 +65,7 @@ async def run(
         redirected.clear()
         outcomes = await _each(send, groups, commands, asking, writes)
         again, trouble = [], None
-        for (_, idx), outcome in zip(groups.values(), outcomes, strict=True):
+        for (server, idx), outcome in zip(groups.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 if not servers.transient(outcome):
                     raise outcome
@@ -62,6 +76,8 @@ async def run(
                 if isinstance(reply, Exception) and servers.transient(reply):
                     again.append(i)
                     trouble = reply
+                    if isinstance(reply, AskError):  # MOVED too (a subclass)
+                        _hop(hops.setdefault(i, [server.name]), reply, commands[i][0])
                     if isinstance(reply, AskError) and not isinstance(reply, MovedError):
                         redirected[i] = servers.at(reply.host, reply.port)
                 else:
@@ -70,8 +86,32 @@ async def run(
             return replies
         assert trouble is not None
         log.debug("%d commands again after %s: %s", len(again), type(trouble).__name__, trouble)
+        await asyncio.sleep(_backoff(hops, again))
         await servers.recover(trouble)
         pending = again
+
+
+def _hop(nodes: list[str], redirect: AskError, key: str) -> None:
+    """Count one more redirection of a command; Redirected past MAX_REDIRECTS."""
+    nodes.append(f"{redirect.host}:{redirect.port}")
+    if len(nodes) <= MAX_REDIRECTS + 1:
+        return
+    path = " -> ".join(nodes)
+    log.warning(
+        "a command for slot %d was redirected %d times (%s): giving up, answered 503;"
+        " the Cluster's nodes disagree on who serves it",
+        key_slot(key.encode()),
+        MAX_REDIRECTS + 1,
+        path,
+    )
+    raise Redirected(f"slot {key_slot(key.encode())} redirected {MAX_REDIRECTS + 1} times: {path}")
+
+
+def _backoff(hops: dict[int, list[str]], again: list[int]) -> float:
+    """Seconds to wait before following the redirections of ``again``: none for a first
+    one, then REDIRECT_BACKOFF doubling with each more."""
+    most = max((len(hops.get(i, ())) - 1 for i in again), default=0)
+    return 0.0 if most <= 1 else REDIRECT_BACKOFF * 2 ** (most - 2)
 
 
 async def _each(
