@@ -141,3 +141,66 @@ async def _command(reader: asyncio.StreamReader) -> list[bytes] | None:
         size = int((await reader.readline())[1:])
         command.append((await reader.readexactly(size + 2))[:-2])
     return command
+
+
+class FakeHTTP:
+    """An HTTP server on loopback, in a thread, whose every answer comes from
+    ``respond(request)``: an iterable of byte chunks written as they come (a generator may
+    sleep between them, to trickle). ``request`` has ``method``, ``target``, ``headers``
+    (lower-case names) and ``body``. Every request is recorded; ``sent`` counts the bytes
+    written before the client hung up."""
+
+    def __init__(self, respond: Callable[[Any], Any]):
+        import socketserver
+        import threading
+
+        self.respond = respond
+        self.requests: list[Any] = []
+        self.sent = 0
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                fake._handle(self.rfile, self.wfile)
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handle(self, rfile: Any, wfile: Any) -> None:
+        import types
+
+        line = rfile.readline().decode("latin-1").split()
+        if len(line) < 2:
+            return
+        headers = {}
+        while (header := rfile.readline().decode("latin-1").strip()) != "":
+            name, _, value = header.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = rfile.read(int(headers.get("content-length", 0)))
+        request = types.SimpleNamespace(method=line[0], target=line[1], headers=headers, body=body)
+        self.requests.append(request)
+        try:
+            for chunk in self.respond(request):
+                wfile.write(chunk)
+                wfile.flush()
+                self.sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+
+def http_answer(status: int, body: bytes = b"", **headers: str) -> bytes:
+    """A whole HTTP/1.1 answer that closes its connection; ``headers`` with _ for -."""
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,8 +1,9 @@
 """The clients of echoes: Python (``Client``, ``AsyncClient``), the command line, the browser.
 
-Owns the follow protocol (``protocol``: requests, answers, retries, the state file; no I/O),
-the two Python clients that move its bytes (``clients``), the ``echoes send|receive|
-exchange|follow`` commands (``cli``) and the browser module (``web/echoes.js``).
+Owns the follow protocol (``protocol``: requests, answers, retries, the state file; no
+network I/O), the bounded HTTP exchange of the synchronous client (``transport``), the two
+Python clients that move its bytes (``clients``), the ``echoes send|receive|exchange|follow``
+commands (``cli``) and the browser module (``web/echoes.js``).
 
 May import: nothing of the server: a client is what runs on a user's machine.
 
@@ -10,6 +11,6 @@ May import: nothing of the server: a client is what runs on a user's machine.
 """
 
 from .clients import AsyncClient, Client
-from .protocol import EchoesError, Unavailable
+from .protocol import BadAnswer, EchoesError, StateInUse, Unavailable
 
-__all__ = ["AsyncClient", "Client", "EchoesError", "Unavailable"]
+__all__ = ["AsyncClient", "BadAnswer", "Client", "EchoesError", "StateInUse", "Unavailable"]

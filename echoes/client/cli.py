@@ -2,19 +2,37 @@
 
 A thin layer over echoes.client's Client; the subcommands hang on the one parser of options.py
 (``echoes`` alone, or ``echoes serve``, runs the server). Answers go to standard output as
-JSON; a refusal (4xx) prints the server's details on standard error and exits 1.
+JSON; a refusal (4xx) or an answer that is not echoes' prints why on standard error and
+exits 1; a command line that cannot run (no name, no password, a state file in use) exits 2.
+
+Credentials for a proxy that authenticates (conf/nginx.conf): ``--user NAME[:PASSWORD]``
+(HTTP Basic), the password from ``$ECHOES_PASSWORD``, a netrc file (``--netrc-file``,
+default ~/.netrc) or a prompt; or ``--header 'Authorization: Bearer ...'``. A password is
+never printed: errors show the URL without it, and any message that would carry it has it
+replaced by ``***``.
 """
 
 import argparse
+import getpass
 import json
+import netrc
 import signal
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from .clients import Client
-from .protocol import DEFAULT_URL, FOLLOW_WAIT, EchoesError, Follower, State, Unavailable
+from .protocol import (
+    DEFAULT_URL,
+    FOLLOW_WAIT,
+    BadAnswer,
+    EchoesError,
+    StateInUse,
+    Unavailable,
+)
 
 COMMANDS = ("send", "receive", "exchange", "follow")
 FOLLOW_HELP = """Long-poll forever and print one JSON record per line, oldest first.
@@ -33,12 +51,38 @@ class _Stop(Exception):
     """SIGINT or SIGTERM while follow waits: stop now (nothing is half-printed)."""
 
 
+class _Usage(Exception):
+    """A command line that cannot run: exit 2 with this message."""
+
+
 def add_commands(commands: Any) -> None:
     """Add the client subcommands to the parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", help=f"echoes' URL (default: $ECHOES_URL, else {DEFAULT_URL})")
     common.add_argument(
-        "--as", dest="caller", metavar="NAME", help="your name (default: $ECHOES_AS)"
+        "--as",
+        dest="caller",
+        metavar="NAME",
+        help="your name (default: $ECHOES_AS, else the --user name)",
+    )
+    common.add_argument(
+        "--user",
+        metavar="NAME[:PASSWORD]",
+        help="HTTP Basic credentials for a proxy that authenticates (default: $ECHOES_USER);"
+        " without :PASSWORD, the password is $ECHOES_PASSWORD, the netrc file's, or asked",
+    )
+    common.add_argument(
+        "--netrc-file",
+        metavar="FILE",
+        help="a netrc file whose entry for the URL's host gives the user and password"
+        " (default: ~/.netrc, if there is one)",
+    )
+    common.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header to send with every request, e.g. 'Authorization: Bearer TOKEN'",
     )
     sending = argparse.ArgumentParser(add_help=False)
     sending.add_argument(
@@ -80,15 +124,11 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO = sys.stdout) -> int:
     """Run one client command; the exit status."""
-    url = args.url or environ.get("ECHOES_URL") or DEFAULT_URL
-    caller = args.caller or environ.get("ECHOES_AS")
-    if not caller:
-        print("echoes: error: --as NAME is required (or set ECHOES_AS)", file=sys.stderr)
-        return 2
-    client = Client(url, caller)
+    secrets: list[str] = []
     try:
+        client = _client(args, environ, secrets)
         if args.command == "follow":
-            return follow(client, args.state, args.wait, out)
+            return follow(client, args.state, args.wait, out, secrets)
         if args.command == "receive":
             answer: Any = client.receive(args.limit, args.wait)
         elif args.command == "send":
@@ -96,11 +136,86 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO = sys.
         else:
             message = (args.to, body(args.body), args.key, args.ack)
             answer = client.exchange(*message, limit=args.limit, wait=args.wait)
-    except (EchoesError, Unavailable) as e:
-        print(f"echoes: error: {e}", file=sys.stderr)
+    except (_Usage, StateInUse) as e:
+        _say(f"echoes: error: {e}", secrets)
+        return 2
+    except (EchoesError, Unavailable, BadAnswer) as e:
+        _say(f"echoes: error: {e}", secrets)
         return 1
     print(json.dumps(answer, ensure_ascii=False), file=out, flush=True)
     return 0
+
+
+def _client(args: argparse.Namespace, environ: Mapping[str, str], secrets: list[str]) -> Client:
+    """The Client the options name, with its credentials (added to ``secrets``)."""
+    url = args.url or environ.get("ECHOES_URL") or DEFAULT_URL
+    user, password = _login(args, environ, url)
+    secrets += [s for s in (password, urlsplit(url).password) if s]
+    caller = args.caller or environ.get("ECHOES_AS") or user or urlsplit(url).username
+    if not caller:
+        raise _Usage("--as NAME is required (or set ECHOES_AS)")
+    headers = dict(_header(h) for h in args.header)
+    try:
+        client = Client(url, caller, user=user, password=password, headers=headers)
+    except ValueError as e:
+        raise _Usage(str(e)) from None
+    secrets += [v.split(" ", 1)[-1] for k, v in client.headers.items() if k == "Authorization"]
+    return client
+
+
+def _login(
+    args: argparse.Namespace, environ: Mapping[str, str], url: str
+) -> tuple[str | None, str | None]:
+    """The user and password: --user NAME[:PASSWORD] (or the URL's), with the password of
+    $ECHOES_PASSWORD, the netrc file or a prompt when the colon is missing."""
+    given = args.user or environ.get("ECHOES_USER")
+    parts = urlsplit(url)
+    if given is None and parts.username is not None:
+        return None, None  # the URL's own, read by the Client
+    user, colon, password = (given or "").partition(":")
+    if colon:
+        return user, password
+    if "ECHOES_PASSWORD" in environ and user:
+        return user, environ["ECHOES_PASSWORD"]
+    found = _netrc(args.netrc_file, parts.hostname or "")
+    if found and (not user or found[0] in ("", user)):
+        return found[0] or user, found[1]
+    if not user:
+        return None, None
+    if sys.stdin.isatty():
+        return user, getpass.getpass(f"password of {user} for {parts.hostname}: ")
+    raise _Usage(
+        f"no password for --user {user}: give --user {user}:PASSWORD, set ECHOES_PASSWORD,"
+        " or put it in a netrc file (--netrc-file)"
+    )
+
+
+def _netrc(path: str | None, host: str) -> tuple[str, str] | None:
+    """The login and password of ``host`` in the netrc file, if it has them."""
+    file = Path(path) if path else Path.home() / ".netrc"
+    if not path and not file.exists():
+        return None
+    try:
+        entry = netrc.netrc(file).authenticators(host)
+    except (OSError, netrc.NetrcParseError) as e:
+        raise _Usage(f"cannot read the netrc file: {e}") from None
+    if entry is None or entry[2] is None:
+        return None
+    return entry[0] or "", entry[2]
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or any(c in text for c in "\r\n"):
+        raise _Usage(f"--header takes 'NAME: VALUE', not {text.split(':')[0]!r}...")
+    return name.strip(), value.strip()
+
+
+def _say(message: str, secrets: list[str]) -> None:
+    """Print ``message`` on standard error with every secret in it replaced by ***."""
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    print(message, file=sys.stderr, flush=True)
 
 
 def body(text: str) -> Any:
@@ -113,7 +228,7 @@ def body(text: str) -> Any:
         return text
 
 
-def follow(client: Client, state: str | None, wait: float, out: TextIO) -> int:
+def follow(client: Client, state: str | None, wait: float, out: TextIO, secrets: list[str]) -> int:
     """Print every record as it arrives until SIGINT or SIGTERM; status 0 then."""
     printing = False
     stopping = False
@@ -125,11 +240,11 @@ def follow(client: Client, state: str | None, wait: float, out: TextIO) -> int:
             raise _Stop
 
     def retrying(reason: str, delay: float) -> None:
-        print(f"echoes: {reason}; trying again in {delay:.1f} s", file=sys.stderr, flush=True)
+        _say(f"echoes: {reason}; trying again in {delay:.1f} s", secrets)
 
+    follower = client.follower(state, wait, retrying)  # StateInUse: another follower has it
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    follower = Follower(client.url, client.caller, State(state), wait, retrying)
     try:
         while not stopping:
             try:
@@ -145,10 +260,11 @@ def follow(client: Client, state: str | None, wait: float, out: TextIO) -> int:
             printing = False
     except _Stop:
         pass
-    except EchoesError as e:
-        print(f"echoes: error: {e}", file=sys.stderr)
+    except (EchoesError, BadAnswer) as e:
+        _say(f"echoes: error: {e}", secrets)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        follower.close()
     return 0

@@ -10,22 +10,44 @@ once across its own crash, exactly once otherwise.
 
 ``Follower`` and the ``request``/``answer`` functions are that protocol; the clients in
 clients.py only move bytes.
+
+Nothing the server says is taken on trust: ``Retry-After`` is read as seconds or an
+HTTP-date and never waited longer than MAX_DELAY (60 s); anything else in it falls back to
+the backoff. A 200 must be what echoes answers (a batch: an array of records; a send: an
+object with a whole ``sent``; ``Echoes-Remaining`` a whole number), else BadAnswer. A
+redirection is not followed (so ``From`` and credentials never go to another origin): it is
+a BadAnswer naming where it pointed. The clients bound each answer's size
+(``max_answer_bytes``) and each exchange's whole time (the request's ``timeout``).
 """
 
+import base64
+import email.utils
+import fcntl
 import json
+import math
 import os
 import random
 import secrets
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Seconds a follow request asks to wait: below the 50 s default --max-wait and proxies' 60 s.
 FOLLOW_WAIT = 45.0
 MAX_BACKOFF = 30.0
+# The longest a client waits before trying again, whatever Retry-After says.
+MAX_DELAY = 60.0
+# The largest answer a client reads: 8 times the server's default --max-batch-bytes.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+RECORD_FIELDS: dict[str, dict[str, type]] = {
+    "msg": {"idempotencyKey": str, "origin": str, "expectsAck": bool, "sentAt": str},
+    "ack": {"idempotencyKey": str, "destination": str, "receivedAt": str},
+}
 
 
 class EchoesError(Exception):
@@ -38,11 +60,17 @@ class EchoesError(Exception):
 
 
 class Unavailable(Exception):
-    """echoes or its Redis is unavailable for now (503, or no connection): try again later."""
+    """echoes or its Redis is unavailable for now (503, or no connection): try again later.
+    ``retry_after``: the seconds the server asked for (at most MAX_DELAY), or None."""
 
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class BadAnswer(Exception):
+    """The server's answer is not one echoes gives: not JSON, of the wrong shape, too large,
+    or a redirection elsewhere. Not retried: the URL may not be echoes'."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +81,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     timeout: float
+    expects: str = "batch"  # what a 200 must hold: "batch" (an array of records) or "sent"
 
 
 @dataclass(frozen=True)
@@ -82,12 +111,49 @@ def request(
     query: dict[str, Any],
     body: Any = None,
     timeout: float = 30.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Request:
+    """A POST to ``base`` + ``path`` as ``caller``, with ``headers`` (credentials) too."""
     query = {k: v for k, v in query.items() if v is not None}
     url = base.rstrip("/") + path + ("?" + urlencode(query) if query else "")
     data = b"" if body is None else json.dumps(body).encode()
-    headers = {"From": header_value(caller), "Content-Type": "application/json"}
-    return Request(url, headers, data, timeout)
+    sent = dict(headers or {})
+    sent |= {"From": header_value(caller), "Content-Type": "application/json"}
+    return Request(url, sent, data, timeout, "sent" if path == "/send" else "batch")
+
+
+def credentials(
+    url: str,
+    user: str | None = None,
+    password: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """``url`` without a ``user:password@`` part, and the headers to send with every
+    request: ``headers``, plus HTTP Basic credentials from ``user`` and ``password`` or from
+    the URL. ValueError if they conflict (From is the caller's, set by ``--as``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{display(url)} is not an http:// or https:// URL")
+    given = dict(headers or {})
+    if any(name.lower() == "from" for name in given):
+        raise ValueError("From is the caller's name: give it as the caller (--as), not a header")
+    if parts.username is not None and user is None:
+        user = unquote(parts.username)
+        password = unquote(parts.password) if parts.password is not None else password
+    if user is not None:
+        if any(name.lower() == "authorization" for name in given):
+            raise ValueError("give either a user and password or an Authorization header")
+        token = f"{user}:{password or ''}".encode()
+        given["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+    return display(url), given
+
+
+def display(url: str) -> str:
+    """``url`` without its ``user:password@`` part: how a client shows it."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def message(destinations: list[str], body: Any, key: str | None, ack: bool) -> dict[str, Any]:
@@ -99,31 +165,138 @@ def message(destinations: list[str], body: Any, key: str | None, ack: bool) -> d
     }
 
 
-def answer(status: int, headers: Any, body: bytes) -> Answer:
-    """The answer of a 200, or the exception of anything else."""
+def answer(status: int, headers: Any, body: bytes, expects: str = "batch") -> Answer:
+    """The answer of a 200 (``expects``: a "batch" or a "sent" count), or the exception of
+    anything else (BadAnswer if it is not an answer echoes gives)."""
     if status == 200:
-        document = json.loads(body)
-        if isinstance(document, list):
-            return Answer(records=document, remaining=int(headers.get("Echoes-Remaining", 0)))
-        return Answer(sent=int(document["sent"]))
-    try:
-        error = json.loads(body)
-        details = list(error.get("details", [])) or [str(error.get("error", ""))]
-    except (ValueError, AttributeError):
-        details = [body[:200].decode("utf-8", "replace") or f"HTTP {status}"]
-    if status == 503 or status >= 500:
-        retry = headers.get("Retry-After")
-        raise Unavailable(f"{status}: {'; '.join(details)}", float(retry) if retry else None)
-    if status == 429 and headers.get("Retry-After"):
-        raise Unavailable(f"{status}: {'; '.join(details)}", float(headers["Retry-After"]))
+        return _ok(headers, body, expects)
+    if 300 <= status < 400:
+        where = display(str(headers.get("Location", "")))
+        raise BadAnswer(
+            f"{status}: the server redirects to {where or 'nowhere'}, which is not followed:"
+            " use echoes' own URL"
+        )
+    details = _details(status, body)
+    retry = retry_after(headers.get("Retry-After"))
+    if status >= 500 or (status == 429 and headers.get("Retry-After")):
+        raise Unavailable(f"{status}: {'; '.join(details)}", retry)
     raise EchoesError(status, details)
 
 
+def _ok(headers: Any, body: bytes, expects: str) -> Answer:
+    """A 200's Answer, if it has echoes' shape."""
+    document = _json(body)
+    if expects == "batch":
+        if not isinstance(document, list):
+            raise BadAnswer(f"the server answered {_shown(document)}, not a batch of records")
+        bad = next((r for r in document if not _is_record(r)), None)
+        if bad is not None:
+            raise BadAnswer(f"the server answered a batch holding {_shown(bad)}, not a record")
+        remaining = headers.get("Echoes-Remaining", "0")
+        if not (isinstance(remaining, str) and remaining.isascii() and remaining.isdigit()):
+            raise BadAnswer(f"the server answered Echoes-Remaining: {_shown(remaining)}")
+        return Answer(records=document, remaining=int(remaining))
+    sent = document.get("sent") if isinstance(document, dict) else None
+    if type(sent) is not int or sent < 0:
+        raise BadAnswer(f"the server answered {_shown(document)}, not a send's count")
+    return Answer(sent=sent)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
+        raise BadAnswer(f"the server answered {_shown(body)}, which is not JSON") from None
+
+
+def _is_record(record: Any) -> bool:
+    if not isinstance(record, dict) or record.get("type") not in RECORD_FIELDS:
+        return False
+    fields = RECORD_FIELDS[record["type"]].items()
+    return all(isinstance(record.get(name), kind) for name, kind in fields) and (
+        record["type"] == "ack" or "body" in record
+    )
+
+
+def _details(status: int, body: bytes) -> list[str]:
+    """The details of an error answer: its JSON ``details`` if they are strings."""
+    try:
+        error = json.loads(body)
+    except (ValueError, RecursionError):
+        error = None
+    details = error.get("details") if isinstance(error, dict) else None
+    if isinstance(details, list) and details and all(isinstance(d, str) for d in details):
+        return [d[:1000] for d in details[:20]]
+    if isinstance(error, dict) and isinstance(error.get("error"), str):
+        return [error["error"][:200]]
+    return [body[:200].decode("utf-8", "replace") or f"HTTP {status}"]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def retry_after(value: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (seconds, or an HTTP-date), at most
+    MAX_DELAY; None for anything else (negative, not finite, not a time): back off."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # not an HTTP-date, which is GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = max(seconds, 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_DELAY)
+
+
+class StateInUse(Exception):
+    """Another follower holds the state file: two would hand out one batch twice."""
+
+
 class State:
-    """The follower's state file: the attempt token of the batch in flight, if any."""
+    """The follower's state file: the attempt token of the batch in flight, if any.
+
+    Only its owner can read it (0600: the token is what another user would need to take
+    the batch); it is written to a fresh temporary file (mkstemp: O_EXCL, O_NOFOLLOW, so a
+    planted file or link there is never written through) renamed over it; and ``lock``
+    holds ``FILE.lock`` (flock) while one follower uses it.
+    """
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold FILE.lock until ``unlock`` (or exit); StateInUse if another process holds it."""
+        if not self.path or self._lock is not None:
+            return
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise StateInUse(f"{self.path} is used by another follower{by}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     def load(self) -> str | None:
         if self.path and self.path.exists():
@@ -131,10 +304,17 @@ class State:
         return None
 
     def save(self, token: str) -> None:
-        if self.path:
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(token + "\n")
+        if not self.path:
+            return
+        prefix, directory = self.path.name + ".", self.path.parent
+        fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(token + "\n")
             os.replace(temporary, self.path)  # atomic: never a half-written token
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
     def clear(self) -> None:
         if self.path:
@@ -152,8 +332,11 @@ class Follower:
         state: State,
         wait: float = FOLLOW_WAIT,
         on_retry: Callable[[str, float], None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ):
         self.base, self.caller, self.state, self.wait = base, caller, state, wait
+        self.headers = dict(headers or {})
+        state.lock()
         self.token = state.load() or new_key()
         self.failures = 0
         self.on_retry = on_retry or (lambda reason, delay: None)
@@ -162,16 +345,23 @@ class Follower:
         """The next long poll; its token is saved first (see State)."""
         self.state.save(self.token)
         query = {"wait": self.wait, "attempt": self.token}
-        return request(self.base, self.caller, "/receive", query, timeout=self.wait + 30)
+        timeout = self.wait + 30
+        return request(self.base, self.caller, "/receive", query, None, timeout, self.headers)
 
     def failed(self, error: Unavailable) -> float:
-        """Seconds to wait before retrying the same request: Retry-After, else backoff."""
+        """Seconds to wait before retrying the same request: Retry-After, else backoff;
+        with jitter, and never more than MAX_DELAY."""
         self.failures += 1
         backoff = min(MAX_BACKOFF, 0.5 * 2 ** min(self.failures, 10))
         delay = error.retry_after if error.retry_after is not None else backoff
         delay *= random.uniform(1.0, 1.5)  # jitter: many followers do not come back at once
+        delay = min(delay, MAX_DELAY)
         self.on_retry(str(error), delay)
         return delay
+
+    def close(self) -> None:
+        """Let another follower use the state file."""
+        self.state.unlock()
 
     def handed_out(self) -> None:
         """The whole batch reached the caller: the next request takes new records."""
