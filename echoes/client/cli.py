@@ -229,12 +229,20 @@ def body(text: str) -> Any:
 
 
 def follow(client: Client, state: str | None, wait: float, out: TextIO, secrets: list[str]) -> int:
-    """Print every record as it arrives until SIGINT or SIGTERM; status 0 then."""
+    """Print every record as it arrives until SIGINT or SIGTERM; status 0 then.
+
+    Stopped by a signal, it leaves SIGINT and SIGTERM ignored: the process is on its way
+    out, and ``timeout`` (and a terminal's Ctrl-C) signal its whole process group too, so a
+    second signal arrives while it exits; restored to the default, that one killed it
+    (status 130 instead of 0).
+    """
     printing = False
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
+        if stopping:  # the same request again (the process group's copy): already on it
+            return
         stopping = True
         if not printing:  # while a batch is printed, the loop stops after it
             raise _Stop
@@ -243,8 +251,7 @@ def follow(client: Client, state: str | None, wait: float, out: TextIO, secrets:
         _say(f"echoes: {reason}; trying again in {delay:.1f} s", secrets)
 
     follower = client.follower(state, wait, retrying)  # StateInUse: another follower has it
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stopping:
             try:
@@ -264,7 +271,7 @@ def follow(client: Client, state: str | None, wait: float, out: TextIO, secrets:
         _say(f"echoes: error: {e}", secrets)
         return 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
         follower.close()
     return 0

@@ -277,25 +277,33 @@ class State:
         self._lock: int | None = None
 
     def lock(self) -> None:
-        """Hold FILE.lock until ``unlock`` (or exit); StateInUse if another process holds it."""
+        """Hold FILE.lock until ``unlock``; StateInUse if another process holds it."""
         if not self.path or self._lock is not None:
             return
+        path = self.path.with_name(self.path.name + ".lock")
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), flags, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            by = f" (process {holder})" if holder.isdigit() else ""
-            raise StateInUse(f"{self.path} is used by another follower{by}") from None
+        while True:
+            fd = os.open(path, flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                by = f" (process {holder})" if holder.isdigit() else ""
+                raise StateInUse(f"{self.path} is used by another follower{by}") from None
+            if _same_file(fd, path):
+                break
+            os.close(fd)  # its holder removed it as we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
 
     def unlock(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # releases the flock
+        """Remove FILE.lock and release it (removed first: a follower that opened it
+        meanwhile finds it is not the file at that path any more, and takes the next)."""
+        if self._lock is not None and self.path:
+            self.path.with_name(self.path.name + ".lock").unlink(missing_ok=True)
+            os.close(self._lock)
             self._lock = None
 
     def load(self) -> str | None:
@@ -319,6 +327,14 @@ class State:
     def clear(self) -> None:
         if self.path:
             self.path.unlink(missing_ok=True)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 class Follower:

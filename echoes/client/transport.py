@@ -2,18 +2,18 @@
 
 urllib bounds each socket read, not the exchange: an answer trickled a byte every 10 s ran
 70 s past a 31 s timeout, a 400 MB answer took 847 MB, and a 302 was followed to another
-host with the caller's ``From``. Here the whole exchange has one deadline (a timer shuts the
-socket down when it passes, wherever the exchange is), the answer is read up to a limit,
-and nothing is followed: the caller gets the redirection's status and headers. Proxies
-come from the environment as urllib takes them (``http_proxy``, ``https_proxy``,
-``no_proxy``).
+host with the caller's ``From``. Here every read and write of the exchange waits at most
+until one deadline (the socket's timeout is set to what is left before each of them), the
+answer is read up to a limit, and nothing is followed: the caller gets the redirection's
+status and headers. Proxies come from the environment as urllib takes them
+(``http_proxy``, ``https_proxy``, ``no_proxy``).
 """
 
-import contextlib
 import http.client
+import io
 import socket
 import ssl
-import threading
+import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -34,31 +34,79 @@ def post(
     """POST ``body`` to ``url``: status, headers and body, all within ``timeout`` seconds
     (TimedOut) and at most ``limit`` bytes of body (TooLarge). OSError if unreachable."""
     conn, target = _connection(url, timeout)
-    cut = threading.Event()
-    timer = None
     try:
-        conn.connect()  # bounded by the socket timeout; then the timer bounds the rest
-        # The socket itself: http.client drops its own reference once the answer's headers
-        # say the connection closes, and the answer goes on reading from it.
-        timer = threading.Timer(timeout, _cut, (conn.sock, cut))
-        timer.daemon = True
-        timer.start()
         conn.request("POST", target, body=body, headers=dict(headers))
         response = conn.getresponse()
-        body = _read(response, limit)
-        if cut.is_set():  # cut mid-answer: what was read is not all of it
-            raise TimedOut(f"no whole answer within {timeout:g} s")
-        return response.status, response.headers, body
-    except (OSError, http.client.HTTPException) as e:
-        if cut.is_set():
-            raise TimedOut(f"no whole answer within {timeout:g} s") from None
-        if isinstance(e, http.client.HTTPException):
-            raise OSError(f"{type(e).__name__}: {e}") from e
-        raise
+        return response.status, response.headers, _read(response, limit)
+    except TimeoutError:
+        raise TimedOut(f"no whole answer within {timeout:g} s") from None
+    except http.client.HTTPException as e:
+        raise OSError(f"{type(e).__name__}: {e}") from e
     finally:
-        if timer:
-            timer.cancel()
         conn.close()
+
+
+class _Bounded:
+    """A connection whose socket, once connected, reads and writes only until a deadline."""
+
+    deadline = 0.0
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]  # TCP (and TLS): the socket timeout bounds it
+        conn: Any = self
+        conn.sock = _Socket(conn.sock, self.deadline)
+
+
+class _HTTP(_Bounded, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPS(_Bounded, http.client.HTTPSConnection):
+    pass
+
+
+class _Socket:
+    """A socket whose every read and write ends by ``deadline`` (time.monotonic())."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock, self._deadline = sock, deadline
+
+    def left(self) -> None:
+        """Give the next operation what is left of the time; TimeoutError if nothing is."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the deadline passed")
+        self._sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self.left()  # sendall's timeout bounds the whole call
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kw: Any) -> io.BufferedReader:
+        """What http.client reads the answer from (the socket's own raw file, which keeps
+        it open until closed, under a reader that gives each read what is left)."""
+        return io.BufferedReader(_Reader(self._sock.makefile("rb", buffering=0), self))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Reader(io.RawIOBase):
+    """The raw reader under http.client's buffered one: each read ends by the deadline."""
+
+    def __init__(self, raw: Any, sock: _Socket):
+        self._raw, self._sock = raw, sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.left()
+        return int(self._raw.readinto(buffer) or 0)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
@@ -70,28 +118,23 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
         target += "?" + parts.query
     https = parts.scheme == "https"
     host, port = parts.hostname or "", parts.port or (443 if https else 80)
-    proxy = (
-        None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
-    )
-    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    proxies = {} if urllib.request.proxy_bypass(host) else urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme)
+    kind = _HTTPS if https else _HTTP
     options: dict[str, Any] = {"timeout": timeout}
     if https:
         options["context"] = ssl.create_default_context()
-    if not proxy:
-        return kind(host, port, **options), target
-    via = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    conn = kind(via.hostname or "", via.port or 80, **options)
-    if https:
-        conn.set_tunnel(host, port)  # CONNECT: the proxy sees no header of ours
-        return conn, target
-    return conn, f"http://{parts.netloc.rpartition('@')[2]}{target}"
-
-
-def _cut(sock: socket.socket, cut: threading.Event) -> None:
-    """The deadline passed: wake the blocked read, whatever it was waiting for."""
-    cut.set()
-    with contextlib.suppress(OSError):  # already closed
-        sock.shutdown(socket.SHUT_RDWR)
+    if proxy:
+        via = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        conn = kind(via.hostname or "", via.port or 80, **options)
+        if https:
+            conn.set_tunnel(host, port)  # CONNECT: the proxy sees no header of ours
+        else:
+            target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+    else:
+        conn = kind(host, port, **options)
+    conn.deadline = time.monotonic() + timeout
+    return conn, target
 
 
 def _read(response: http.client.HTTPResponse, limit: int) -> bytes:
