@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, free_port, needs
+from fakes import FakeHTTP, http_answer
 from playwright.sync_api import sync_playwright
 
 WEB = Path(__file__).resolve().parent.parent / "echoes" / "client" / "web"
@@ -143,7 +144,10 @@ def test_the_example_page_follows_and_sends(page, page_origin, spawn_echoes, set
         f"--key-prefix={settings.key_prefix}",
         f"--cors-origins={page_origin}",
     )
+    asked = []
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.goto(f"{page_origin}/example.html?url={echoes.url}")
+    assert asked == [f"Send what you type here to {echoes.url}?"]  # echoes is on another origin
     page.fill("#me", "李")
     page.click("#start")
     page.wait_for_function("document.querySelector('#log').textContent.includes('following')")
@@ -176,3 +180,38 @@ def test_the_readme_browser_example_runs(page, page_origin, spawn_echoes, settin
     while "josé hola" not in messages:
         assert time.monotonic() < deadline, messages
         page.wait_for_timeout(50)
+
+
+def test_the_example_page_sends_nothing_to_a_url_the_user_did_not_accept(page, page_origin):
+    # Issue 23: example.html took ?url= from its own address, so a crafted link sent what
+    # the user types to another server.
+    crafted = FakeHTTP(lambda request: [http_answer(200, b'{"sent": 1}')])
+    try:
+        page.on("dialog", lambda dialog: dialog.dismiss())
+        page.goto(f"{page_origin}/example.html?url={crafted.url}")
+        page.fill("#text", "my secret")
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#log').textContent.includes('sent')")
+        assert "ignored ?url=" in page.text_content("#log")
+        assert crafted.requests == []
+    finally:
+        crafted.close()
+
+
+def test_the_browser_client_reads_retry_after_across_origins(page, page_origin, spawn_echoes):
+    # echoes exposes Retry-After to pages on other origins (Access-Control-Expose-Headers):
+    # without it the module saw none and fell back to its backoff.
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call is a 503
+    echoes = spawn_echoes(
+        f"--redis-url={down}", "--redis-timeout=0.2", f"--cors-origins={page_origin}"
+    )
+    retry = page.evaluate(
+        """async (url) => {
+          const { Echoes, Unavailable } = await import("./echoes.js");
+          try { await new Echoes(url, "li").receive(); } catch (e) {
+            return e instanceof Unavailable ? e.retryAfter : e.message;
+          }
+        }""",
+        echoes.url,
+    )
+    assert retry == 1

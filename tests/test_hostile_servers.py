@@ -73,7 +73,7 @@ def test_retry_after_is_seconds_or_a_date_at_most_a_minute_else_the_backoff():
     follower = protocol.Follower("http://x", "me", protocol.State(None))
     for value in ("999999", "inf", "nan", "-5", date, "abc"):
         delay = follower.failed(protocol.Unavailable("503", protocol.retry_after(value)))
-        assert 0 <= delay <= protocol.MAX_DELAY, (value, delay)
+        assert protocol.MIN_DELAY <= delay <= protocol.MAX_DELAY, (value, delay)
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ once across its own crash, exactly once otherwise.
 clients.py only move bytes.
 
 Nothing the server says is taken on trust: ``Retry-After`` is read as seconds or an
-HTTP-date and never waited longer than MAX_DELAY (60 s); anything else in it falls back to
-the backoff. A 200 must be what echoes answers (a batch: an array of records; a send: an
-object with a whole ``sent``; ``Echoes-Remaining`` a whole number), else BadAnswer. A
-redirection is not followed (so ``From`` and credentials never go to another origin): it is
-a BadAnswer naming where it pointed. The clients bound each answer's size
+HTTP-date and waited between MIN_DELAY (0.5 s) and MAX_DELAY (60 s); anything else in it
+falls back to the backoff. A 200 must be what echoes answers (a batch: an array of
+records; a send: an object with a whole ``sent``; ``Echoes-Remaining`` a whole number), else
+BadAnswer. A redirection is not followed (so ``From`` and credentials never go to another
+origin): it is a BadAnswer naming where it pointed. The clients bound each answer's size
 (``max_answer_bytes``) and each exchange's whole time (the request's ``timeout``).
 """
 
@@ -40,8 +40,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # Seconds a follow request asks to wait: below the 50 s default --max-wait and proxies' 60 s.
 FOLLOW_WAIT = 45.0
 MAX_BACKOFF = 30.0
-# The longest a client waits before trying again, whatever Retry-After says.
+# The longest and the shortest a client waits before trying again, whatever Retry-After
+# says (a server saying 0, or a date gone by, is not tried again in a loop).
 MAX_DELAY = 60.0
+MIN_DELAY = 0.5
 # The largest answer a client reads: 8 times the server's default --max-batch-bytes.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 RECORD_FIELDS: dict[str, dict[str, type]] = {
@@ -366,12 +368,12 @@ class Follower:
 
     def failed(self, error: Unavailable) -> float:
         """Seconds to wait before retrying the same request: Retry-After, else backoff;
-        with jitter, and never more than MAX_DELAY."""
+        with jitter, between MIN_DELAY and MAX_DELAY."""
         self.failures += 1
         backoff = min(MAX_BACKOFF, 0.5 * 2 ** min(self.failures, 10))
         delay = error.retry_after if error.retry_after is not None else backoff
         delay *= random.uniform(1.0, 1.5)  # jitter: many followers do not come back at once
-        delay = min(delay, MAX_DELAY)
+        delay = max(MIN_DELAY, min(delay, MAX_DELAY))
         self.on_retry(str(error), delay)
         return delay
 

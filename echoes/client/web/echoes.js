@@ -14,10 +14,25 @@
 // Names travel as their UTF-8 bytes in the From header (echoes decodes header bytes as UTF-8):
 // fetch sends each character below 256 as one byte, so "josé" and "李" arrive as typed.
 // The page's origin must be in echoes' --cors-origins. Behind a proxy that authenticates,
-// pass its credentials in `headers` (e.g. { Authorization: "Basic ..." }).
+// pass { user, password } (HTTP Basic) or its credentials in `headers`
+// (e.g. { Authorization: "Bearer ..." }).
+//
+// Nothing the server says is taken on trust, as in echoes.client: Retry-After is seconds
+// or an HTTP-date, waited at most MAX_DELAY (60 s) and at least MIN_DELAY (0.5 s); anything
+// else in it falls back to the backoff. A 200 must be a batch of records (or a send's whole
+// count) with a whole Echoes-Remaining, else BadAnswer; a redirection is not followed
+// (BadAnswer); an answer is read up to `maxAnswerBytes` and within `timeout` seconds (plus
+// the wait).
 
 export const FOLLOW_WAIT = 45;
+export const MAX_DELAY = 60;
+export const MIN_DELAY = 0.5;
+export const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 const MAX_BACKOFF = 30;
+const RECORD_FIELDS = {
+  msg: { idempotencyKey: "string", origin: "string", expectsAck: "boolean", sentAt: "string" },
+  ack: { idempotencyKey: "string", destination: "string", receivedAt: "string" },
+};
 
 export class EchoesError extends Error {
   constructor(status, details) {
@@ -34,6 +49,10 @@ export class Unavailable extends Error {
   }
 }
 
+/** The server's answer is not one echoes gives (not JSON, the wrong shape, too large, a
+ * redirection): not retried, the URL may not be echoes'. */
+export class BadAnswer extends Error {}
+
 /** `name` as a header value: one character per UTF-8 byte. */
 export function headerValue(name) {
   return String.fromCharCode(...new TextEncoder().encode(name));
@@ -45,13 +64,51 @@ export function newKey() {
   return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
 }
 
+/** Seconds to wait from a Retry-After value (seconds, or an HTTP-date), at most MAX_DELAY;
+ * null for anything else (negative, not finite, not a time): back off instead. */
+export function retryAfter(value, now = Date.now()) {
+  if (typeof value !== "string") return null;
+  const text = value.trim();
+  let seconds;
+  if (/^\d+(\.\d+)?$/.test(text)) {
+    seconds = Number(text);
+  } else if (/^[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT$/.test(text)) {
+    seconds = Math.max(0, (Date.parse(text) - now) / 1000);
+  } else {
+    return null;
+  }
+  return Number.isFinite(seconds) ? Math.min(seconds, MAX_DELAY) : null;
+}
+
 export class Echoes {
   /** A client of the echoes at `url`, calling as `name`. */
-  constructor(url, name, { headers = {}, fetch = globalThis.fetch.bind(globalThis) } = {}) {
+  constructor(
+    url,
+    name,
+    {
+      headers = {},
+      user,
+      password = "",
+      fetch = globalThis.fetch.bind(globalThis),
+      timeout = 30,
+      maxAnswerBytes = MAX_ANSWER_BYTES,
+    } = {},
+  ) {
     this.url = url.replace(/\/+$/, "");
     this.name = name;
-    this.headers = headers;
+    this.headers = { ...headers };
+    const named = (wanted) => Object.keys(this.headers).some((h) => h.toLowerCase() === wanted);
+    if (named("from")) throw new TypeError("From is the caller's name: give it as `name`");
+    if (user !== undefined) {
+      if (named("authorization")) {
+        throw new TypeError("give either a user and password or an Authorization header");
+      }
+      const token = String.fromCharCode(...new TextEncoder().encode(`${user}:${password}`));
+      this.headers.Authorization = `Basic ${btoa(token)}`;
+    }
     this.fetch = fetch;
+    this.timeout = timeout;
+    this.maxAnswerBytes = maxAnswerBytes;
   }
 
   /** Store one copy of `body` per destination; how many were stored. */
@@ -85,7 +142,8 @@ export class Echoes {
         if (!(error instanceof Unavailable) || (signal && signal.aborted)) throw error;
         failures += 1;
         const backoff = Math.min(MAX_BACKOFF, 0.5 * 2 ** Math.min(failures, 10));
-        const delay = (error.retryAfter ?? backoff) * (1 + Math.random() / 2);
+        const jittered = (error.retryAfter ?? backoff) * (1 + Math.random() / 2);
+        const delay = Math.max(MIN_DELAY, Math.min(MAX_DELAY, jittered));
         onRetry(error.message, delay);
         await sleep(delay, signal);
         continue;
@@ -97,7 +155,7 @@ export class Echoes {
     }
   }
 
-  /** One POST; the answer of a 200, else EchoesError (4xx) or Unavailable. */
+  /** One POST; the answer of a 200, else EchoesError (4xx), Unavailable or BadAnswer. */
   async call(path, query = {}, body = undefined, signal = undefined) {
     const params = new URLSearchParams();
     for (const [name, value] of Object.entries(query)) {
@@ -106,19 +164,32 @@ export class Echoes {
     const url = this.url + path + (params.size ? `?${params}` : "");
     const headers = { ...this.headers, From: headerValue(this.name) };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    let response;
+    const seconds = this.timeout + (Number(query.wait) || 0);
+    const deadline = bounded(signal, seconds);
     try {
-      response = await this.fetch(url, {
-        method: "POST",
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal,
-      });
-    } catch (error) {
-      if (signal && signal.aborted) throw error;
-      throw new Unavailable(`cannot reach ${this.url}: ${error.message}`);
+      let response;
+      try {
+        response = await this.fetch(url, {
+          method: "POST",
+          headers,
+          body: body === undefined ? undefined : JSON.stringify(body),
+          signal: deadline.signal,
+          redirect: "manual", // never followed: From and credentials stay with this origin
+        });
+      } catch (error) {
+        throw unreachable(this.url, error, signal, deadline, seconds);
+      }
+      let text;
+      try {
+        text = await read(response, this.maxAnswerBytes);
+      } catch (error) {
+        if (error instanceof BadAnswer) throw error;
+        throw unreachable(this.url, error, signal, deadline, seconds);
+      }
+      return answer(response, text, path === "/send" ? "sent" : "batch");
+    } finally {
+      deadline.done();
     }
-    return answer(response);
   }
 }
 
@@ -126,32 +197,138 @@ function message(destinations, body, key, ack) {
   return { idempotencyKey: key || newKey(), destination: destinations, body, expectsAck: ack };
 }
 
-async function answer(response) {
-  const text = await response.text();
-  if (response.status === 200) {
-    const document = JSON.parse(text);
-    if (Array.isArray(document)) {
-      const remaining = Number(response.headers.get("Echoes-Remaining") || 0);
-      return { records: document, remaining };
-    }
-    return { sent: document.sent };
+/** An AbortSignal that aborts with `signal` or after `seconds`; done() forgets both. */
+function bounded(signal, seconds) {
+  const controller = new AbortController();
+  const abort = () => controller.abort();
+  const timer = setTimeout(() => {
+    controller.timedOut = true;
+    controller.abort();
+  }, Math.min(seconds, 2147483) * 1000);
+  if (signal) {
+    if (signal.aborted) controller.abort();
+    else signal.addEventListener("abort", abort, { once: true });
   }
-  let details;
-  try {
-    details = JSON.parse(text).details || [];
-  } catch {
-    details = [text.slice(0, 200) || `HTTP ${response.status}`];
-  }
-  const retry = response.headers.get("Retry-After");
-  if (response.status >= 500 || (response.status === 429 && retry)) {
-    throw new Unavailable(`${response.status}: ${details.join("; ")}`, retry ? Number(retry) : null);
-  }
-  throw new EchoesError(response.status, details);
+  return {
+    signal: controller.signal,
+    get timedOut() {
+      return Boolean(controller.timedOut);
+    },
+    done() {
+      clearTimeout(timer);
+      if (signal) signal.removeEventListener("abort", abort);
+    },
+  };
 }
 
+function unreachable(url, error, signal, deadline, seconds) {
+  if (signal && signal.aborted) return error;
+  const why = deadline.timedOut ? `no whole answer within ${seconds} s` : error.message;
+  return new Unavailable(`cannot reach ${url}: ${why}`);
+}
+
+/** The answer's text, read up to `limit` bytes (BadAnswer past it). */
+async function read(response, limit) {
+  const declared = Number(response.headers.get("Content-Length"));
+  if (declared > limit) throw new BadAnswer(`the answer is ${declared} bytes, more than ${limit}`);
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      reader.cancel().catch(() => {});
+      throw new BadAnswer(`the answer is longer than ${limit} bytes`);
+    }
+    chunks.push(value);
+  }
+  const whole = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    whole.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return new TextDecoder().decode(whole);
+}
+
+function answer(response, text, expects) {
+  const { status } = response;
+  if (response.type === "opaqueredirect" || (status >= 300 && status < 400)) {
+    const where = response.headers.get("Location") || "elsewhere";
+    throw new BadAnswer(`${status}: the server redirects to ${where}, which is not followed`);
+  }
+  if (status === 200) return ok(response, text, expects);
+  const details = errorDetails(status, text);
+  const retry = response.headers.get("Retry-After");
+  if (status >= 500 || (status === 429 && retry)) {
+    throw new Unavailable(`${status}: ${details.join("; ")}`, retryAfter(retry));
+  }
+  throw new EchoesError(status, details);
+}
+
+function ok(response, text, expects) {
+  const document = parse(text);
+  const bad = (what) => new BadAnswer(`the server answered ${what}`);
+  if (expects === "batch") {
+    if (!Array.isArray(document)) throw bad(`${shown(text)}, not a batch of records`);
+    const odd = document.find((record) => !isRecord(record));
+    if (odd !== undefined) throw bad(`a batch holding ${shown(JSON.stringify(odd))}, not a record`);
+    const remaining = response.headers.get("Echoes-Remaining") ?? "0";
+    if (!/^\d+$/.test(remaining)) throw bad(`Echoes-Remaining: ${shown(remaining)}`);
+    return { records: document, remaining: Number(remaining) };
+  }
+  const sent = document && typeof document === "object" ? document.sent : undefined;
+  if (!Number.isSafeInteger(sent) || sent < 0) throw bad(`${shown(text)}, not a send's count`);
+  return { sent };
+}
+
+function parse(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new BadAnswer(`the server answered ${shown(text)}, which is not JSON`);
+  }
+}
+
+function isRecord(record) {
+  if (!record || typeof record !== "object" || !Object.hasOwn(RECORD_FIELDS, record.type)) {
+    return false;
+  }
+  const fields = Object.entries(RECORD_FIELDS[record.type]);
+  const typed = fields.every(([name, kind]) => typeof record[name] === kind);
+  return typed && (record.type === "ack" || "body" in record);
+}
+
+function errorDetails(status, text) {
+  let error = null;
+  try {
+    error = JSON.parse(text);
+  } catch {
+    // not JSON: its first characters below
+  }
+  const details = error && Array.isArray(error.details) ? error.details : null;
+  if (details && details.length && details.every((d) => typeof d === "string")) {
+    return details.slice(0, 20).map((d) => d.slice(0, 1000));
+  }
+  return [text.slice(0, 200) || `HTTP ${status}`];
+}
+
+function shown(text) {
+  return text.length <= 80 ? JSON.stringify(text) : `${JSON.stringify(text.slice(0, 80))}...`;
+}
+
+/** Wait `seconds`, or until `signal` aborts; the abort listener is removed either way. */
 function sleep(seconds, signal) {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, seconds * 1000);
-    if (signal) signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); });
+    const done = () => {
+      clearTimeout(timer);
+      if (signal) signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.min(seconds, MAX_DELAY) * 1000);
+    if (signal) signal.addEventListener("abort", done, { once: true });
   });
 }
