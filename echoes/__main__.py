@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"echoes: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         raise SystemExit(cli.run(args, os.environ))
-    settings = options.load_or_exit(argv, os.environ)
+    reload = options.Reloader(argv, os.environ)
+    settings = reload.load_or_exit()
     logs.configure(settings.log_level, settings.log_format, with_pid=settings.processes != 1)
     metrics_dir = None
     if settings.processes != 1:
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .server import run
 
     try:
-        raise SystemExit(run(settings, reload=lambda: options.load(argv, os.environ)))
+        raise SystemExit(run(settings, reload=reload))
     except EmbeddedError as e:
         print(f"echoes: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

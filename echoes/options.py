@@ -6,6 +6,13 @@ for secrets: ``LoadCredential=redis_url:/etc/echoes/redis_url`` in the unit), th
 named by ``--config`` (or ``ECHOES_CONFIG``), and the defaults of ``config.Settings``, which is
 the one table of every option. A bad value stops start-up with one line that names the option
 as it was written and where it came from (command line, variable, credential, file:line).
+
+On SIGHUP (``Reloader``) the file is read again, and refused, the running configuration
+staying, when it looks caught mid-write: it changed while it was read (size, time or
+contents between two reads), it ends mid-line, or it drops an option the running file set
+(an empty file drops them all) that nothing else sets: reloaded, that option would go back
+to its default. To reset one, write its default value; to change the file, write a new
+one beside it and rename it over (``mv``).
 """
 
 import argparse
@@ -90,13 +97,21 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Settings from the command line (argv[0] is the program), environment, credentials, file."""
+    return _load(argv, environ)[0]
+
+
+def _load(
+    argv: Sequence[str], environ: Mapping[str, str], reloading: bool = False
+) -> tuple[Settings, set[str], set[str]]:
+    """load(), the names of every option given, and of those the file gives (and nothing
+    above it): a reload reads the file whole or not at all."""
     spelled = _spellings(argv[1:])
     args = vars(parse(argv[1:]))
     if args.pop("command") != "serve":
         raise ConfigError("not the server's command line")
     path = args.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
-    values: dict[str, Value] = _from_file(path) if path else {}
-    values |= _from_credentials(environ.get(CREDENTIALS_ENV))
+    from_file: dict[str, Value] = _from_file(path, reloading) if path else {}
+    values = from_file | _from_credentials(environ.get(CREDENTIALS_ENV))
     for name in FIELDS:
         variable = ENV_PREFIX + name.upper()
         if variable in environ:
@@ -104,7 +119,40 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     for name, raw in args.items():
         values[name] = Value(raw, "command line", spelled.get(name, "--" + name))
     settings = Settings(**{name: convert(name, value) for name, value in values.items()})
-    return validate(settings)
+    by_file = {name for name, value in from_file.items() if values[name] is value}
+    return validate(settings), set(values), by_file
+
+
+class Reloader:
+    """The configuration at start-up, then again at each call (SIGHUP), refusing a file
+    caught mid-write (see the top of this module)."""
+
+    def __init__(self, argv: Sequence[str], environ: Mapping[str, str]):
+        self.argv, self.environ = argv, environ
+        self._by_file: set[str] = set()  # the options the running file sets
+
+    def load_or_exit(self) -> Settings:
+        """The configuration to start with; one line and status 2 if it is bad."""
+        try:
+            settings, _, self._by_file = _load(self.argv, self.environ)
+        except ConfigError as e:
+            print(f"echoes: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return settings
+
+    def __call__(self) -> Settings:
+        """The configuration now; ConfigError (the running one stays) if it is bad."""
+        settings, given, by_file = _load(self.argv, self.environ, reloading=True)
+        dropped = sorted(self._by_file - given)
+        if dropped:
+            default = "its default" if len(dropped) == 1 else "their defaults"
+            raise ConfigError(
+                f"the file no longer sets {', '.join(dropped)}, which would go back to"
+                f" {default}: to reset an option, write its default value; to change the"
+                " file, write the new one beside it and rename it over (mv)"
+            )
+        self._by_file = by_file
+        return settings
 
 
 def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -163,12 +211,14 @@ def _spellings(args: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def _from_file(path: str) -> dict[str, Value]:
-    """The options of a TOML file, each with its file:line."""
+def _from_file(path: str, reloading: bool = False) -> dict[str, Value]:
+    """The options of a TOML file, each with its file:line (a reload: read whole)."""
     try:
-        text = Path(path).read_text("utf-8")
+        text = _read_whole(path) if reloading else Path(path).read_text("utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config file: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 ({e})") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -183,6 +233,31 @@ def _from_file(path: str) -> dict[str, Value]:
             raise ConfigError(f"{path}:{line}: {key!r} is not an option (options: {known})")
         values[name] = Value(raw, f"{path}:{line}", key)
     return values
+
+
+def _read_whole(path: str) -> str:
+    """The file's text, if it holds still while read: ConfigError if it changed between two
+    reads (its size, time or bytes) or ends mid-line, as a file being written in place does."""
+    before = os.stat(path)
+    first = Path(path).read_bytes()
+    second = Path(path).read_bytes()
+    after = os.stat(path)
+    still = (before.st_ino, before.st_size, before.st_mtime_ns) == (
+        after.st_ino,
+        after.st_size,
+        after.st_mtime_ns,
+    )
+    if not still or first != second or len(first) != after.st_size:
+        raise ConfigError(
+            f"{path} changed while it was read: write the new file beside it and rename it"
+            " over (mv), then reload"
+        )
+    if first and not first.endswith(b"\n"):
+        raise ConfigError(
+            f"{path} ends mid-line (no newline at its end), as a file cut while written"
+            " does: if it is whole, end it with a newline"
+        )
+    return first.decode("utf-8")
 
 
 def _line_of(key: str, lines: list[str]) -> int:

@@ -140,3 +140,73 @@ def test_the_embedded_redis_is_configured_as_conf_redis_conf_says(tmp_path):
         if line.strip() and not line.startswith(("#", "user ")):
             name, value = line.split(None, 1)
             assert options[name] == value, name
+
+
+# --- reload (SIGHUP) of a file caught mid-write: issue 23 ----------------------------------
+
+RUNNING = "max_inbox_records = 2\ncors_origins = 'https://app.example'\n"
+
+
+def reloader(conf, env=None):
+    """A Reloader of ``conf`` that has loaded it once, as echoes at start-up."""
+    reload = options.Reloader(["echoes", f"--config={conf}"], env or {})
+    reload.load_or_exit()
+    return reload
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# all commented out\n", "max_inbox_records = 2\n"])
+def test_a_reload_that_would_drop_options_the_file_set_is_refused(tmp_path, text):
+    # Issue 23: SIGHUP while the file was momentarily empty was accepted (max_inbox_records
+    # 2 -> 10000, cors_origins 'https://app.example' -> '').
+    conf = tmp_path / "echoes.conf"
+    conf.write_text(RUNNING)
+    reload = reloader(conf)
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=r"no longer sets (cors_origins|max_inbox_records)"):
+        reload()
+    conf.write_text(RUNNING.replace("2", "3"))  # a whole file again: applied
+    assert reload().max_inbox_records == 3
+
+
+def test_an_option_dropped_from_the_file_but_set_elsewhere_is_no_loss(tmp_path):
+    conf = tmp_path / "echoes.conf"
+    conf.write_text(RUNNING)
+    reload = reloader(conf, env={"ECHOES_CORS_ORIGINS": "https://env.example"})
+    conf.write_text("max_inbox_records = 5\n")
+    assert (reload().max_inbox_records, reload().cors_origins) == (5, "https://env.example")
+    conf.write_text("max_inbox_records = 10000\n")  # a reset is written as the default value
+    assert reload().max_inbox_records == Settings().max_inbox_records
+
+
+def test_a_reload_of_a_file_cut_mid_line_is_refused(tmp_path):
+    # Issue 23: a file cut mid-value that is still TOML was applied ('https://app.exa').
+    conf = tmp_path / "echoes.conf"
+    whole = "cors_origins = 'https://app.example'\nmax_inbox_records = 20000\n"
+    conf.write_text(whole)
+    reload = reloader(conf)
+    conf.write_text(whole[: whole.index("20000") + 1])  # max_inbox_records = 2, still TOML
+    with pytest.raises(ConfigError, match="ends mid-line"):
+        reload()
+    assert load(f"--config={conf}").max_inbox_records == 2  # at start-up it is read as is
+
+
+def test_a_reload_of_a_file_changing_while_read_is_refused(tmp_path, monkeypatch):
+    conf = tmp_path / "echoes.conf"
+    conf.write_text(RUNNING)
+    reload = reloader(conf)
+    reads = []
+    read_bytes = Path.read_bytes
+
+    def writer_still_writing(path):  # a writer appends between the two reads
+        data = read_bytes(path)
+        if not reads:
+            with open(path, "a") as f:
+                f.write("max_destinations = 5\n")
+        reads.append(data)
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", writer_still_writing)
+    with pytest.raises(ConfigError, match=r"changed while it was read.*rename it"):
+        reload()
+    monkeypatch.undo()
+    assert reload().max_destinations == 5  # once it holds still

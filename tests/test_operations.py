@@ -324,6 +324,30 @@ def test_sighup_reloads_the_log_level_and_limits_and_says_what_needs_a_restart(
     assert echoes.popen.wait(10) == 0
 
 
+def test_sighup_while_the_file_is_empty_keeps_the_running_configuration(
+    spawn_echoes, settings, tmp_path
+):
+    # Issue 23: SIGHUP while the file was momentarily empty was accepted: max_inbox_records
+    # 2 -> 10000 and cors_origins 'https://app.example' -> '' (browser requests got 403).
+    conf = tmp_path / "echoes.conf"
+    conf.write_text("max_inbox_records = 2\ncors_origins = 'https://app.example'\n")
+    echoes = spawn_echoes(
+        f"--config={conf}",
+        f"--redis-url={settings.redis_url}",
+        f"--key-prefix={settings.key_prefix}",
+    )
+    conf.write_text("")  # an editor, or a writer in place, between truncate and write
+    echoes.popen.send_signal(signal.SIGHUP)
+    until(lambda: "reload refused" in echoes.log.read_text(), what=echoes.log.read_text)
+    assert "no longer sets cors_origins, max_inbox_records" in echoes.log.read_text()
+    page = {"Origin": "https://app.example"}
+    for n in range(3):
+        body = {"idempotencyKey": f"key-{n:012d}", "destination": ["full"], "body": n}
+        assert post(echoes.url + "/send", "a", body, headers=page)[0] == (200 if n < 2 else 429)
+    echoes.popen.send_signal(signal.SIGTERM)
+    assert echoes.popen.wait(10) == 0
+
+
 # --- several processes ----------------------------------------------------------------------
 
 
