@@ -397,3 +397,17 @@ async def test_a_script_reply_of_the_wrong_shape_is_a_503_never_a_success(
         assert "which echoes' " in caplog.text and "Traceback" not in caplog.text
     finally:
         await node.close()
+
+
+async def test_a_user_refused_role_skips_that_check_and_says_so_once(start_echoes, master, caplog):
+    master.client().acl_setuser("default", enabled=True, commands=["-role"], reset=False)
+    honest = await started(*(sentinel(master.port) for _ in range(3)))
+    try:
+        echoes = await start_echoes(redis_url=sentinel_url(*honest))
+        for n in range(3):
+            body = MESSAGE | {"idempotencyKey": f"key-{n:012d}"}
+            assert (await echoes.post("/send", "olivia", body)).status == 200
+        assert caplog.text.count("refuses ROLE to echoes' user") == 1
+    finally:
+        for fake in honest:
+            await fake.close()

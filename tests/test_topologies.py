@@ -23,6 +23,7 @@ from conftest import (
     skip_unless_redis_7,
     spec_example,
 )
+from fakes import FakeRedis
 
 from bench.topologies import Cluster, Sentinels, redis_cli
 from echoes.store import scripts
@@ -78,6 +79,30 @@ async def post(url, path, sender, body=None):
 
 async def test_the_spec_example_runs_unchanged(start_echoes, topology):
     await spec_example(await start_echoes(redis_url=topology.url))
+
+
+async def test_a_lying_sentinel_listed_first_is_outvoted_by_the_real_ones(
+    start_echoes, sentinels, settings
+):
+    # Issue 23: one lying sentinel listed first was enough for echoes to send the master's
+    # password, and every message, to a server of its choice.
+    evil = await FakeRedis(lambda command: None).start()
+
+    def lie(command):
+        if command[0].upper() == b"SENTINEL" and command[1].upper() == b"MASTER":
+            return {"name": "echoes", "ip": "127.0.0.1", "port": str(evil.port), "flags": "master"}
+        return [] if command[0].upper() == b"SENTINEL" else None
+
+    liar = await FakeRedis(lie).start()
+    try:
+        url = sentinels.url.replace("://", f"://{liar.address},", 1)
+        echoes = await start_echoes(redis_url=url)
+        await spec_example(echoes)
+        assert sentinels.current_master().client().keys(settings.key_prefix + "*")
+        assert evil.connections == 0
+    finally:
+        await liar.close()
+        await evil.close()
 
 
 async def test_inboxes_spread_over_every_primary_and_come_back(start_echoes, cluster, settings):

@@ -85,6 +85,7 @@ class VotingSentinel(Sentinel):
         self.ask_seconds = ask_seconds
         self.replicas: dict[str, frozenset[Address]] = {}  # linked replicas, by master name
         self._said: dict[str, str] = {}  # each sentinel's last trouble, to log changes once
+        self._role_refused = False
 
     async def discover_master(self, service_name: str) -> Address:
         """The master more than half of the answering sentinels name; NoMaster if none."""
@@ -123,6 +124,16 @@ class VotingSentinel(Sentinel):
         late = [_name(tasks[t]) for t in pending]
         gone = f"no answer within {self.ask_seconds:.2g} s"
         return answers + [Answer(s, trouble=gone, answered=False) for s in late]
+
+    def role_refused(self, error: Exception) -> None:
+        """The master refused ROLE to echoes' user: say so once, and use it unchecked."""
+        if not self._role_refused:
+            self._role_refused = True
+            log.warning(
+                "Redis refuses ROLE to echoes' user (%s): the master the sentinels name is"
+                " used without asking it whether it is one (conf/redis.conf gives +role)",
+                error,
+            )
 
     def _log(self, answers: list[Answer]) -> None:
         """Say each sentinel's trouble once, when it starts or changes."""
@@ -262,7 +273,7 @@ class _Verified:
             await conn.send_command("ROLE", check_health=False)
             role = await conn.read_response()
         except NoPermissionError as e:
-            _skip_role_check(e)
+            conn.connection_pool.sentinel_manager.role_refused(e)
             return
         pool = conn.connection_pool
         wanted = pool.sentinel_manager.replicas.get(pool.service_name, frozenset())
@@ -270,19 +281,6 @@ class _Verified:
         if trouble:
             await conn.disconnect()
             raise NotMaster(f"{address[0]}:{address[1]}, named by the sentinels, {trouble}")
-
-
-_warned: list[bool] = []
-
-
-def _skip_role_check(error: Exception) -> None:
-    if not _warned:
-        _warned.append(True)
-        log.info(
-            "Redis refuses ROLE to echoes' user (%s): the master Sentinel names is not"
-            " asked whether it is one (conf/redis.conf gives +role)",
-            error,
-        )
 
 
 def role_trouble(role: Any, replicas: frozenset[Address]) -> str:
