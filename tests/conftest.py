@@ -25,6 +25,9 @@
 - ``readme_block(marker, language)``: the README's code block after ``marker``, as written;
   ``checkout``: a directory laid out as a checkout after the Quickstart (its ``.venv`` is the
   virtualenv running the tests), and ``without_venv_path()``: PATH without that venv's bin/.
+
+Servers that lie, for what echoes and its clients must not trust (a RESP server for fake
+sentinels and Cluster nodes, an HTTP server for the clients), are in tests/fakes.py.
 """
 
 import asyncio
