@@ -223,7 +223,9 @@ def test_an_answer_trickled_byte_by_byte_ends_at_the_timeout(fake, where):
             else:
                 asyncio.run(_async(server.url, lambda c: c.receive(), timeout=0.5))
         # Stopped within the timeout's worth of the trickle (10 bytes), not at its end.
-        assert server.sent - split < len(whole) - split, flavour
+        got, of = server.sent - split, len(whole) - split
+        print(f"{flavour}, trickled {where}: cut after {got} of {of} bytes (0.5 s timeout)")
+        assert got < of, flavour
 
 
 # Credentials

@@ -88,10 +88,12 @@ async def test_a_lying_sentinel_listed_first_is_outvoted_by_the_real_ones(
     # password, and every message, to a server of its choice.
     evil = await FakeRedis(lambda command: None).start()
 
-    def lie(command):
-        if command[0].upper() == b"SENTINEL" and command[1].upper() == b"MASTER":
-            return {"name": "echoes", "ip": "127.0.0.1", "port": str(evil.port), "flags": "master"}
-        return [] if command[0].upper() == b"SENTINEL" else None
+    def lie(command):  # SENTINEL MASTER(S) name the attacker's server; no replicas
+        fields = {"name": "echoes", "ip": "127.0.0.1", "port": str(evil.port), "flags": "master"}
+        fields |= {"num-other-sentinels": "2", "quorum": "2"}
+        if command[0].upper() != b"SENTINEL":
+            return None
+        return {b"MASTER": fields, b"MASTERS": [fields]}.get(command[1].upper(), [])
 
     liar = await FakeRedis(lie).start()
     try:
