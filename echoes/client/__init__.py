@@ -1,9 +1,10 @@
 """The clients of echoes: Python (``Client``, ``AsyncClient``), the command line, the browser.
 
-Owns the follow protocol (``protocol``: requests, answers, retries, the state file; no
-network I/O), the bounded HTTP exchange of the synchronous client (``transport``), the two
-Python clients that move its bytes (``clients``), the ``echoes send|receive|exchange|follow``
-commands (``cli``) and the browser module (``web/echoes.js``).
+Owns the follow protocol (``protocol``: requests, answers, retries; no I/O), the
+follower's state file (``state``), the bounded HTTP exchange of the synchronous client
+(``transport``), the two Python clients that move its bytes (``clients``), the ``echoes
+send|receive|exchange|follow`` commands (``cli``) and the browser module
+(``web/echoes.js``).
 
 May import: nothing of the server: a client is what runs on a user's machine.
 
@@ -11,6 +12,7 @@ May import: nothing of the server: a client is what runs on a user's machine.
 """
 
 from .clients import AsyncClient, Client
-from .protocol import BadAnswer, EchoesError, StateInUse, Unavailable
+from .protocol import BadAnswer, EchoesError, Unavailable
+from .state import StateInUse
 
 __all__ = ["AsyncClient", "BadAnswer", "Client", "EchoesError", "StateInUse", "Unavailable"]

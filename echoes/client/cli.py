@@ -25,14 +25,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from .clients import Client
-from .protocol import (
-    DEFAULT_URL,
-    FOLLOW_WAIT,
-    BadAnswer,
-    EchoesError,
-    StateInUse,
-    Unavailable,
-)
+from .protocol import DEFAULT_URL, FOLLOW_WAIT, BadAnswer, EchoesError, Unavailable
+from .state import StateInUse
 
 COMMANDS = ("send", "receive", "exchange", "follow")
 FOLLOW_HELP = """Long-poll forever and print one JSON record per line, oldest first.
