@@ -265,7 +265,7 @@ class ClusterServers(Servers):
             | ClusterDownError
             | ReadOnlyError
             | RedisClusterException,
-        )
+        ) and not isinstance(error, REFUSED)  # credentials refused: no use trying again
 
     async def recover(self, error: BaseException | None = None) -> None:
         if isinstance(error, MovedError):
