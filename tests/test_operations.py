@@ -430,9 +430,10 @@ def acl_rules(user, prefix="echoes:"):
 
 
 # What echoes sends itself, outside its scripts: health, memory figures, wake-ups, the sweep,
-# the notification probe (an hset and an hdel), and the scripts' calls.
+# the notification probe (an hset and an hdel), the scripts' calls, and ROLE (is the master
+# Sentinel names one?).
 PYTHON_COMMANDS = {
-    *("ping", "info", "fcall", "exists", "hset", "hdel"),
+    *("ping", "info", "fcall", "exists", "hset", "hdel", "role"),
     *("subscribe", "unsubscribe", "ssubscribe", "sunsubscribe"),  # Cluster: shard channels
 }
 
