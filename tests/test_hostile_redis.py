@@ -17,6 +17,7 @@ from bench.services import free_port
 from bench.topologies import free_port_pair
 from echoes import options
 from echoes.embedded import RedisServer
+from echoes.store import replies, scripts
 from echoes.store.slots import MAX_REDIRECTS
 from echoes.topology import display
 
@@ -377,7 +378,11 @@ async def test_nodes_that_redirect_to_each_other_give_up_after_a_few_round_trips
 
 @pytest.mark.parametrize(
     "reply",
-    [Simple("OK"), 7, -1, b"1", [], [b"[]", 0], [b"not json", 0, 0], [b"[]", -1, 0], None],
+    [
+        *(Simple("OK"), 7, -1, b"1", [], None),
+        *([b"[]", 0], [b"not json", 0, 0], [b"2", -1, 0], [b"2", 1, 0, b"not a record"]),
+        [b"1", b"not a batch", 1, 0],
+    ],
     ids=repr,
 )
 async def test_a_script_reply_of_the_wrong_shape_is_a_503_never_a_success(
@@ -411,3 +416,7 @@ async def test_a_user_refused_role_skips_that_check_and_says_so_once(start_echoe
     finally:
         for fake in honest:
             await fake.close()
+
+
+def test_every_script_has_its_reply_shape_checked():
+    assert set(replies.SHAPES) == set(scripts.NAMES)

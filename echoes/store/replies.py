@@ -6,13 +6,15 @@ program's function of the same name) may answer anything: a put answered ``OK`` 
 as a copy not stored and the send answered ``200 {"sent": 0}``; a take answered ``7`` was a
 TypeError and a 500. Each reply is checked here against its script's shape; one that fits
 none is Unavailable("BadReply"), a 503 with Retry-After, and an error line in the log. An
-error reply (OOM, say) passes: the store classifies it.
+error reply (OOM, say) passes: the store classifies it. Every script of scripts.NAMES has
+its shape here (tests/test_hostile_redis.py checks).
 """
 
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import records
 from .failures import Unavailable
 from .scripts import Call
 
@@ -20,29 +22,63 @@ log = logging.getLogger("echoes.store")
 
 
 def _put(reply: Any) -> bool:
-    """put.lua: 1 stored, 0 the inbox is full."""
-    return type(reply) is int and reply in (0, 1)
+    """put.lua: 1 stored, 2 a duplicate, 0 too many records, 3 too many bytes."""
+    return type(reply) is int and reply in (0, 1, 2, 3)
 
 
 def _take(reply: Any) -> bool:
-    """take.lua: {batch as a JSON array, records in it, records left, message ids...}."""
-    if not isinstance(reply, list) or len(reply) < 3:
+    """take.lua: {"2", records taken, records left, each record as stored...}, or a batch the
+    first design parked: {"1", batch as a JSON array, taken, left, message ids...}."""
+    if not isinstance(reply, list) or not reply:
         return False
-    batch, count, left, *ids = reply
-    return (
-        isinstance(batch, bytes)
-        and batch[:1] == b"["
-        and batch[-1:] == b"]"
-        and type(count) is int
-        and type(left) is int
-        and count >= 0
-        and left >= 0
-        and len(ids) <= count
-        and all(isinstance(i, bytes) and i.startswith(b"m:") for i in ids)
-    )
+    if reply[0] == b"2" and len(reply) >= 3:
+        _, count, left, *stored = reply
+        return _counts(count, left) and all(_stored(record) for record in stored)
+    if reply[0] == b"1" and len(reply) >= 4:
+        _, batch, count, left, *ids = reply
+        whole = isinstance(batch, bytes) and batch[:1] == b"[" and batch[-1:] == b"]"
+        return whole and _counts(count, left) and all(_first_design_id(i) for i in ids)
+    return False
 
 
-SHAPES: dict[str, Callable[[Any], bool]] = {"put": _put, "take": _take}
+def _counts(*counts: Any) -> bool:
+    return all(type(count) is int and count >= 0 for count in counts)
+
+
+def _stored(record: Any) -> bool:
+    """A record as records.py stores it: <kind><time><key>\\n<name JSON>[\\n<body JSON>]
+    (its JSON pieces are not parsed: that is the cost the stored form saves)."""
+    if not isinstance(record, bytes) or record[:1] not in (b"m", b"M", b"a"):
+        return False
+    after_time = 1 + records.TIME_LENGTH
+    newlines = record.count(b"\n", after_time)
+    return len(record) > after_time and newlines >= (1 if record[:1] == b"a" else 2)
+
+
+def _first_design_id(entry: Any) -> bool:
+    return isinstance(entry, bytes) and entry.startswith(b"m:") and entry.count(b":") >= 2
+
+
+def _untake(reply: Any) -> bool:
+    """untake.lua: how many records went back."""
+    return _counts(reply)
+
+
+def _status(reply: Any) -> bool:
+    """status.lua: {"waiting"}, {"consumed", ms since the epoch} or {"unknown"}."""
+    if not isinstance(reply, list) or not reply:
+        return False
+    if reply[0] == b"consumed":
+        return len(reply) == 2 and _counts(reply[1])
+    return len(reply) == 1 and reply[0] in (b"waiting", b"unknown")
+
+
+SHAPES: dict[str, Callable[[Any], bool]] = {
+    "put": _put,
+    "take": _take,
+    "untake": _untake,
+    "status": _status,
+}
 
 
 def check(calls: Sequence[Call], results: Sequence[Any]) -> None:
