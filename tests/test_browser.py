@@ -199,8 +199,8 @@ def test_the_example_page_sends_nothing_to_a_url_the_user_did_not_accept(page, p
 
 
 def test_the_browser_client_reads_retry_after_across_origins(page, page_origin, spawn_echoes):
-    # echoes exposes Retry-After to pages on other origins (Access-Control-Expose-Headers):
-    # without it the module saw none and fell back to its backoff.
+    # A page on another origin sees Retry-After (echoes exposes it: Access-Control-Expose-
+    # Headers), and the module reads it as seconds rather than falling back to its backoff.
     down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call is a 503
     echoes = spawn_echoes(
         f"--redis-url={down}", "--redis-timeout=0.2", f"--cors-origins={page_origin}"

@@ -14,7 +14,7 @@ import tornado.web
 from ..config import Settings
 from ..metrics import Metrics
 from ..store import OutOfMemory, OverQuota, Store, Unavailable
-from ..store.failures import AUTHENTICATION
+from ..store.failures import AUTHENTICATION, SENTINEL_AUTHENTICATION
 from ..wake.state import ListenerState
 from ..wake.waiters import Waiters
 from . import openapi, schemas
@@ -211,6 +211,11 @@ class APIHandler(tornado.web.RequestHandler):
                 details = [
                     f"Redis at {self.config.redis_display} refused echoes' credentials"
                     " (authentication failed): see the server's log"
+                ]
+            if kind == SENTINEL_AUTHENTICATION:
+                details = [
+                    f"the sentinels of {self.config.redis_display} refused echoes' credentials"
+                    f" ({kind}): see the server's log"
                 ]
             if kind == "NotReplicated":
                 details = [

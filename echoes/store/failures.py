@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .pipeline import NotReplicated
 from .scripts import NotLoaded
+from .sentinels import NoMaster, SentinelAuthenticationError
 
 # Redis is there but cannot serve now: down, slow, a replica, a Cluster without a primary for
 # the slot (an election), a slot migrating, replicas that did not confirm the writes.
@@ -55,6 +56,12 @@ AUTHENTICATION = "AuthenticationError"
 AUTHENTICATION_FIX = (
     "put a Redis user and its password in the Redis URL"
     " (--redis-url=redis://USER:PASSWORD@HOST:PORT/DB; under systemd, in /etc/echoes/redis_url)"
+)
+SENTINEL_AUTHENTICATION = SentinelAuthenticationError.__name__
+SENTINEL_AUTHENTICATION_FIX = (
+    "put the sentinels' password in the Redis URL"
+    " (redis+sentinel://...?sentinel_password=PASSWORD, and &sentinel_username=USER for an ACL"
+    " user)"
 )
 
 
@@ -93,6 +100,8 @@ def classify(error: Exception) -> Exception:
     """The failure ``error`` stands for: Unavailable, OutOfMemory, or itself (a bug)."""
     if isinstance(error, NotLoaded):
         return Unavailable("NotLoaded", str(error))
+    if isinstance(error, NoMaster):  # before the text of what each sentinel said is matched
+        return Unavailable(type(error).__name__, str(error))
     if refused_authentication(error):
         return Unavailable(AUTHENTICATION, str(error))
     if isinstance(error, UNAVAILABLE):
@@ -114,6 +123,11 @@ def problem(where: str, failure: Unavailable) -> str:
         return (
             f"Redis at {where} refused echoes' credentials (authentication failed: {failure}):"
             f" {AUTHENTICATION_FIX}"
+        )
+    if failure.kind == SENTINEL_AUTHENTICATION:
+        return (
+            f"Redis at {where}: the sentinels refused echoes' credentials"
+            f" ({SENTINEL_AUTHENTICATION}: {failure}): {SENTINEL_AUTHENTICATION_FIX}"
         )
     if failure.kind == "NotLoaded":
         return f"Redis at {where}: {failure}"

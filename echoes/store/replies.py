@@ -22,16 +22,18 @@ log = logging.getLogger("echoes.store")
 
 
 def _put(reply: Any) -> bool:
-    """put.lua: 1 stored, 2 a duplicate, 0 too many records, 3 too many bytes."""
-    return type(reply) is int and reply in (0, 1, 2, 3)
+    """put.lua: 1 stored, 2 a duplicate, 0 too many records, 3 too many bytes, 4 stored in
+    place of a waiting copy."""
+    return type(reply) is int and reply in (0, 1, 2, 3, 4)
 
 
 def _take(reply: Any) -> bool:
-    """take.lua: {"2", records taken, records left, each record as stored...}, or a batch the
-    first design parked: {"1", batch as a JSON array, taken, left, message ids...}."""
+    """take.lua: {"2", records taken, records left, each record as stored...} ("3": the same,
+    replayed), or a batch the first design parked: {"1", batch as a JSON array, taken, left,
+    message ids...}."""
     if not isinstance(reply, list) or not reply:
         return False
-    if reply[0] == b"2" and len(reply) >= 3:
+    if reply[0] in (b"2", b"3") and len(reply) >= 3:
         _, count, left, *stored = reply
         return _counts(count, left) and all(_stored(record) for record in stored)
     if reply[0] == b"1" and len(reply) >= 4:
@@ -42,7 +44,17 @@ def _take(reply: Any) -> bool:
 
 
 def _counts(*counts: Any) -> bool:
-    return all(type(count) is int and count >= 0 for count in counts)
+    """Whether each is a whole number >= 0: an integer reply, or the digits Lua's '%d' (or
+    ZSCORE) gives as a string."""
+    return all((_whole(count) or 0) >= 0 and _whole(count) is not None for count in counts)
+
+
+def _whole(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, bytes) and value.lstrip(b"-").isdigit() and value[:1] != b"+":
+        return int(value)
+    return None
 
 
 def _stored(record: Any) -> bool:
@@ -73,11 +85,28 @@ def _status(reply: Any) -> bool:
     return len(reply) == 1 and reply[0] in (b"waiting", b"unknown")
 
 
+def _ping(reply: Any) -> bool:
+    """ping.lua: 1."""
+    return type(reply) is int and reply == 1
+
+
+def _sender(reply: Any) -> bool:
+    """sender.lua: {verdict 0, 1 or 2, requests left (may be negative), bytes held, the second
+    the oldest of them frees by, ms until admitted again}."""
+    if not isinstance(reply, list) or len(reply) != 5:
+        return False
+    verdict, left, held, oldest, wait = reply
+    known = _whole(verdict) in (0, 1, 2) and _whole(left) is not None
+    return known and _counts(held, oldest, wait)
+
+
 SHAPES: dict[str, Callable[[Any], bool]] = {
     "put": _put,
     "take": _take,
     "untake": _untake,
     "status": _status,
+    "ping": _ping,
+    "sender": _sender,
 }
 
 

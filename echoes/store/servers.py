@@ -179,7 +179,7 @@ class SentinelServers(Servers):
         # connection; not credentials refused, by the master or by the sentinels.
         return isinstance(
             error, RedisConnectionError | RedisTimeoutError | ReadOnlyError
-        ) and not isinstance(error, REFUSED)
+        ) and not _refused(error)
 
     def subscriber(self, server: Server) -> aioredis.Redis:
         return self.sentinel.master_for(
@@ -265,7 +265,7 @@ class ClusterServers(Servers):
             | ClusterDownError
             | ReadOnlyError
             | RedisClusterException,
-        ) and not isinstance(error, REFUSED)  # credentials refused: no use trying again
+        ) and not _refused(error)  # credentials refused: no use trying again
 
     async def recover(self, error: BaseException | None = None) -> None:
         if isinstance(error, MovedError):
@@ -321,6 +321,19 @@ class ClusterServers(Servers):
             await server.pipeline.close()
             await server.client.aclose()
         await self.cluster.aclose()
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether ``error``, or an error that caused it, is a refusal of echoes' credentials
+    (redis-py raises a ConnectionError caused by the AuthenticationError)."""
+    seen: BaseException | None = error
+    for _ in range(5):  # a chain of causes, never a loop
+        if seen is None:
+            return False
+        if isinstance(seen, REFUSED):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def connect(settings: Settings) -> Servers:

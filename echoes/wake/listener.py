@@ -26,8 +26,10 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..store.checks import notifications_missing
 from ..store.failures import AUTHENTICATION_FIX, refused_authentication
+from ..store.failures import SENTINEL_AUTHENTICATION_FIX as SENTINEL_FIX
 from ..store.inboxes import Store
 from ..store.keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
+from ..store.sentinels import SentinelAuthenticationError
 from ..store.servers import Server, Servers
 from .state import ListenerState
 from .subscriptions import LINGER_SECONDS, Subscriptions
@@ -317,7 +319,11 @@ class Listener:
 
     def _lost(self, server: str, link: Link, error: BaseException, backoff: float) -> None:
         """Log why ``server`` was lost: in full once, then at debug while it fails the same way."""
-        if refused_authentication(error):
+        if isinstance(error, SentinelAuthenticationError):
+            what = (
+                f"the sentinels of {server} refused echoes' credentials ({error}): {SENTINEL_FIX}"
+            )
+        elif refused_authentication(error):
             what = f"Redis at {server} refused echoes' credentials ({error}): {AUTHENTICATION_FIX}"
         else:
             what = f"wake-up listener lost Redis at {server} ({error})"
