@@ -7,7 +7,14 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import KEY, eventually, inbox_keys, needs_redis_7, spec_example
+from conftest import (
+    KEY,
+    eventually,
+    inbox_keys,
+    needs_redis_7,
+    skip_unless_redis_7,
+    spec_example,
+)
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -398,6 +405,8 @@ def test_the_pipeline_packs_commands_as_redis_py_would():
 @pytest.fixture
 def replicated(tmp_path):
     """A Redis on a TCP port with one replica; its redis:// URL."""
+    # Redis 6.2 refuses --replicaof's "HOST PORT" as one argument, as bench/topologies passes it.
+    skip_unless_redis_7("a replica started with --replicaof 'HOST PORT'")
     ports = []
     for _ in range(2):
         with socket.socket() as s:

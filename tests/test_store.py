@@ -222,6 +222,12 @@ class Proxy:
         await self.server.wait_closed()
 
 
+def script_name(echoes, script: str) -> bytes:
+    """What the proxy finds in a command of ``script``: its function (Redis 7) or its sha."""
+    scripts = echoes.store.scripts
+    return (scripts.function[script] if scripts.functions else scripts.sha[script]).encode()
+
+
 @contextlib.asynccontextmanager
 async def proxied(own_redis):
     proxy = Proxy(str(own_redis.socket))
@@ -237,7 +243,7 @@ async def test_echoes_own_rerun_of_a_put_is_not_delivered_twice(start_echoes, ow
         sender = await start_echoes(redis_url=url)
         reader = await start_echoes(redis_url=own_redis.url, key_prefix=sender.settings.key_prefix)
         await sender.send("a", "key-000000000000", ["warm"], "loads the library first")
-        proxy.kind, proxy.swallow = b"echoes_put", True
+        proxy.kind, proxy.swallow = script_name(sender, "put"), True
         sending = asyncio.create_task(sender.send("a", KEY, ["b"], "once"))
         await proxy.triggered.wait()
         taken = []
@@ -259,7 +265,8 @@ async def test_a_late_take_takes_nothing(start_echoes, own_redis):
     async with proxied(own_redis) as (proxy, url):
         reader = await start_echoes(redis_url=url, redis_timeout=0.5)
         writer = await start_echoes(redis_url=own_redis.url, key_prefix=reader.settings.key_prefix)
-        proxy.kind, proxy.hold_next = b"echoes_take", 1.5
+        await reader.receive("warm")  # the scripts are loaded, and FCALL or EVALSHA known
+        proxy.kind, proxy.hold_next = script_name(reader, "take"), 1.5
         token = "attempt-00000001"
         first = await reader.post(f"/receive?attempt={token}", "b")
         assert first.status == 503  # timed out: the take is still held in the proxy

@@ -129,7 +129,14 @@ async def test_exchange_sends_first_then_waits(start_echoes):
     echoes = await start_echoes(**SLOW_SWEEP)
     message = {"idempotencyKey": KEY, "destination": ["b"], "body": "from a"}
     task = await waiting(echoes, "a", path="/exchange", body=message)
-    assert [r["body"] for r in await echoes.receive("b")] == ["from a"]
+    got: list = []  # the waiter registers before its send reaches Redis: poll for the send
+
+    async def delivered() -> bool:
+        got.extend(r["body"] for r in await echoes.receive("b"))
+        return bool(got)
+
+    await eventually(delivered)
+    assert got == ["from a"]
     await echoes.send("b", KEY, ["a"], "reply")
     assert await bodies(task) == ["reply"]
 
