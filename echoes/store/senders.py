@@ -29,7 +29,6 @@ import asyncio
 import calendar
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -267,11 +266,6 @@ class Senders:
 
 
 @functools.lru_cache(maxsize=4096)
-def _origin(origin_json: str) -> str:
-    name = json.loads(origin_json)
-    return name if isinstance(name, str) else str(name)
-
-
 def _log_failure(task: "asyncio.Future[None]") -> None:
     with contextlib.suppress(asyncio.CancelledError):
         error = task.exception()
