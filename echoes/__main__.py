@@ -1,5 +1,5 @@
-"""Entry point: ``echoes [serve] [--option value ...]``, ``echoes send|receive|exchange|follow
-...`` (the clients), or ``python -m echoes``."""
+"""Entry point: ``echoes [serve] [--option value ...]``, ``echoes send|receive|exchange|status|
+follow`` (the clients), or ``python -m echoes``."""
 
 import os
 import shutil

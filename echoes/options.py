@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         description="echoes: a Redis-backed message inbox with an HTTP JSON API.",
         epilog=(
             "Each option may also be set as ECHOES_<NAME> or in the --config TOML file."
-            " Client commands: echoes send|receive|exchange|follow --help."
+            " Client commands: echoes send|receive|exchange|status|follow --help."
         ),
         argument_default=argparse.SUPPRESS,
     )

@@ -77,11 +77,13 @@ async ([url, headers, tryRefusal]) => {
   })();
   await new Promise((r) => setTimeout(r, 500));   // 李 is waiting now
   const started = Date.now();
-  const sent = await jose.send(["李"], { text: "¿qué tal?" }, { ack: true });
+  const waiting = await jose.status("key-of-browser", ["李"]);
+  const sent = await jose.send(["李"], { text: "¿qué tal?" }, { ack: true, key: "key-of-browser" });
   await following;
   const woken = Date.now() - started;
   const reply = await li.exchange(["josé"], "bien", { wait: 0 });
   const got = await jose.receive({ wait: 2 });
+  const states = await jose.status("key-of-browser", ["李", "nobody"]);
   let refused = null;
   if (tryRefusal) {
     try {
@@ -90,7 +92,7 @@ async ([url, headers, tryRefusal]) => {
       refused = e instanceof EchoesError && e.status;
     }
   }
-  return { sent, seen, woken, reply, got, refused };
+  return { sent, seen, woken, reply, got, refused, waiting, states };
 }
 """
 
@@ -105,6 +107,12 @@ def check(result):
     ack = next(r for r in result["got"] if r["type"] == "ack")
     assert ack["destination"] == "李"
     assert next(r for r in result["got"] if r["type"] == "msg")["origin"] == "李"
+    # status(): nothing sent under the key yet, then consumed by 李 and unknown to nobody.
+    assert result["waiting"] == [{"destination": "李", "state": "unknown"}]
+    consumed, unknown = result["states"]
+    assert consumed["destination"] == "李" and consumed["state"] == "consumed"
+    assert consumed["consumedAt"].endswith("Z")
+    assert unknown == {"destination": "nobody", "state": "unknown"}
 
 
 def test_the_browser_client_against_echoes_directly(page, page_origin, spawn_echoes, settings):

@@ -142,6 +142,14 @@ NOT_ECHOES = {
     "html": [200, {}, "<html>login</html>"],
     "send": [200, {}, '{"sent": "1"}', "/send"],
     "too large": [200, {}, "[" + " " * 5000 + "]"],
+    "status object": [200, {}, '{"states": []}', "/status"],
+    "status state": [200, {}, '[{"destination": "m", "state": "gone"}]', "/status"],
+    "status time": [
+        200,
+        {},
+        '[{"destination": "m", "state": "consumed", "consumedAt": 5}]',
+        "/status",
+    ],
     "redirect": [302, {"Location": "http://elsewhere/receive"}, ""],
 }
 
@@ -161,6 +169,9 @@ def test_a_valid_answer_passes(tmp_path):
     record = {"type": "ack", "idempotencyKey": "k" * 12, "destination": "m", "receivedAt": "x"}
     result, _ = run(tmp_path, "answer", [200, {"Echoes-Remaining": "2"}, json.dumps([record])])
     assert result["ok"] == {"records": [record], "remaining": 2}
+    copies = [{"destination": "m", "state": "consumed", "consumedAt": "2026-12-01T00:00:00Z"}]
+    result, _ = run(tmp_path, "answer", [200, {}, json.dumps(copies), "/status"])
+    assert result["ok"] == {"states": copies}
 
 
 def test_credentials_and_no_redirection_followed(tmp_path):

@@ -60,6 +60,31 @@ def test_the_client_commands_as_a_user_types_them(server):
     assert status == 2 and "--as NAME is required" in err
     status, _, err = cli(server, "send", "--as", "a", "body without --to")
     assert status == 2 and "--to" in err
+    # What became of a message: consumed by 李, waiting for bob; unknown to another sender.
+    cli(server, "send", "--as", "josé", "--to", "李", "--to", "bob", "--key", "key-of-status", "x")
+    cli(server, "receive", "--as", "李")
+    status, out, _ = cli(
+        server, "status", "--as", "josé", "--key", "key-of-status", "--to", "李", "--to", "bob"
+    )
+    consumed, waiting = json.loads(out)
+    assert status == 0 and consumed["state"] == "consumed" and consumed["destination"] == "李"
+    assert waiting == {"destination": "bob", "state": "waiting"}
+    status, out, _ = cli(
+        server, "status", "--as", "olivia", "--key", "key-of-status", "--to", "bob"
+    )
+    assert (status, json.loads(out)) == (0, [{"destination": "bob", "state": "unknown"}])
+    status, _, err = cli(server, "status", "--as", "josé", "--to", "bob")
+    assert status == 2 and "--key" in err
+
+
+def test_the_clients_know_the_states_the_server_answers():
+    # A client imports nothing of the server, so each names /status's states: they agree.
+    from echoes.http import schemas
+
+    served = schemas.STATUS["items"]["properties"]["state"]["enum"]
+    assert served == list(echoes_client.COPY_STATES)
+    web = (ROOT / "echoes" / "client" / "web" / "echoes.js").read_text()
+    assert f"const COPY_STATES = {json.dumps(served)};" in web
 
 
 def test_follow_prints_records_as_they_arrive_and_ends_with_0_on_sigterm(server, tmp_path):
@@ -93,6 +118,11 @@ def test_the_python_client_sync_and_async(server):
         {"n": 1},
         "again",
     ]
+    assert olivia.status("key-never-sent", ["maurice"]) == [
+        {"destination": "maurice", "state": "unknown"}
+    ]
+    olivia.send(["nina"], "later", key="key-of-python")
+    assert olivia.status("key-of-python", ["nina"]) == [{"destination": "nina", "state": "waiting"}]
     with pytest.raises(EchoesError) as refused:
         Client(server.url, "bad\u202ename").receive()
     assert refused.value.status == 400 and "U+202E" in refused.value.details[0]
@@ -104,6 +134,8 @@ def test_the_python_client_sync_and_async(server):
             got = [r async for r in AsyncClient(server.url, "李").follow(wait=1, stop=stop2)]
             assert [r["body"] for r in got] == ["async"]
             assert await george.exchange(["x"], 1, wait=0.2) == []
+            [copy] = await george.status("key-never-sent", ["x"])
+            assert copy == {"destination": "x", "state": "unknown"}
         finally:
             george.close()
 
@@ -213,6 +245,7 @@ def test_the_readme_client_commands_run_as_written(server, checkout):
     assert result.returncode == 0, result.stderr
     assert '"sent": 2' in result.stdout and '"sent": 1' in result.stdout, result.stdout
     assert '"type": "ack"' in result.stdout, result.stdout  # follow printed olivia's acks
+    assert '[{"destination": "maurice", "state": "waiting"}]' in result.stdout, result.stdout
 
 
 def test_the_readme_python_example_runs_and_leaves_nothing_to_replay(server, checkout):

@@ -134,6 +134,26 @@ def test_a_send_answered_with_anything_but_a_whole_count_is_an_error(fake, body)
         Client(server.url, "olivia").send(["maurice"], "hi")
 
 
+STATES_NOT_ECHOES = [
+    b'{"states": []}',
+    b'[{"destination": "maurice", "state": "gone"}]',
+    b'[{"state": "waiting"}]',
+    b'[{"destination": "maurice", "state": "consumed", "consumedAt": 5}]',
+    b"[1]",
+]
+
+
+@pytest.mark.parametrize("body", STATES_NOT_ECHOES)
+def test_a_status_answered_with_anything_but_copies_states_is_an_error(fake, body):
+    server = fake(always(http_answer(200, body)))
+    with pytest.raises(BadAnswer):
+        Client(server.url, "olivia").status("k", ["maurice"])
+    with pytest.raises(BadAnswer):
+        asyncio.run(_async(server.url, lambda c: c.status("k", ["maurice"])))
+    code, out, err = cli(server.url, "status", "--as", "olivia", "--key", "k", "--to", "maurice")
+    assert (code, out) == (1, "") and err.startswith("echoes: error: the server answered"), err
+
+
 async def _async(url, call, **kw):
     client = AsyncClient(url, "maurice", **kw)
     try:

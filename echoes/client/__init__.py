@@ -3,7 +3,7 @@
 Owns the follow protocol (``protocol``: requests, answers, retries; no I/O), the
 follower's state file (``state``), the bounded HTTP exchange of the synchronous client
 (``transport``), the two Python clients that move its bytes (``clients``), the ``echoes
-send|receive|exchange|follow`` commands (``cli``) and the browser module
+send|receive|exchange|status|follow`` commands (``cli``) and the browser module
 (``web/echoes.js``).
 
 May import: nothing of the server: a client is what runs on a user's machine.

@@ -1,4 +1,4 @@
-"""The client commands: ``echoes send``, ``receive``, ``exchange`` and ``follow``.
+"""The client commands: ``echoes send``, ``receive``, ``exchange``, ``status`` and ``follow``.
 
 A thin layer over echoes.client's Client; the subcommands hang on the one parser of options.py
 (``echoes`` alone, or ``echoes serve``, runs the server). Answers go to standard output as
@@ -28,7 +28,7 @@ from .clients import Client
 from .protocol import DEFAULT_URL, FOLLOW_WAIT, BadAnswer, EchoesError, Unavailable
 from .state import StateInUse
 
-COMMANDS = ("send", "receive", "exchange", "follow")
+COMMANDS = ("send", "receive", "exchange", "status", "follow")
 FOLLOW_HELP = """Long-poll forever and print one JSON record per line, oldest first.
 
 Every batch is taken under an attempt token, so a lost response or a restarted server
@@ -105,6 +105,18 @@ def add_commands(commands: Any) -> None:
     commands.add_parser(
         "exchange", parents=[common, sending, taking], help="send, then receive, in one request"
     )
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="what became of your message's copies: prints each destination's state",
+        description="What became of the copies of one of your messages, by its idempotency"
+        ' key: for each destination {"destination": D, "state": "waiting" | "consumed" |'
+        ' "unknown"}, with consumedAt when consumed (within the server\'s --dedup-window).',
+    )
+    status.add_argument(
+        "--to", action="append", required=True, metavar="NAME", help="a destination (repeat)"
+    )
+    status.add_argument("--key", required=True, help="the message's idempotency key")
     follow = commands.add_parser(
         "follow",
         parents=[common],
@@ -127,6 +139,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO = sys.
             answer: Any = client.receive(args.limit, args.wait)
         elif args.command == "send":
             answer = {"sent": client.send(args.to, body(args.body), args.key, args.ack)}
+        elif args.command == "status":
+            answer = client.status(args.key, args.to)
         else:
             message = (args.to, body(args.body), args.key, args.ack)
             answer = client.exchange(*message, limit=args.limit, wait=args.wait)

@@ -2,7 +2,8 @@
 
     from echoes.client import Client
     olivia = Client("http://127.0.0.1:8000", "olivia")
-    olivia.send(["maurice"], {"text": "hi"}, ack=True)     # 1: copies stored
+    olivia.send(["maurice"], {"text": "hi"}, key="k1")     # 1: copies stored
+    olivia.status("k1", ["maurice"])                         # [{"destination": ..., "state": ...}]
     for record in Client("http://127.0.0.1:8000", "maurice").follow():
         print(record)                                        # forever, oldest first
 
@@ -40,6 +41,7 @@ from .protocol import (
     credentials,
     message,
     request,
+    status_query,
 )
 
 
@@ -94,6 +96,13 @@ class _Requests:
         query = {"limit": limit, "wait": wait}
         return self._then(self._post("/exchange", query, sent, wait), _records)
 
+    def status(self, key: str, destinations: list[str]) -> Any:
+        """What became of the copies of the caller's message ``key`` sent to ``destinations``:
+        for each, ``{"destination": D, "state": "waiting" | "consumed" | "unknown"}``, with
+        ``consumedAt`` when consumed (within the server's --dedup-window)."""
+        query = status_query(key, destinations)
+        return self._then(self._post("/status", {}, query, None), _states)
+
     def _post(self, path: str, query: dict[str, Any], body: Any, wait: float | None) -> Any:
         timeout = self.timeout + (wait or 0)
         return self.call(request(self.url, self.caller, path, query, body, timeout, self.headers))
@@ -113,6 +122,10 @@ class _Requests:
 
 def _sent(answer: Answer) -> int:
     return answer.sent
+
+
+def _states(answer: Answer) -> list[dict[str, str]]:
+    return answer.states or []
 
 
 def _records(answer: Answer) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ clients.py only move bytes.
 Nothing the server says is taken on trust: ``Retry-After`` is read as seconds or an
 HTTP-date and waited between MIN_DELAY (0.5 s) and MAX_DELAY (60 s); anything else in it
 falls back to the backoff. A 200 must be what echoes answers (a batch: an array of
-records; a send: an object with a whole ``sent``; ``Echoes-Remaining`` a whole number), else
-BadAnswer. A redirection is not followed (so ``From`` and credentials never go to another
-origin): it is a BadAnswer naming where it pointed. The clients bound each answer's size
+records; a send: an object with a whole ``sent``; a status: an array of copies, each a
+destination with a known state; ``Echoes-Remaining`` a whole number), else BadAnswer. A
+redirection is not followed (so ``From`` and credentials never go to another origin): it
+is a BadAnswer naming where it pointed. The clients bound each answer's size
 (``max_answer_bytes``) and each exchange's whole time (the request's ``timeout``).
 """
 
@@ -48,6 +49,11 @@ RECORD_FIELDS: dict[str, dict[str, type]] = {
     "msg": {"idempotencyKey": str, "origin": str, "expectsAck": bool, "sentAt": str},
     "ack": {"idempotencyKey": str, "destination": str, "receivedAt": str},
 }
+# What /status says of a copy (the server's http/schemas.py names the same three, and
+# tests/test_clients.py checks that they agree: a client imports nothing of the server).
+COPY_STATES = ("waiting", "consumed", "unknown")
+# What a 200 of each path must hold (answer()): a batch of records unless named here.
+EXPECTS = {"/send": "sent", "/status": "states"}
 
 
 class EchoesError(Exception):
@@ -81,16 +87,17 @@ class Request:
     headers: dict[str, str]
     body: bytes
     timeout: float
-    expects: str = "batch"  # what a 200 must hold: "batch" (an array of records) or "sent"
+    expects: str = "batch"  # what a 200 must hold: "batch" (records), "sent" or "states"
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What a /send, /receive or /exchange returned."""
+    """What a /send, /receive, /exchange or /status returned."""
 
     records: list[dict[str, Any]] | None = None  # /receive and /exchange
     sent: int = 0
     remaining: int = 0  # Echoes-Remaining: records still waiting after this batch
+    states: list[dict[str, str]] | None = None  # /status: each copy's destination and state
 
 
 def new_key() -> str:
@@ -119,7 +126,7 @@ def request(
     data = b"" if body is None else json.dumps(body).encode()
     sent = dict(headers or {})
     sent |= {"From": header_value(caller), "Content-Type": "application/json"}
-    return Request(url, sent, data, timeout, "sent" if path == "/send" else "batch")
+    return Request(url, sent, data, timeout, EXPECTS.get(path, "batch"))
 
 
 def credentials(
@@ -165,9 +172,15 @@ def message(destinations: list[str], body: Any, key: str | None, ack: bool) -> d
     }
 
 
+def status_query(key: str, destinations: list[str]) -> dict[str, Any]:
+    """The body of a /status: what became of the copies of message ``key`` sent to each of
+    ``destinations``."""
+    return {"idempotencyKey": key, "destination": list(destinations)}
+
+
 def answer(status: int, headers: Any, body: bytes, expects: str = "batch") -> Answer:
-    """The answer of a 200 (``expects``: a "batch" or a "sent" count), or the exception of
-    anything else (BadAnswer if it is not an answer echoes gives)."""
+    """The answer of a 200 (``expects``: a "batch", a "sent" count or "states"), or the
+    exception of anything else (BadAnswer if it is not an answer echoes gives)."""
     if status == 200:
         return _ok(headers, body, expects)
     if 300 <= status < 400:
@@ -196,6 +209,13 @@ def _ok(headers: Any, body: bytes, expects: str) -> Answer:
         if not (isinstance(remaining, str) and remaining.isascii() and remaining.isdigit()):
             raise BadAnswer(f"the server answered Echoes-Remaining: {_shown(remaining)}")
         return Answer(records=document, remaining=int(remaining))
+    if expects == "states":
+        if not isinstance(document, list):
+            raise BadAnswer(f"the server answered {_shown(document)}, not the copies' states")
+        bad = next((c for c in document if not _is_copy_state(c)), None)
+        if bad is not None:
+            raise BadAnswer(f"the server answered a status holding {_shown(bad)}, not a copy's")
+        return Answer(states=document)
     sent = document.get("sent") if isinstance(document, dict) else None
     if type(sent) is not int or sent < 0:
         raise BadAnswer(f"the server answered {_shown(document)}, not a send's count")
@@ -216,6 +236,14 @@ def _is_record(record: Any) -> bool:
     return all(isinstance(record.get(name), kind) for name, kind in fields) and (
         record["type"] == "ack" or "body" in record
     )
+
+
+def _is_copy_state(copy: Any) -> bool:
+    if not isinstance(copy, dict) or not isinstance(copy.get("destination"), str):
+        return False
+    if copy.get("state") not in COPY_STATES:
+        return False
+    return isinstance(copy.get("consumedAt", ""), str)
 
 
 def _details(status: int, body: bytes) -> list[str]:

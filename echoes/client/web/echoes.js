@@ -2,7 +2,8 @@
 //
 //   import { Echoes } from "./echoes.js";
 //   const me = new Echoes("https://echoes.example", "josé");
-//   await me.send(["李"], { text: "hola" }, { ack: true });
+//   await me.send(["李"], { text: "hola" }, { ack: true, key: "k1" });
+//   await me.status("k1", ["李"]); // [{ destination: "李", state: "waiting" }]
 //   for await (const record of me.follow()) console.log(record);
 //
 // follow() does what echoes.client does in Python: every batch is taken under an attempt
@@ -19,8 +20,9 @@
 //
 // Nothing the server says is taken on trust, as in echoes.client: Retry-After is seconds
 // or an HTTP-date, waited at most MAX_DELAY (60 s) and at least MIN_DELAY (0.5 s); anything
-// else in it falls back to the backoff. A 200 must be a batch of records (or a send's whole
-// count) with a whole Echoes-Remaining, else BadAnswer; a redirection is not followed
+// else in it falls back to the backoff. A 200 must be a batch of records with a whole
+// Echoes-Remaining (or a send's whole count, or a status's copies, each with a known state),
+// else BadAnswer; a redirection is not followed
 // (BadAnswer); an answer is read up to `maxAnswerBytes` and within `timeout` seconds (plus
 // the wait).
 
@@ -33,6 +35,10 @@ const RECORD_FIELDS = {
   msg: { idempotencyKey: "string", origin: "string", expectsAck: "boolean", sentAt: "string" },
   ack: { idempotencyKey: "string", destination: "string", receivedAt: "string" },
 };
+// What /status says of a copy, as the server's schema names them.
+const COPY_STATES = ["waiting", "consumed", "unknown"];
+// What a 200 of each path must hold: a batch of records unless named here.
+const EXPECTS = { "/send": "sent", "/status": "states" };
 
 export class EchoesError extends Error {
   constructor(status, details) {
@@ -128,6 +134,14 @@ export class Echoes {
     return (await this.call("/exchange", query, message(destinations, body, key, ack))).records;
   }
 
+  /** What became of the copies of the caller's message `key` sent to `destinations`: for
+   * each, { destination, state: "waiting" | "consumed" | "unknown" }, with consumedAt when
+   * consumed (within the server's --dedup-window). */
+  async status(key, destinations) {
+    const query = { idempotencyKey: key, destination: destinations };
+    return (await this.call("/status", {}, query)).states;
+  }
+
   /** Every record for the caller, oldest first, until `signal` aborts. */
   async *follow({ wait = FOLLOW_WAIT, signal, onRetry = () => {}, storage, storageKey } = {}) {
     const slot = storageKey || `echoes-follow:${this.url}:${this.name}`;
@@ -186,7 +200,7 @@ export class Echoes {
         if (error instanceof BadAnswer) throw error;
         throw unreachable(this.url, error, signal, deadline, seconds);
       }
-      return answer(response, text, path === "/send" ? "sent" : "batch");
+      return answer(response, text, EXPECTS[path] || "batch");
     } finally {
       deadline.done();
     }
@@ -280,6 +294,12 @@ function ok(response, text, expects) {
     if (!/^\d+$/.test(remaining)) throw bad(`Echoes-Remaining: ${shown(remaining)}`);
     return { records: document, remaining: Number(remaining) };
   }
+  if (expects === "states") {
+    if (!Array.isArray(document)) throw bad(`${shown(text)}, not the copies' states`);
+    const odd = document.find((copy) => !isCopyState(copy));
+    if (odd !== undefined) throw bad(`a status holding ${shown(JSON.stringify(odd))}, not a copy's`);
+    return { states: document };
+  }
   const sent = document && typeof document === "object" ? document.sent : undefined;
   if (!Number.isSafeInteger(sent) || sent < 0) throw bad(`${shown(text)}, not a send's count`);
   return { sent };
@@ -291,6 +311,12 @@ function parse(text) {
   } catch {
     throw new BadAnswer(`the server answered ${shown(text)}, which is not JSON`);
   }
+}
+
+function isCopyState(copy) {
+  if (!copy || typeof copy !== "object" || typeof copy.destination !== "string") return false;
+  if (!COPY_STATES.includes(copy.state)) return false;
+  return copy.consumedAt === undefined || typeof copy.consumedAt === "string";
 }
 
 function isRecord(record) {
