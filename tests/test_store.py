@@ -125,6 +125,37 @@ async def test_a_waiting_copy_is_still_replaced_by_a_resend(echoes):
     assert [r["body"] for r in await echoes.receive("b")] == ["second"]
 
 
+async def test_a_take_finds_live_records_behind_many_expired_ones(echoes):
+    # 100 records that expire at once, then 3 live ones: a take drops at most 64 expired
+    # records and still returns the live ones, whatever its limit (take.lua reads the head of
+    # the index by rank, and by score past 64 expired ones).
+    store = echoes.store
+    for limit, name in ((1, "one"), (None, "all")):
+        stamp = records.timestamp(int(time.time()))
+        expiring = []
+        for i in range(100):
+            key = f"key-{i:012d}"
+            record = records.msg("a", key, i, False, stamp)
+            expiring.append(store.restore(name, record, records.msg_id("a", key), 50))
+        await store.scripts.run(store.servers, expiring)
+        await asyncio.sleep(0.1)
+        for i in range(3):
+            await echoes.send("a", f"live-{i:012d}", [name], f"live {i}")
+        query = "" if limit is None else f"?limit={limit}"
+        got = []
+        for _ in range(3):
+            response = await echoes.post("/receive" + query, name)
+            got += [r["body"] for r in response.json]
+            if len(got) == 3:
+                break
+        assert got == ["live 0", "live 1", "live 2"], limit
+        inbox = store.keys.inbox(name)
+        left = await echoes.redis.zcard(inbox.index)
+        assert left < 100 - 64 + 1 and await echoes.redis.hlen(inbox.records) == left + (left > 0)
+        assert (await echoes.receive(name)) == []
+        assert await echoes.redis.exists(inbox.records, inbox.index) == 0  # all gone now
+
+
 async def test_an_expired_copy_never_consumed_may_be_sent_again(start_echoes):
     echoes = await start_echoes(message_ttl=1)
     await echoes.send("a", KEY, ["b"], "lost")

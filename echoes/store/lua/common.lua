@@ -26,14 +26,17 @@ local function int(n)
 end
 
 -- The score of a record that expires at ``expires`` ms: expiry order is arrival order while
--- --message-ttl stays the same; ties (one millisecond) keep arrival order by the last score.
--- A score decodes to an expiry no earlier than the record's own (ttl shortened by a reload):
--- the record's value, when read, is the last word.
-local function score_for(index, expires)
+-- --message-ttl stays the same; ties (one millisecond) keep arrival order by the last score
+-- (``last``, when the caller knows it, else read). A score decodes to an expiry no earlier
+-- than the record's own (ttl shortened by a reload): the record's value, when read, is the
+-- last word.
+local function score_for(index, expires, last)
   local s = expires * 1000
-  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) >= s then
-    s = tonumber(last[2]) + 1
+  if last == nil then
+    last = tonumber(redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2] or 0)
+  end
+  if last >= s then
+    s = last + 1
   end
   return s
 end
@@ -45,14 +48,18 @@ end
 
 -- An inbox of one record is a hash of that record and nothing else, which expires with it
 -- (no index: one key per small inbox); a second record turns it into an indexed inbox.
+-- Returns the records indexed (0 or 1), their bytes, and the score of the last (0: none).
 local function promote(records, index, now)
   local first = redis.call('HKEYS', records)[1]
   if not first then
-    return
+    return 0, 0, 0
   end
   local left = redis.call('PTTL', records)
-  redis.call('ZADD', index, int((now + math.max(left, 0)) * 1000), first)
-  redis.call('HSET', records, '#b', int(redis.call('HSTRLEN', records, first)))
+  local score = (now + math.max(left, 0)) * 1000
+  local bytes = redis.call('HSTRLEN', records, first)
+  redis.call('ZADD', index, int(score), first)
+  redis.call('HSET', records, '#b', int(bytes))
+  return 1, bytes, score
 end
 
 -- Parked records: how many count against the cap now, and the stretches that have ended.

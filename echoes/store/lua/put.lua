@@ -35,7 +35,14 @@ if ARGV[8] == '1' and redis.call('ZSCORE', KEYS[4], id) then
   return 2
 end
 local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local old = redis.call('HSTRLEN', KEYS[1], id) -- 0: no waiting copy (records are never empty)
+-- old: the size of a waiting copy with this id (0: none; records are never empty).
+local indexed, old, held = redis.call('EXISTS', KEYS[2]) == 1, 0, 0
+if not indexed then
+  held = redis.call('HLEN', KEYS[1])
+end
+if indexed or held > 0 then
+  old = redis.call('HSTRLEN', KEYS[1], id)
+end
 
 local function announce()
   if ARGV[4] == '' then
@@ -56,8 +63,8 @@ local function done()
   return (old > 0 and ARGV[10] == '1') and 4 or 1
 end
 
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local held = redis.call('HLEN', KEYS[1])
+local count, bytes, last -- known after a promotion, else read below
+if not indexed then
   if held > 1 or (held == 1 and old == 0 and redis.call('HEXISTS', KEYS[1], '#b') == 1) then
     redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
     held, old = 0, 0
@@ -84,13 +91,14 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('PEXPIRE', KEYS[1], int(ttl))
     return done()
   end
-  promote(KEYS[1], KEYS[2], now)
+  count, bytes, last = promote(KEYS[1], KEYS[2], now)
 end
 
 -- An indexed inbox. The quick counts include expired records; only when one says the inbox
 -- is full are those found (by score, without reading them) and left out.
-local count = redis.call('ZCARD', KEYS[2])
-local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+if not count then
+  count, bytes = redis.call('ZCARD', KEYS[2]), tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+end
 local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
 local added = #record - old
 local dead, dead_bytes, ended = {}, 0, nil
@@ -119,16 +127,19 @@ if over_records() or over_bytes() then
   end
 end
 
--- The record first: out of memory (maxmemory, noeviction) Redis refuses the first write of a
--- script that adds data, and then nothing changed.
-local reply = redis.pcall('HSET', KEYS[1], id, record)
+-- The record first, with the inbox's new byte count (one HSET: one arrival event): out of
+-- memory (maxmemory, noeviction) Redis refuses the first write of a script that adds data,
+-- and then nothing changed.
+local total = int(bytes - dead_bytes + added)
+local reply = redis.pcall('HSET', KEYS[1], id, record, '#b', total)
 if not stored(reply) then
   return reply
 end
-redis.call('ZADD', KEYS[2], int(score_for(KEYS[2], now + ttl)), id)
+redis.call('ZADD', KEYS[2], int(score_for(KEYS[2], now + ttl, last)), id)
 -- The keys outlive their newest record by an eighth (at most an hour), so that only one put in
--- that stretch pays for extending them; an abandoned inbox leaves nothing behind.
-if redis.call('PTTL', KEYS[2]) < ttl then
+-- that stretch pays for extending them; an abandoned inbox leaves nothing behind. A promoted
+-- index has no lifetime yet.
+if last or redis.call('PTTL', KEYS[2]) < ttl then
   local lifetime = int(ttl + math.min(math.floor(ttl / 8), 3600000))
   redis.call('PEXPIRE', KEYS[2], lifetime)
   redis.call('PEXPIRE', KEYS[1], lifetime)
@@ -137,6 +148,5 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[1], unpack(dead))
 end
-redis.call('HSET', KEYS[1], '#b', int(bytes - dead_bytes + added))
 forget_stretches(KEYS[3], ended, parked)
 return done()

@@ -17,8 +17,10 @@
 --          first design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
 --
--- Work is bounded by what the take returns: an empty inbox costs two calls (GET, EXISTS);
--- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read.
+-- Work is bounded by what the take returns: an empty inbox costs two calls (TYPE, EXISTS);
+-- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; ids and
+-- scores of at most ARGV[1] + 64 records are (one ZRANGE, and one ZRANGEBYSCORE when the
+-- first ARGV[1] + 64 are all expired).
 local parked = redis.call('TYPE', KEYS[3])['ok']
 if parked == 'list' then -- taken before under this token: the same records again
   local count, _, recs = unpark(KEYS[3])
@@ -49,59 +51,80 @@ local remaining = 0
 
 if redis.call('EXISTS', KEYS[2]) == 0 then
   -- An inbox of one record: the hash lives exactly as long as it.
-  local held = redis.call('HLEN', KEYS[1])
-  if held == 1 and redis.call('HEXISTS', KEYS[1], '#b') == 0 then
+  if redis.call('HLEN', KEYS[1]) == 1 then
     local fields = redis.call('HGETALL', KEYS[1])
-    local left = redis.call('PTTL', KEYS[1])
-    taken[1] = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
+    if fields[1] ~= '#b' then -- not what an index that expired left
+      local left = redis.call('PTTL', KEYS[1])
+      taken[1] = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
+    end
   end
   redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
 else
-  local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. expired_below(now), '+inf',
-    'WITHSCORES', 'LIMIT', 0, int(want))
+  -- The head of the index, by rank: expired records first (scores are expiries), then the
+  -- live ones to take. Records expired at the head go too, at most 64 a take (put.lua drops
+  -- them when full); past that many, the live ones are found by score.
+  local head = redis.call('ZRANGE', KEYS[2], 0, int(want + 63), 'WITHSCORES')
+  local below, ndead = tonumber(expired_below(now)), 0
+  while ndead < #head / 2 and tonumber(head[2 * ndead + 2]) <= below do
+    ndead = ndead + 1
+  end
+  local live, first = head, ndead -- live records: live[2 * (first + i) - 1], i = 1..
+  local whole = #head / 2 < want + 64 -- the head is the whole index
+  if ndead > 64 then
+    if ndead == #head / 2 and not whole then
+      live, first = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf',
+        'WITHSCORES', 'LIMIT', 0, int(want)), 0
+    end
+    ndead, whole = 64, false
+  end
+  local nlive = #live / 2 - first
+  local n = math.min(nlive, want)
   local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
-  local n = #live / 2
+  local fit = n
   if bytes + n * overhead > budget then -- not all of them fit: find how many do
-    local size, fit = 0, 0
+    local size = 0
+    fit = 0
     for i = 1, n do
-      local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
+      local s = redis.call('HSTRLEN', KEYS[1], live[2 * (first + i) - 1]) + overhead
       if fit > 0 and size + s > budget then
         break
       end
       size, fit = size + s, fit + 1
     end
-    n = fit
   end
   local ids = {}
-  for i = 1, n do
-    ids[i] = live[2 * i - 1]
+  for i = 1, fit do
+    ids[i] = live[2 * (first + i) - 1]
   end
-  -- Records expired at the head go too, at most 64 a take (put.lua drops them when full).
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
-  local gone, freed = {}, 0
-  for i = 1, #expired do
-    gone[i] = expired[i]
-    freed = freed + redis.call('HSTRLEN', KEYS[1], expired[i])
-  end
-  if n > 0 then
-    local values = redis.call('HMGET', KEYS[1], unpack(ids))
-    for i = 1, n do
-      if values[i] then
-        taken[#taken + 1] = {ids[i], live[2 * i], values[i]}
-        freed = freed + #values[i]
-      end
-      gone[#gone + 1] = ids[i]
+  local values = fit > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+  local freed = 0
+  for i = 1, fit do
+    if values[i] then
+      taken[#taken + 1] = {ids[i], live[2 * (first + i)], values[i]}
+      freed = freed + #values[i]
     end
   end
-  if #gone > 0 then
-    redis.call('ZREM', KEYS[2], unpack(gone))
-    redis.call('HDEL', KEYS[1], unpack(gone))
-  end
-  remaining = redis.call('ZCARD', KEYS[2])
-  if remaining == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
-  elseif freed > 0 then
-    redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+  if whole and fit == nlive then -- everything in the inbox is taken or expired
+    redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count too
+  else
+    local gone = {}
+    for i = 1, ndead do
+      gone[i] = head[2 * i - 1]
+      freed = freed + redis.call('HSTRLEN', KEYS[1], gone[i])
+    end
+    for i = 1, fit do
+      gone[#gone + 1] = ids[i]
+    end
+    if #gone > 0 then
+      redis.call('ZREM', KEYS[2], unpack(gone))
+      redis.call('HDEL', KEYS[1], unpack(gone))
+    end
+    remaining = whole and #head / 2 - #gone or redis.call('ZCARD', KEYS[2])
+    if remaining == 0 then
+      redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
+    elseif freed > 0 then
+      redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+    end
   end
 end
 
