@@ -33,13 +33,15 @@ GROUPS = {
 
 def main(seconds: int = 8) -> None:
     require("python -m bench.profile", "wrk", "redis-server")
+    spy = shutil.which("py-spy", path=Path(sys.executable).parent) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("python -m bench.profile needs py-spy; not found: pip install py-spy")
     raise_file_limit()
     with tempfile.TemporaryDirectory(prefix="echoes-profile-") as tmp:
         workdir = Path(tmp)
         redis, url = start_redis(workdir)
         echoes = start_echoes(url, workdir)
         out = workdir / "profile.txt"
-        spy = shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy"
         command = [spy, "record", "-r", "400", "-f", "raw", "-o", str(out), "-d", str(seconds)]
         try:
             spy_run = subprocess.Popen(
