@@ -2,7 +2,9 @@
 
 A figure is the CPU time the server (with its worker processes) or Redis used while wrk ran,
 divided by the requests wrk completed. Redis's own figure is what INFO reports as used by
-the server process; its INFO commandstats say how many script calls each request made.
+the server process; its INFO commandstats say how many script calls each request made, and
+how many Redis commands in all (those the scripts call included): a count, so the same in
+every run of the same code, where CPU time moves with what else the machine runs.
 """
 
 import os
@@ -36,6 +38,7 @@ class Reading:
     server: float  # CPU seconds
     redis: dict[str, float]  # CPU seconds, by Redis server
     script_calls: int
+    commands: int  # every command Redis ran, those scripts called included
 
 
 class Meter:
@@ -47,15 +50,16 @@ class Meter:
         self.clients = {url: redis.Redis.from_url(url) for url in redis_urls}
 
     def read(self) -> Reading:
-        used, calls = {}, 0
+        used, calls, commands = {}, 0, 0
         for url, client in self.clients.items():
             cpu = client.info("cpu")
             stats = client.info("commandstats")
             calls += sum(
                 stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha")
             )
+            commands += sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_"))
             used[url] = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        return Reading(process_seconds(self.pid), used, calls)
+        return Reading(process_seconds(self.pid), used, calls, commands)
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -73,4 +77,5 @@ def per_request(before: Reading, after: Reading, requests: float) -> dict[str, A
         "redis_us": sum(by_server.values()),
         "redis_us_by_server": by_server,
         "scripts": (after.script_calls - before.script_calls) / requests,
+        "redis_commands": (after.commands - before.commands) / requests,
     }

@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from . import figures
@@ -60,14 +60,18 @@ def short(revision: str) -> str:
     ).stdout.strip()
 
 
-def echoes_at(tree: Path, redis_url: str, workdir: Path, log_level: str) -> Service:
-    """``python -m echoes`` of ``tree`` (its own package first on the path)."""
+def echoes_at(
+    tree: Path, redis_url: str, workdir: Path, log_level: str, extra: Sequence[str] = ()
+) -> Service:
+    """``python -m echoes`` of ``tree`` (its own package first on the path), with ``extra``
+    options."""
     args = [
         "-c",
         f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy;"
         " runpy.run_module('echoes', run_name='__main__')",
         f"--redis-url={redis_url}",
         f"--log-level={log_level}",
+        *extra,
     ]
     service = start_python(f"echoes-{tree.name}", args, workdir, "/health")
     wait_ready(service)
@@ -84,7 +88,21 @@ def main() -> None:
         help="echoes' --log-level (default: info, as conf/echoes.conf ships: an access line"
         " per request)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=OPTIONS",
+        help="this tree again, with these echoes options (e.g. 'no window=--dedup-window=0');"
+        " repeat for more",
+    )
     args = parser.parse_args()
+    variants = {}
+    for given in args.variant:
+        label, equals, options = given.partition("=")
+        if not equals or not label:
+            parser.error(f"--variant takes LABEL=OPTIONS, not {given!r}")
+        variants[f"this tree, {label}"] = shlex.split(options)
     require("python -m bench.revisions", "wrk", "redis-server")
     raise_file_limit()
     print(f"command: python -m bench.revisions {shlex.join(sys.argv[1:])}", flush=True)
@@ -98,6 +116,9 @@ def main() -> None:
             for rev in args.revisions
         }
         trees["this tree"] = ROOT
+        options: dict[str, Sequence[str]] = {name: () for name in trees}
+        for name, extra in variants.items():
+            trees[name], options[name] = ROOT, extra
         urls = {}
         for name in ["ceiling", *trees]:
             redis, urls[name] = start_redis(workdir / f"redis-{len(urls)}")
@@ -107,20 +128,20 @@ def main() -> None:
         }
         for name, tree in trees.items():
             starters[name] = lambda name=name, tree=tree: echoes_at(
-                tree, urls[name], workdir, args.log_level
+                tree, urls[name], workdir, args.log_level, options[name]
             )
         rows = figures.throughput(starters, 3, args.seconds, {n: [u] for n, u in urls.items()})
     ceiling = rows["ceiling"]
     print(
         "\n| revision | req/s | vs ceiling | echoes CPU us/req | vs ceiling | Redis CPU us/req"
-        " | vs ceiling |"
+        " | vs ceiling | Redis commands/req |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         print(
             f"| {name} | {r['rps']:.0f} | {r['rps'] / ceiling['rps']:.2f} | {r['server_us']:.0f}"
             f" | {r['server_us'] / ceiling['server_us']:.2f} | {r['redis_us']:.0f}"
-            f" | {r['redis_us'] / ceiling['redis_us']:.2f} |"
+            f" | {r['redis_us'] / ceiling['redis_us']:.2f} | {r['redis_commands']:.1f} |"
         )
 
 

@@ -21,42 +21,51 @@
 -- Not safe to run twice (a rerun counts the request and its bytes again): echoes counts
 -- more, never less, than the sender holds, and fields it counted expire by themselves.
 --
--- Work is bounded: a few commands, and once per stretch (when the oldest field frees) one
--- HGETALL of at most ttl / stretch + 1 fields.
+-- Work is bounded: a few commands (one HMGET reads every field it needs, one HSET and one
+-- HDEL write what changed), and once per stretch (when the oldest field frees) one HGETALL
+-- of at most ttl / stretch + 1 fields.
 local now = now_ms()
 local key = KEYS[1]
-local f = redis.call('HMGET', key, '#', 'o', 'g')
+local charge = tonumber(ARGV[3])
+-- Every field this call reads, in one HMGET: the counts, the fields it frees (ARGV[7...]) and
+-- the field it charges; what it changes is written back in one HSET (and one HDEL).
+local names = {'#', 'o', 'g'}
+for i = 7, #ARGV, 2 do
+  names[#names + 1] = ARGV[i]
+end
+if charge > 0 then
+  names[#names + 1] = ARGV[4]
+end
+local f = redis.call('HMGET', key, unpack(names))
 local held, oldest, due = tonumber(f[1] or 0), tonumber(f[2] or 0), tonumber(f[3] or 0)
+local value, changed = {}, {} -- field -> bytes it counts; fields this call changes
+for j = 4, #names do
+  value[names[j]] = tonumber(f[j] or 0)
+end
 
 for i = 7, #ARGV, 2 do
-  local left = tonumber(redis.call('HGET', key, ARGV[i]) or 0)
-  local freed = math.min(left, tonumber(ARGV[i + 1]))
+  local field = ARGV[i]
+  local freed = math.min(value[field], tonumber(ARGV[i + 1]))
   if freed > 0 then
-    if freed == left then
-      redis.call('HDEL', key, ARGV[i])
-    else
-      redis.call('HINCRBY', key, ARGV[i], int(-freed))
-    end
+    value[field], changed[field] = value[field] - freed, true
     held = held - freed
   end
 end
 
 if oldest > 0 and oldest * 1000 <= now then -- a field expired: sum those still live
   held, oldest = 0, 0
-  local fields, dead = redis.call('HGETALL', key), {}
+  local fields = redis.call('HGETALL', key)
   for i = 1, #fields, 2 do
-    local at = tonumber(fields[i]) -- nil for "#", "o", "g"
+    local name = fields[i]
+    local at = tonumber(name) -- nil for "#", "o", "g"
     if at and at * 1000 <= now then
-      dead[#dead + 1] = fields[i]
+      value[name], changed[name] = 0, true
     elseif at then
-      held = held + tonumber(fields[i + 1])
+      held = held + (value[name] or tonumber(fields[i + 1]))
       if oldest == 0 or at < oldest then
         oldest = at
       end
     end
-  end
-  if #dead > 0 then
-    redis.call('HDEL', key, unpack(dead))
   end
 end
 
@@ -65,7 +74,18 @@ local function save(keep)
     redis.call('DEL', key)
     return
   end
-  redis.call('HSET', key, '#', int(math.max(held, 0)), 'o', int(oldest), 'g', int(due))
+  local set, gone = {'#', int(math.max(held, 0)), 'o', int(oldest), 'g', int(due)}, {}
+  for name in pairs(changed) do
+    if value[name] > 0 then
+      set[#set + 1], set[#set + 2] = name, int(value[name])
+    else
+      gone[#gone + 1] = name
+    end
+  end
+  redis.call('HSET', key, unpack(set))
+  if #gone > 0 then
+    redis.call('HDEL', key, unpack(gone))
+  end
   -- The hash outlives what it counts: its newest field, and the rate's due time.
   if keep > 0 and redis.call('PTTL', key) < keep then
     redis.call('PEXPIRE', key, int(keep + math.min(math.floor(keep / 8), 3600000)))
@@ -94,13 +114,13 @@ if interval > 0 then
   left = math.floor((interval * burst - (due - now)) / interval)
 end
 
-local charge, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[5])
 if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
   verdict = 2
 end
 if charge > 0 and (verdict == 0 or forced) then
   local at = tonumber(ARGV[4])
-  redis.call('HINCRBY', key, ARGV[4], int(charge))
+  value[ARGV[4]], changed[ARGV[4]] = value[ARGV[4]] + charge, true
   held = held + charge
   if oldest == 0 or at < oldest then
     oldest = at
