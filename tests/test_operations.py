@@ -462,9 +462,11 @@ async def test_echoes_works_under_the_documented_acl(
         "ACL", "SETUSER", "echoes", *acl_rules("echoes", settings.key_prefix)
     )
     # The admin loads echoes' function library, as the README says: the echoes user may not.
-    library = subprocess.run(
+    printed = subprocess.run(
         [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
-    ).stdout
+    )
+    library = printed.stdout
+    assert printed.stderr == ""  # no RuntimeWarning of runpy's for the admin to wonder about
     await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     url = f"unix://echoes:pw@{own_redis.socket}"
     echoes = await start_echoes(redis_url=url, wake=wake, recheck_interval=60)
@@ -523,9 +525,11 @@ async def test_without_its_library_echoes_answers_503_and_says_what_to_run(
     [detail] = health.json["details"]
     assert echoes.store.scripts.library in detail and command in detail, detail
     # The admin runs it (the shell's pipe, here by hand): /health is 200 again.
-    library = subprocess.run(
+    printed = subprocess.run(
         [sys.executable, "-m", scripts.__name__], capture_output=True, text=True, check=True
-    ).stdout
+    )
+    library = printed.stdout
+    assert printed.stderr == ""  # no RuntimeWarning of runpy's for the admin to wonder about
     await admin.execute_command("FUNCTION", "LOAD", "REPLACE", library)
     assert (await echoes.request("GET", "/health")).status == 200
     assert (await echoes.post("/receive", "a")).status == 200

@@ -11,6 +11,8 @@ May import: ``echoes.config``, ``echoes.topology`` and redis-py. Never Tornado, 
 layer or the wake-ups.
 """
 
+import warnings
+
 from .failures import OutOfMemory, Unavailable
 from .inboxes import Message, Outcome, Store, Take, TooLarge
 from .senders import OverQuota
@@ -28,3 +30,12 @@ __all__ = [
     "Unavailable",
     "replication",
 ]
+
+# `python -m echoes.store.scripts` (and `.migrate`), the commands the docs give operators,
+# run a module this package has imported already; runpy then warns that the module "may"
+# behave unpredictably. It does not (each keeps its state in objects), and the warning
+# reads like a failure to whoever pastes the command.
+for _module in ("scripts", "migrate"):
+    warnings.filterwarnings(
+        "ignore", f"'echoes.store.{_module}' found in sys.modules", RuntimeWarning
+    )
