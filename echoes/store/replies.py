@@ -62,9 +62,10 @@ def _stored(record: Any) -> bool:
     (its JSON pieces are not parsed: that is the cost the stored form saves)."""
     if not isinstance(record, bytes) or record[:1] not in (b"m", b"M", b"a"):
         return False
-    after_time = 1 + records.TIME_LENGTH
-    newlines = record.count(b"\n", after_time)
-    return len(record) > after_time and newlines >= (1 if record[:1] == b"a" else 2)
+    # Its pieces end at newlines: one after the key, and for a message one after the name (a
+    # JSON name holds none). Found from the front: never a scan of the whole body.
+    key_ends = record.find(b"\n", 1 + records.TIME_LENGTH)
+    return key_ends > 0 and (record[:1] == b"a" or record.find(b"\n", key_ends + 1) > 0)
 
 
 def _first_design_id(entry: Any) -> bool:
