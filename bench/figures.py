@@ -25,7 +25,8 @@ from .services import HERE, Service, worker_pid
 
 Row = dict[str, Any]
 # The store the figures drive directly: records live an hour, no inbox cap.
-STORE_SETTINGS = Settings(message_ttl=3600, max_inbox_records=0)
+# One sender fills the stores of figure 2: its quotas (issue 22) off.
+STORE_SETTINGS = Settings(message_ttl=3600, max_inbox_records=0, sender_rate=0, max_sender_bytes=0)
 
 
 def store_at(redis_url: str, prefix: str) -> Store:

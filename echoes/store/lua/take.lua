@@ -18,9 +18,8 @@
 --          "m:<key>:<origin>" of each message that wants an ack...}
 --
 -- Work is bounded by what the take returns: an empty inbox costs two calls (TYPE, EXISTS);
--- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; ids and
--- scores of at most ARGV[1] + 64 records are (one ZRANGE, and one ZRANGEBYSCORE when the
--- first ARGV[1] + 64 are all expired).
+-- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
+-- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
 local parked = redis.call('TYPE', KEYS[3])['ok']
 if parked == 'list' then -- taken before under this token: the same records again
   local count, _, recs = unpark(KEYS[3])
@@ -60,32 +59,27 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   end
   redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
 else
-  -- The head of the index, by rank: expired records first (scores are expiries), then the
-  -- live ones to take. Records expired at the head go too, at most 64 a take (put.lua drops
-  -- them when full); past that many, the live ones are found by score.
-  local head = redis.call('ZRANGE', KEYS[2], 0, int(want + 63), 'WITHSCORES')
-  local below, ndead = tonumber(expired_below(now)), 0
-  while ndead < #head / 2 and tonumber(head[2 * ndead + 2]) <= below do
-    ndead = ndead + 1
+  -- The oldest records, by rank: when none has expired (scores are expiries), they are the
+  -- ones to take, and fewer than asked for are the whole inbox. Else records expired at the
+  -- head go with this take, at most 64 (put.lua drops them when full), and the live ones
+  -- are found by score.
+  local head = redis.call('ZRANGE', KEYS[2], 0, int(want - 1), 'WITHSCORES')
+  local below = tonumber(expired_below(now))
+  local live, dead, whole = head, {}, #head / 2 < want
+  if #head > 0 and tonumber(head[2]) <= below then
+    dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', 0, 64)
+    live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
+      'LIMIT', 0, int(want))
+    whole = false
   end
-  local live, first = head, ndead -- live records: live[2 * (first + i) - 1], i = 1..
-  local whole = #head / 2 < want + 64 -- the head is the whole index
-  if ndead > 64 then
-    if ndead == #head / 2 and not whole then
-      live, first = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf',
-        'WITHSCORES', 'LIMIT', 0, int(want)), 0
-    end
-    ndead, whole = 64, false
-  end
-  local nlive = #live / 2 - first
-  local n = math.min(nlive, want)
+  local nlive = #live / 2
   local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
-  local fit = n
-  if bytes + n * overhead > budget then -- not all of them fit: find how many do
+  local fit = nlive
+  if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
     local size = 0
     fit = 0
-    for i = 1, n do
-      local s = redis.call('HSTRLEN', KEYS[1], live[2 * (first + i) - 1]) + overhead
+    for i = 1, nlive do
+      local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
       if fit > 0 and size + s > budget then
         break
       end
@@ -94,13 +88,13 @@ else
   end
   local ids = {}
   for i = 1, fit do
-    ids[i] = live[2 * (first + i) - 1]
+    ids[i] = live[2 * i - 1]
   end
   local values = fit > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
   local freed = 0
   for i = 1, fit do
     if values[i] then
-      taken[#taken + 1] = {ids[i], live[2 * (first + i)], values[i]}
+      taken[#taken + 1] = {ids[i], live[2 * i], values[i]}
       freed = freed + #values[i]
     end
   end
@@ -108,9 +102,9 @@ else
     redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count too
   else
     local gone = {}
-    for i = 1, ndead do
-      gone[i] = head[2 * i - 1]
-      freed = freed + redis.call('HSTRLEN', KEYS[1], gone[i])
+    for i = 1, #dead do
+      gone[i] = dead[i]
+      freed = freed + redis.call('HSTRLEN', KEYS[1], dead[i])
     end
     for i = 1, fit do
       gone[#gone + 1] = ids[i]
@@ -119,7 +113,7 @@ else
       redis.call('ZREM', KEYS[2], unpack(gone))
       redis.call('HDEL', KEYS[1], unpack(gone))
     end
-    remaining = whole and #head / 2 - #gone or redis.call('ZCARD', KEYS[2])
+    remaining = whole and nlive - fit or redis.call('ZCARD', KEYS[2])
     if remaining == 0 then
       redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
     elseif freed > 0 then
