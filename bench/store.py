@@ -10,7 +10,8 @@ first_design_put.lua and first_design_take.lua) on the same Redis in the same ru
 2. Redis memory per waiting record (a 100-byte body) in inboxes of 100 and of one, beside
    the record's JSON, and per tombstone (a consumed copy the dedup window remembers).
 3. A bystander's /exchange latency while another caller receives from an inbox of large
-   records and sends to a full one, through echoes (the bystander shares Redis and echoes).
+   records and sends to a full one, through echoes (the bystander shares Redis and echoes;
+   each attacker is a process of its own, as the bystander is).
 """
 
 import argparse
@@ -233,8 +234,9 @@ async def post(conn: Connection, path: str, sender: str, document: Any = None) -
 
 async def bystander(url: str, workdir: Path, sizes: dict[str, Any]) -> dict[str, Any]:
     """Figure 3: a bystander's /exchange latency, alone and beside the attacker: one caller
-    receives (one record a call) from an inbox of ``attack_records`` records of
-    ``attack_size`` bytes, and sends to another such inbox, full (--max-inbox-bytes), at once."""
+    receives (one record a call; each replaced in the hoard through the store, so the hoard
+    stays full) from an inbox of ``attack_records`` records of ``attack_size`` bytes, and sends to
+    another such inbox, full (--max-inbox-bytes), at once."""
     body = "x" * sizes["attack_size"]
     stored = len(records.msg("attacker", "fill-000000000000", body, False, records.timestamp()))
     full = sizes["attack_records"] * stored  # exactly full once every record is in
@@ -249,10 +251,15 @@ async def bystander(url: str, workdir: Path, sizes: dict[str, Any]) -> dict[str,
             assert await post(conn, "/send", "attacker", message | {"body": body}) == 200
         conn.close()
         alone = await _latencies(echoes.port, sizes["seconds"])
-        attacks = [_attack(echoes.port, sizes["seconds"], kind) for kind in ("receive", "send")]
-        beside, *statuses = await asyncio.gather(
-            _latencies(echoes.port, sizes["seconds"]), *attacks
-        )
+        # The attackers are processes of their own (their 1 MB answers are read there, not in
+        # the bystander's event loop), under way for a second before the bystander measures.
+        seconds = sizes["seconds"]
+        refill = f"{url} {sizes['attack_size']}"
+        attacks = [
+            _attacker(echoes.port, seconds + 1.5, "receive", refill),
+            _attacker(echoes.port, seconds + 1.5, "send", ""),
+        ]
+        beside, *statuses = await asyncio.gather(_latencies(echoes.port, seconds, 1.0), *attacks)
         admin = aioredis.Redis.from_url(url)
         held = int(await admin.hget(Keys("echoes:").inbox("hoard").records, "#b") or 0)
         await admin.aclose()
@@ -267,24 +274,50 @@ async def bystander(url: str, workdir: Path, sizes: dict[str, Any]) -> dict[str,
     }
 
 
-async def _attack(port: int, seconds: float, kind: str) -> dict[str, int]:
+async def _attack(port: int, seconds: float, kind: str, refill: str = "") -> dict[str, int]:
+    """One attacker's loop: receives from the hoard one record a call (each a 1 MB answer),
+    or sends to the full inbox; the statuses of its answers. With ``refill`` (a Redis URL
+    and a size), each record received is replaced in the hoard straight through the store,
+    so that the hoard stays as large for as long as the figure runs: echoes serves only the
+    receives, Redis pays for the refills too."""
     conn = await Connection.open("127.0.0.1", port)
     statuses: dict[str, int] = {}
     end = time.monotonic() + seconds
     i = 0
+    hoard, body = None, ""
+    if refill:
+        url, size = refill.rsplit(" ", 1)
+        hoard, body = SecondDesign(url, "echoes:", 0), "x" * int(size)
     while time.monotonic() < end:
         if kind == "receive":
             status = await post(conn, f"/receive?limit=1&attempt=att-{i:012d}", "hoard")
+            if hoard:
+                await hoard.put("hoard", f"back-{i:012d}", body)
         else:
             message = {"idempotencyKey": f"more-{i:012d}", "destination": ["full"], "body": 0}
             status = await post(conn, "/send", "attacker", message)
         statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
         i += 1
     conn.close()
+    if hoard:
+        await hoard.close()
     return statuses
 
 
-async def _latencies(port: int, seconds: float) -> dict[str, float]:
+async def _attacker(port: int, seconds: float, kind: str, refill: str) -> dict[str, int]:
+    """``_attack`` in a process of its own: its answers' statuses."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.store", "--attack", kind, str(port), str(seconds),
+        refill,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    statuses: dict[str, int] = json.loads(out.decode().strip().splitlines()[-1])
+    return statuses
+
+
+async def _latencies(port: int, seconds: float, after: float = 0.0) -> dict[str, float]:
+    await asyncio.sleep(after)
     conn = await Connection.open("127.0.0.1", port)
     spent = []
     end = time.monotonic() + seconds
@@ -315,7 +348,13 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=FIGURES, action="append", help="run this figure only (repeat for more)"
     )
+    # KIND PORT SECONDS REFILL: one attacker, in a process of its own (figure 3)
+    parser.add_argument("--attack", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attack:
+        kind, port, seconds, refill = args.attack
+        print(json.dumps(asyncio.run(_attack(int(port), float(seconds), kind, refill))))
+        return
     sizes = SIZES["quick" if args.quick else "full"]
     raise_file_limit()
     print("$ " + shlex.join(["python", "-m", "bench.store", *sys.argv[1:]]), flush=True)

@@ -4,6 +4,7 @@ migration from the first design. Each scenario of the issues failed on 2c56c3c."
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import socket
@@ -15,9 +16,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from conftest import KEY, eventually, inbox_keys
 
-from echoes.store import records
+from echoes.store import Take, records
 from echoes.store.keys import Keys, encode_name
 from echoes.store.migrate import migrate
+from echoes.store.scripts import Call
 
 FIRST_DESIGN = Path(__file__).parent.parent / "bench"  # its Lua, kept for the migration
 
@@ -154,6 +156,92 @@ async def test_a_take_finds_live_records_behind_many_expired_ones(echoes):
         assert left < 100 - 64 + 1 and await echoes.redis.hlen(inbox.records) == left + (left > 0)
         assert (await echoes.receive(name)) == []
         assert await echoes.redis.exists(inbox.records, inbox.index) == 0  # all gone now
+
+
+# --- edges a differential review of the scripts found (old and new alike) -------------------
+
+
+def stored_msg(key, body="x"):
+    return records.msg("a", key, body, False, records.timestamp(int(time.time()))), key
+
+
+async def run(echoes, *calls):
+    store = echoes.store
+    return await store.scripts.run(store.servers, list(calls))
+
+
+def put(echoes, name, key, body="x", limits=(0, 0), ttl_ms=None, counted=0):
+    record, record_id = stored_msg(key, body)
+    return echoes.store._put(name, record_id, record, limits, 0, ttl_ms, replaced=counted)
+
+
+async def test_a_put_refused_after_a_promotion_leaves_an_index_that_expires(echoes):
+    # The second record would pass the cap of one: refused, after the one-record hash was
+    # turned into an indexed inbox. The index expires with the record it holds (it had no
+    # lifetime, and outlived the inbox).
+    for limits in ((1, 0), (0, len(stored_msg("key-000000000001")[0]) + 10)):
+        name = f"capped-{limits[0]}"
+        assert await run(echoes, put(echoes, name, "key-000000000001", limits=limits)) == [1]
+        refused = await run(echoes, put(echoes, name, "key-000000000002", limits=limits))
+        assert refused in ([0], [3])
+        inbox = echoes.store.keys.inbox(name)
+        lives = await echoes.redis.pttl(inbox.index), await echoes.redis.pttl(inbox.records)
+        assert lives[0] > 0 and abs(lives[0] - lives[1]) < 1000, lives
+
+
+async def test_a_promotion_keeps_the_first_records_lifetime(echoes):
+    # A shorter ttl since (a reload): the inbox's keys still live as long as its first record.
+    await run(echoes, put(echoes, "b", "key-000000000001", ttl_ms=10_000))
+    await run(echoes, put(echoes, "b", "key-000000000002", ttl_ms=1_000))
+    inbox = echoes.store.keys.inbox("b")
+    assert await echoes.redis.pttl(inbox.records) > 9_000
+    assert await echoes.redis.pttl(inbox.index) > 9_000
+
+
+async def test_an_untake_keeps_a_copy_sent_again_meanwhile(start_echoes):
+    echoes = await start_echoes(dedup_window=0)
+    await echoes.send("a", "key-000000000001", ["b"], "first")
+    await echoes.send("a", "key-000000000002", ["b"], "other")
+    taken = await echoes.post("/receive?limit=1&attempt=token-0000000001", "b")
+    assert [r["body"] for r in taken.json] == ["first"]
+    await echoes.send("a", "key-000000000001", ["b"], "second version")
+    assert await echoes.store.untake("b", "token-0000000001") == 0  # the newer copy stays
+    inbox = echoes.store.keys.inbox("b")
+    held = await echoes.redis.hgetall(inbox.records)
+    assert int(held.pop(b"#b")) == sum(len(v) for v in held.values())
+    assert [r["body"] for r in await echoes.receive("b")] == ["other", "second version"]
+
+
+async def test_a_replay_counts_the_record_of_a_one_record_inbox(echoes):
+    await echoes.send("a", "key-000000000001", ["b"], "one")
+    first = await echoes.post("/receive?attempt=token-0000000001", "b")
+    await echoes.send("a", "key-000000000002", ["b"], "two")
+    replay = await echoes.post("/receive?attempt=token-0000000001", "b")
+    assert replay.json == first.json and replay.headers["Echoes-Remaining"] == "1"
+
+
+async def test_a_take_of_less_than_one_record_takes_one(echoes):
+    for i in range(3):
+        await echoes.send("a", f"key-{i:012d}", ["b"], i)
+    store = echoes.store
+    call = store._take("b", Take(1, "token-0000000001"), 0)
+    zero = dataclasses.replace(call, args=(0, *call.args[1:]))
+    [taken] = await run(echoes, zero)
+    assert taken[:3] == [b"2", 1, 2]
+
+
+async def test_a_sender_quota_names_as_oldest_a_second_something_frees_at(echoes):
+    # Three stretches charged; the first ends; the second is freed whole in the call that
+    # finds the first ended: the oldest second left is the third's.
+    key = echoes.store.keys.sender("s")
+    t = int(time.time())
+    fields = [str(t + 1), str(t + 30), str(t + 60)]
+    for field in fields:
+        await run(echoes, Call("sender", (key,), (0, 10, 100, field, 0, 0)))
+    await asyncio.sleep(t + 1.1 - time.time())
+    [reply] = await run(echoes, Call("sender", (key,), ("-", 0, 0, "0", 0, 0, fields[1], 100)))
+    assert reply[2:4] == [b"100", fields[2].encode()]
+    assert await echoes.redis.hget(key, "o") == fields[2].encode()
 
 
 async def test_an_expired_copy_never_consumed_may_be_sent_again(start_echoes):

@@ -21,7 +21,10 @@
 -- returns  1 stored, 2 a duplicate (consumed before: not stored again), 0 the inbox holds
 --          too many records, 3 too many bytes, 4 stored in place of a waiting copy (with
 --          ARGV[10]); an error reply (OOM, LATE) changed nothing
--- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2).
+-- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2). With
+-- ARGV[10], a rerun of a put that stored its copy answers 4, as a client's resend of the same
+-- copy does: the sender's quota then counts that copy once too few (README, "One sender, one
+-- share").
 --
 -- Work is bounded by this record, never by what the inbox holds: sizes are read with
 -- HSTRLEN, expiries from the index's scores, and at most 64 expired records are dropped.
@@ -94,6 +97,14 @@ if not indexed then
   count, bytes, last = promote(KEYS[1], KEYS[2], now)
 end
 
+-- A put refused after a promotion leaves the new index to expire with the record it holds.
+local function refuse(reply)
+  if last then
+    redis.call('PEXPIRE', KEYS[2], int(math.max(math.floor(last / 1000) - now, 1)))
+  end
+  return reply
+end
+
 -- An indexed inbox. The quick counts include expired records; only when one says the inbox
 -- is full are those found (by score, without reading them) and left out.
 if not count then
@@ -120,10 +131,10 @@ if over_records() or over_bytes() then
     parked, ended = parked_count(KEYS[3], now, true)
   end
   if over_records() then
-    return 0
+    return refuse(0)
   end
   if over_bytes() then
-    return 3
+    return refuse(3)
   end
 end
 
@@ -133,14 +144,15 @@ end
 local total = int(bytes - dead_bytes + added)
 local reply = redis.pcall('HSET', KEYS[1], id, record, '#b', total)
 if not stored(reply) then
-  return reply
+  return refuse(reply)
 end
 redis.call('ZADD', KEYS[2], int(score_for(KEYS[2], now + ttl, last)), id)
 -- The keys outlive their newest record by an eighth (at most an hour), so that only one put in
 -- that stretch pays for extending them; an abandoned inbox leaves nothing behind. A promoted
--- index has no lifetime yet.
+-- index has no lifetime yet, and its first record may outlive this one (a shorter ttl since).
 if last or redis.call('PTTL', KEYS[2]) < ttl then
-  local lifetime = int(ttl + math.min(math.floor(ttl / 8), 3600000))
+  local life = last and math.max(ttl, math.floor(last / 1000) - now) or ttl
+  local lifetime = int(life + math.min(math.floor(life / 8), 3600000))
   redis.call('PEXPIRE', KEYS[2], lifetime)
   redis.call('PEXPIRE', KEYS[1], lifetime)
 end

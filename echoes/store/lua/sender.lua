@@ -61,9 +61,12 @@ if oldest > 0 and oldest * 1000 <= now then -- a field expired: sum those still 
     if at and at * 1000 <= now then
       value[name], changed[name] = 0, true
     elseif at then
-      held = held + (value[name] or tonumber(fields[i + 1]))
-      if oldest == 0 or at < oldest then
-        oldest = at
+      local bytes = value[name] or tonumber(fields[i + 1])
+      if bytes > 0 then -- not one this call freed whole (deleted below)
+        held = held + bytes
+        if oldest == 0 or at < oldest then
+          oldest = at
+        end
       end
     end
   end

@@ -5,7 +5,7 @@
 -- KEYS[3]  the attempt key: list, where a taken batch is parked (common.lua's unpark)
 -- KEYS[4]  parked: hash (put.lua)
 -- KEYS[5]  tombstones: sorted set, id -> when it was consumed, for the dedup window
--- ARGV[1]  most records to take
+-- ARGV[1]  most records to take (a whole number, at least 1)
 -- ARGV[2]  milliseconds a taken batch stays parked, at most (never past its first expiry)
 -- ARGV[3]  most bytes of records to take, as rendered (at least one record is taken)
 -- ARGV[4]  "1" if parked records count against the inbox's cap (counted in KEYS[4]), else "0"
@@ -23,7 +23,11 @@
 local parked = redis.call('TYPE', KEYS[3])['ok']
 if parked == 'list' then -- taken before under this token: the same records again
   local count, _, recs = unpark(KEYS[3])
-  local out = {'3', count, redis.call('ZCARD', KEYS[2])}
+  local left = redis.call('ZCARD', KEYS[2])
+  if left == 0 then -- no index: an inbox of one record (or none), or what an index left
+    left = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '#b')
+  end
+  local out = {'3', count, left}
   for i = 1, #recs do
     out[#out + 1] = recs[i][3]
   end
@@ -44,7 +48,9 @@ local refused = late(now, ARGV[6])
 if refused then
   return refused
 end
-local want, budget, overhead = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[7])
+-- At least one record, a whole number of them (echoes validates it: a guard for others).
+local want = math.max(math.floor(tonumber(ARGV[1])), 1)
+local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[7])
 local taken = {} -- {id, score, record}
 local remaining = 0
 

@@ -2,8 +2,11 @@
 -- waiter whose client left while its take was in Redis (nothing is taken on its behalf).
 -- KEYS[1..5]  records, index, the attempt key, parked, tombstones (take.lua)
 -- ARGV[1]     "1" if parked records are counted in KEYS[4] (take.lua's ARGV[4]), else "0"
--- returns     how many records went back (0: nothing parked there, or expired meanwhile)
--- Safe to run twice: the first run deletes the attempt key.
+-- returns     how many records went back (0: nothing parked there, or expired meanwhile,
+--             or sent again since)
+-- Safe to run twice: the first run deletes the attempt key. Records go back whatever the
+-- inbox's caps say (they were in it before; refusing them would lose them): past a cap by
+-- at most that batch, until it is consumed.
 if redis.call('TYPE', KEYS[3])['ok'] ~= 'list' then
   return 0 -- nothing parked there, or a batch of the first design
 end
@@ -39,16 +42,20 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   promote(KEYS[1], KEYS[2], now)
 end
-local bytes, latest = 0, 0
+local bytes, latest, back = 0, 0, 0
 for i = 1, #live do
-  redis.call('HSET', KEYS[1], live[i][1], live[i][3])
-  redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
-  bytes = bytes + #live[i][3]
-  latest = math.max(latest, math.floor(tonumber(live[i][2]) / 1000) - now)
+  -- A copy sent again meanwhile (the dedup window off) is newer than this one: it stays.
+  if redis.call('HEXISTS', KEYS[1], live[i][1]) == 0 then
+    redis.call('HSET', KEYS[1], live[i][1], live[i][3])
+    redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
+    bytes = bytes + #live[i][3]
+    latest = math.max(latest, math.floor(tonumber(live[i][2]) / 1000) - now)
+    back = back + 1
+  end
 end
 redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
 if redis.call('PTTL', KEYS[2]) < latest then
   redis.call('PEXPIRE', KEYS[2], int(latest))
   redis.call('PEXPIRE', KEYS[1], int(latest))
 end
-return #live
+return back
