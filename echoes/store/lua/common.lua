@@ -49,7 +49,8 @@ end
 -- An inbox of one record is a hash of that record and nothing else, which expires with it
 -- (no index: one key per small inbox); a second record turns it into an indexed inbox.
 -- Returns the records indexed (0 or 1), their bytes, and the score of the last (0: none).
-local function promote(records, index, now)
+-- The byte count is written unless ``later`` (the caller writes it with what it adds).
+local function promote(records, index, now, later)
   local first = redis.call('HKEYS', records)[1]
   if not first then
     return 0, 0, 0
@@ -58,7 +59,9 @@ local function promote(records, index, now)
   local score = (now + math.max(left, 0)) * 1000
   local bytes = redis.call('HSTRLEN', records, first)
   redis.call('ZADD', index, int(score), first)
-  redis.call('HSET', records, '#b', int(bytes))
+  if not later then
+    redis.call('HSET', records, '#b', int(bytes))
+  end
   return 1, bytes, score
 end
 

@@ -94,13 +94,15 @@ if not indexed then
     redis.call('PEXPIRE', KEYS[1], int(ttl))
     return done()
   end
-  count, bytes, last = promote(KEYS[1], KEYS[2], now)
+  count, bytes, last = promote(KEYS[1], KEYS[2], now, true) -- '#b' written below
 end
 
--- A put refused after a promotion leaves the new index to expire with the record it holds.
+-- A put refused after a promotion leaves the new index to expire with the record it holds,
+-- and the inbox's byte count written.
 local function refuse(reply)
   if last then
     redis.call('PEXPIRE', KEYS[2], int(math.max(math.floor(last / 1000) - now, 1)))
+    redis.call('HSET', KEYS[1], '#b', int(bytes))
   end
   return reply
 end
