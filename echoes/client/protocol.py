@@ -200,26 +200,28 @@ def _ok(headers: Any, body: bytes, expects: str) -> Answer:
     """A 200's Answer, if it has echoes' shape."""
     document = _json(body)
     if expects == "batch":
-        if not isinstance(document, list):
-            raise BadAnswer(f"the server answered {_shown(document)}, not a batch of records")
-        bad = next((r for r in document if not _is_record(r)), None)
-        if bad is not None:
-            raise BadAnswer(f"the server answered a batch holding {_shown(bad)}, not a record")
+        records = _array(document, _is_record, "a batch of records", "a batch", "a record")
         remaining = headers.get("Echoes-Remaining", "0")
         if not (isinstance(remaining, str) and remaining.isascii() and remaining.isdigit()):
             raise BadAnswer(f"the server answered Echoes-Remaining: {_shown(remaining)}")
-        return Answer(records=document, remaining=int(remaining))
+        return Answer(records=records, remaining=int(remaining))
     if expects == "states":
-        if not isinstance(document, list):
-            raise BadAnswer(f"the server answered {_shown(document)}, not the copies' states")
-        bad = next((c for c in document if not _is_copy_state(c)), None)
-        if bad is not None:
-            raise BadAnswer(f"the server answered a status holding {_shown(bad)}, not a copy's")
-        return Answer(states=document)
+        states = _array(document, _is_copy_state, "the copies' states", "a status", "a copy's")
+        return Answer(states=states)
     sent = document.get("sent") if isinstance(document, dict) else None
     if type(sent) is not int or sent < 0:
         raise BadAnswer(f"the server answered {_shown(document)}, not a send's count")
     return Answer(sent=sent)
+
+
+def _array(document: Any, valid: Callable[[Any], bool], shape: str, whole: str, item: str) -> Any:
+    """``document`` if it is an array of items ``valid`` accepts, else BadAnswer naming what."""
+    if not isinstance(document, list):
+        raise BadAnswer(f"the server answered {_shown(document)}, not {shape}")
+    bad = next((x for x in document if not valid(x)), None)
+    if bad is not None:
+        raise BadAnswer(f"the server answered {whole} holding {_shown(bad)}, not {item}")
+    return document
 
 
 def _json(body: bytes) -> Any:
