@@ -5,6 +5,7 @@ benchmarks: recheck_interval is set far above them wherever a test is about noti
 """
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -15,6 +16,8 @@ import redis.asyncio as aioredis
 from conftest import KEY, eventually, http_post, until, waiters_on, waiting
 
 from echoes.embedded import RedisServer
+from echoes.http.inbox import InboxHandler
+from echoes.server import Queue
 from echoes.store.keys import Keys, name_in
 from echoes.wake.waiters import Full, Waiters
 
@@ -83,6 +86,18 @@ async def test_waiting_records_are_answered_at_once(fake_echoes):
     started = time.monotonic()
     assert [r["body"] for r in await fake_echoes.receive("b", "?wait=30")] == ["ready"]
     assert time.monotonic() - started < WOKEN_WITHIN
+
+
+async def test_a_waiting_request_keeps_its_state_in_slots_and_lists(fake_echoes):
+    task = await waiting(fake_echoes, "b")
+    [handler] = [o for o in gc.get_objects() if isinstance(o, InboxHandler) and o.waiter]
+    # No dict of its own (APIHandler says why): every attribute Tornado sets has a slot.
+    assert vars(handler) == {}
+    stream = handler.request.connection.stream
+    assert type(stream._write_futures) is Queue and type(stream._write_buffer._buffers) is Queue
+    await fake_echoes.send("a", KEY, ["b"], "done")
+    assert await bodies(task) == ["done"]
+    assert vars(handler) == {}  # nor once it answered
 
 
 async def test_an_empty_wait_answers_empty_at_its_deadline(fake_echoes):

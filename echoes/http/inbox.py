@@ -37,8 +37,21 @@ class InboxHandler(APIHandler):
     """
 
     allow = "POST, OPTIONS"
+    # Slots, as APIHandler's (it says why).
+    __slots__ = (
+        "caller",
+        "chunks",
+        "discarding",
+        "gone",
+        "receives",
+        "reservation",
+        "reserving",
+        "sends",
+        "waiter",
+    )
 
     def initialize(self, sends: bool = False, receives: bool = False) -> None:
+        super().initialize()
         self.sends, self.receives = sends, receives
         self.chunks: list[bytes] | None = None
         self.waiter: Waiter | None = None
