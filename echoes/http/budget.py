@@ -27,7 +27,7 @@ class Crowded(Exception):
         self.limit = limit
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reservation:
     """Bytes a request holds of its process's budget, until released."""
 
