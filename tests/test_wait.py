@@ -19,6 +19,7 @@ from echoes.embedded import RedisServer
 from echoes.http.inbox import InboxHandler
 from echoes.server import Queue
 from echoes.store.keys import Keys, name_in
+from echoes.wake.subscriptions import Subscriptions
 from echoes.wake.waiters import Full, Waiters
 
 SLOW_SWEEP = {"recheck_interval": 60.0}
@@ -51,6 +52,18 @@ async def test_registry_refuses_past_its_limit_and_close_wakes_everyone():
         waiters.register("b")
     waiters.close()
     assert waiters.closing and await first.wait(1) and await second.wait(1)
+
+
+async def test_a_waiter_is_covered_once_its_inbox_is_subscribed_or_not_past_its_timeout():
+    subscriptions = Subscriptions(lambda name: name)
+    subscriptions.want("a")
+    patient, hasty = subscriptions.covered("a", 5), subscriptions.covered("a", 0.01)
+    assert await hasty is False and not patient.done()  # its own timeout, not the other's
+    subscriptions.confirmed("a")
+    assert await patient is True and await subscriptions.covered("a", 0) is True
+    subscriptions.want("b")
+    assert await subscriptions.covered("b", 0.01) is False
+    assert "b" not in subscriptions._covering  # a wait that timed out is not kept
 
 
 def test_channels_name_their_inbox():

@@ -10,6 +10,7 @@ import asyncio
 from typing import Protocol
 
 from ..config import Settings
+from .subscriptions import settled
 
 
 class Watch(Protocol):
@@ -19,7 +20,7 @@ class Watch(Protocol):
 
     def release(self, name: str) -> None: ...
 
-    async def covered(self, name: str, timeout: float) -> bool: ...
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]": ...
 
 
 class Full(Exception):
@@ -111,10 +112,10 @@ class Waiters:
             self.watch.want(name)
         return waiter
 
-    async def covered(self, name: str, timeout: float) -> bool:
-        """Return once arrivals in ``name``'s inbox reach this registry (see Watch);
-        False if that took longer than ``timeout`` (the listener's sweep covers it then)."""
-        return await self.watch.covered(name, timeout) if self.watch is not None else True
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]":
+        """True once arrivals in ``name``'s inbox reach this registry (see Watch); False if
+        that took longer than ``timeout`` (the listener's sweep covers it then)."""
+        return self.watch.covered(name, timeout) if self.watch is not None else settled(True)
 
     def unregister(self, waiter: Waiter) -> None:
         """Forget ``waiter``."""
