@@ -113,6 +113,16 @@ async def test_a_waiting_request_keeps_its_state_in_slots_and_lists(fake_echoes)
     assert vars(handler) == {}  # nor once it answered
 
 
+async def test_waiters_take_a_few_at_a_time_and_every_one_is_answered(fake_echoes):
+    fake_echoes.echoes.waiters.taking = asyncio.Semaphore(2)
+    names = [f"w{i}" for i in range(8)]
+    tasks = [asyncio.create_task(fake_echoes.post("/receive?wait=30", n)) for n in names]
+    await eventually(lambda: len(fake_echoes.echoes.waiters) == len(names))
+    await fake_echoes.send("a", KEY, names, "all")
+    for task in tasks:
+        assert await bodies(task) == ["all"]
+
+
 async def test_an_empty_wait_answers_empty_at_its_deadline(fake_echoes):
     started = time.monotonic()
     response = await fake_echoes.post("/receive?wait=0.3", "b")

@@ -267,7 +267,8 @@ class InboxHandler(APIHandler):
             # Subscribed to the inbox before the take that decides to wait: no arrival missed.
             if not await waiters.covered(caller, min(COVER_SECONDS, self.config.redis_timeout)):
                 log.debug("wake-up subscription for a waiter not confirmed; the sweep covers it")
-            outcome = await self.exchange(caller, message, take)
+            async with waiters.taking:  # see Waiters.taking
+                outcome = await self.exchange(caller, message, take)
             if outcome.out_of_memory or outcome.full:
                 return outcome  # the send failed: answer now, do not wait
             # Ten thousand requests may wait at once: keep no more than the count while waiting.
@@ -278,7 +279,8 @@ class InboxHandler(APIHandler):
                     break
                 if self.gone or waiters.closing:  # answer [] and take nothing
                     break
-                outcome = await self.exchange(caller, None, take, admit=False)
+                async with waiters.taking:
+                    outcome = await self.exchange(caller, None, take, admit=False)
             return dataclasses.replace(outcome, sent=sent)
         finally:
             self.metrics.waiters.dec()

@@ -12,6 +12,9 @@ from typing import Protocol
 from ..config import Settings
 from .subscriptions import settled
 
+# How many takes of waiting requests run at once (Waiters.taking says why).
+TAKES_AT_ONCE = 256
+
 
 class Watch(Protocol):
     """What hears of inboxes getting their first waiter and losing their last."""
@@ -90,6 +93,13 @@ class Waiters:
         # Lists, not sets: most inboxes have one waiter, and an empty set is 216 bytes.
         self._by_name: dict[str, list[Waiter]] = {}
         self._count = 0
+        # At most TAKES_AT_ONCE takes at once. Ten thousand long polls arriving together
+        # are subscribed together and then take together, each take holding some
+        # 5 KB of coroutines and commands until Redis answers: 46 MB more at that peak
+        # (BENCHMARKS.md), which the process then keeps (freed Python objects among live
+        # ones are not given back to the system). A few hundred at a time fill a pipeline
+        # batch as well: a take costs Redis some 30 us, so 256 are 8 ms of its time.
+        self.taking = asyncio.Semaphore(TAKES_AT_ONCE)
 
     def __len__(self) -> int:
         return self._count
