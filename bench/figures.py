@@ -176,7 +176,8 @@ async def wakeups(
     """Hold ``count`` long polls on ``waiter``; send to random ones through ``sender``.
 
     Latency: the waiting response received minus the send's response received, one send
-    at a time. Also the RSS of the process holding the waiters (Nchan: its worker).
+    at a time. Also the RSS of the process holding the waiters (Nchan: its worker), once it
+    settled (``rss_mb``), and when the last waiter was counted (``rss_registered_mb``).
     """
     names = [f"{tag}{i}" for i in range(count)]
     conns = await asyncio.gather(*(Connection.open("127.0.0.1", waiter.port) for _ in names))
@@ -188,7 +189,8 @@ async def wakeups(
     answers = [asyncio.ensure_future(conn.response()) for conn in conns]
     await held(kind, waiter, names)
     pid = waiter.popen.pid if kind == "echoes" else worker_pid(waiter.popen.pid)
-    rss = waiter.rss_mb(pid)
+    registered = waiter.rss_mb(pid)
+    rss = await settled_rss(waiter, pid)
     sending = await Connection.open("127.0.0.1", sender.port)
     # Steady state: let the burst of arrivals settle, and warm the sender's connections.
     await asyncio.sleep(1.0)
@@ -222,7 +224,24 @@ async def wakeups(
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "rss_mb": rss,
+        "rss_registered_mb": registered,
     }
+
+
+async def settled_rss(service: Service, pid: int, timeout: float = 10) -> float:
+    """The RSS of ``pid`` once it grew by under 1 MB in a second (at most ``timeout`` s).
+
+    echoes counts a waiter (/health) before its first take, so when the last one is
+    counted thousands are still taking, and the RSS grows for a second or two more.
+    """
+    readings = [service.rss_mb(pid)]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        readings.append(service.rss_mb(pid))
+        if len(readings) > 10 and readings[-1] - readings[-11] < 1.0:
+            break
+    return readings[-1]
 
 
 async def send(kind: str, conn: Connection, name: str, key: str, n: int) -> float:

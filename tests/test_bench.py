@@ -63,6 +63,19 @@ def test_the_json_path_benchmark_times_every_step():
     assert "| parse + check + names: validation.message |" in result.stdout
 
 
+def test_the_waiters_benchmark_reads_the_rss_of_each_count():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.waiters", "--counts", "5", "20", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "command: python -m bench.waiters --counts 5 20 --rounds 1" in result.stdout
+    assert "| this tree | 1 | 5 |" in result.stdout and "| this tree | 1 | 20 |" in result.stdout
+
+
 @pytest.mark.parametrize("module", ["bench", "bench.cluster"])
 def test_a_benchmark_without_wrk_says_what_to_install_in_one_line(module, tmp_path):
     # It ended in a FileNotFoundError traceback once its Redis was running.

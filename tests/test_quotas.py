@@ -191,6 +191,16 @@ async def test_a_caller_past_its_share_waits_and_others_pass():
     assert room.used == 50
 
 
+def test_room_there_now_is_reserved_at_once_and_none_past_a_share():
+    room = budget(100, 40)
+    now = room.reserve_now("alice", 30)
+    assert now is not None and room.used == 30
+    assert room.reserve_now("alice", 20) is None and room.used == 30  # reserve() would wait
+    assert room.reserve_now("bob", 0) is not None and room.used == 30
+    now.release()
+    assert room.used == 0 and not room.held_by("alice")
+
+
 async def test_a_request_alone_always_fits_and_a_cancelled_wait_holds_nothing():
     room = budget(10, 5)
     big = await room.reserve("mallory", 1000, 0)  # larger than any bound, but alone

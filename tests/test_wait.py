@@ -5,6 +5,7 @@ benchmarks: recheck_interval is set far above them wherever a test is about noti
 """
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -15,7 +16,10 @@ import redis.asyncio as aioredis
 from conftest import KEY, eventually, http_post, until, waiters_on, waiting
 
 from echoes.embedded import RedisServer
+from echoes.http.inbox import InboxHandler
+from echoes.server import Queue
 from echoes.store.keys import Keys, name_in
+from echoes.wake.subscriptions import Subscriptions
 from echoes.wake.waiters import Full, Waiters
 
 SLOW_SWEEP = {"recheck_interval": 60.0}
@@ -48,6 +52,18 @@ async def test_registry_refuses_past_its_limit_and_close_wakes_everyone():
         waiters.register("b")
     waiters.close()
     assert waiters.closing and await first.wait(1) and await second.wait(1)
+
+
+async def test_a_waiter_is_covered_once_its_inbox_is_subscribed_or_not_past_its_timeout():
+    subscriptions = Subscriptions(lambda name: name)
+    subscriptions.want("a")
+    patient, hasty = subscriptions.covered("a", 5), subscriptions.covered("a", 0.01)
+    assert await hasty is False and not patient.done()  # its own timeout, not the other's
+    subscriptions.confirmed("a")
+    assert await patient is True and await subscriptions.covered("a", 0) is True
+    subscriptions.want("b")
+    assert await subscriptions.covered("b", 0.01) is False
+    assert "b" not in subscriptions._covering  # a wait that timed out is not kept
 
 
 def test_channels_name_their_inbox():
@@ -83,6 +99,28 @@ async def test_waiting_records_are_answered_at_once(fake_echoes):
     started = time.monotonic()
     assert [r["body"] for r in await fake_echoes.receive("b", "?wait=30")] == ["ready"]
     assert time.monotonic() - started < WOKEN_WITHIN
+
+
+async def test_a_waiting_request_keeps_its_state_in_slots_and_lists(fake_echoes):
+    task = await waiting(fake_echoes, "b")
+    [handler] = [o for o in gc.get_objects() if isinstance(o, InboxHandler) and o.waiter]
+    # No dict of its own (APIHandler says why): every attribute Tornado sets has a slot.
+    assert vars(handler) == {}
+    stream = handler.request.connection.stream
+    assert type(stream._write_futures) is Queue and type(stream._write_buffer._buffers) is Queue
+    await fake_echoes.send("a", KEY, ["b"], "done")
+    assert await bodies(task) == ["done"]
+    assert vars(handler) == {}  # nor once it answered
+
+
+async def test_waiters_take_a_few_at_a_time_and_every_one_is_answered(fake_echoes):
+    fake_echoes.echoes.waiters.taking = asyncio.Semaphore(2)
+    names = [f"w{i}" for i in range(8)]
+    tasks = [asyncio.create_task(fake_echoes.post("/receive?wait=30", n)) for n in names]
+    await eventually(lambda: len(fake_echoes.echoes.waiters) == len(names))
+    await fake_echoes.send("a", KEY, names, "all")
+    for task in tasks:
+        assert await bodies(task) == ["all"]
 
 
 async def test_an_empty_wait_answers_empty_at_its_deadline(fake_echoes):

@@ -124,6 +124,26 @@ def crowded(error: Crowded) -> APIError:
     return APIError(status, str(error), headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
+# What Tornado (6.4 to 6.x) sets on a handler in the requests echoes serves: in
+# RequestHandler.__init__ and clear(), _HandlerDelegate.execute and RequestHandler._execute.
+TORNADO_ATTRIBUTES = (
+    "application",
+    "request",
+    "ui",
+    "_auto_finish",
+    "_finished",
+    "_headers",
+    "_headers_written",
+    "_prepared_future",
+    "_reason",
+    "_status_code",
+    "_transforms",
+    "_write_buffer",
+    "path_args",
+    "path_kwargs",
+)
+
+
 class APIHandler(tornado.web.RequestHandler):
     """Base of every endpoint: JSON out, CORS headers, one error shape.
 
@@ -135,9 +155,21 @@ class APIHandler(tornado.web.RequestHandler):
     """
 
     allow = "OPTIONS"
-    # What the access log reports: message copies stored, records taken, waited or not.
-    sent = taken = 0
-    waited = False
+    # Slots for what Tornado sets on a handler and for what the access log reports (message
+    # copies stored, records taken, waited or not), not the instance's dict. Python 3.11
+    # keeps the attributes of a class's instances in a table of keys they share, but lets
+    # it grow by one key less with every instance made: ten thousand long polls arriving
+    # at once make ten thousand handlers before any reaches _execute, whose attributes then
+    # no longer fit, and every handler from then on has a dict of its own (800 bytes).
+    __slots__ = (*TORNADO_ATTRIBUTES, "sent", "taken", "waited")
+
+    def initialize(self) -> None:
+        self.sent = self.taken = 0
+        self.waited = False
+        # Tornado's template namespace refers back to the handler (a cycle each request) and
+        # is some 400 bytes of every waiting request; no handler here renders a template.
+        # Tornado drops it so itself once a request is finished (_break_cycles).
+        self.ui = None  # type: ignore[assignment]
 
     @property
     def context(self) -> Context:

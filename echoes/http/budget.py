@@ -27,7 +27,7 @@ class Crowded(Exception):
         self.limit = limit
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reservation:
     """Bytes a request holds of its process's budget, until released."""
 
@@ -86,13 +86,20 @@ class Budget:
         self._by_caller[caller] = self._by_caller.get(caller, 0) + size
         return Reservation(self, caller, size)
 
-    async def reserve(self, caller: str, size: int, timeout: float) -> Reservation:
-        """``size`` bytes for ``caller``, waiting up to ``timeout`` s for room; Crowded if
-        there is none by then (a wait cancelled leaves nothing reserved)."""
+    def reserve_now(self, caller: str, size: int) -> Reservation | None:
+        """``size`` bytes for ``caller`` if there is room now, else None (reserve() waits)."""
         if size <= 0:
             return Reservation(self, caller, 0)
         if self._full(caller, size) is None:
             return self._take(caller, size)
+        return None
+
+    async def reserve(self, caller: str, size: int, timeout: float) -> Reservation:
+        """``size`` bytes for ``caller``, waiting up to ``timeout`` s for room; Crowded if
+        there is none by then (a wait cancelled leaves nothing reserved)."""
+        now = self.reserve_now(caller, size)
+        if now is not None:
+            return now
         waiter = _Waiter(caller, size)
         self._waiting.append(waiter)
         try:

@@ -37,8 +37,21 @@ class InboxHandler(APIHandler):
     """
 
     allow = "POST, OPTIONS"
+    # Slots, as APIHandler's (it says why).
+    __slots__ = (
+        "caller",
+        "chunks",
+        "discarding",
+        "gone",
+        "receives",
+        "reservation",
+        "reserving",
+        "sends",
+        "waiter",
+    )
 
     def initialize(self, sends: bool = False, receives: bool = False) -> None:
+        super().initialize()
         self.sends, self.receives = sends, receives
         self.chunks: list[bytes] | None = None
         self.waiter: Waiter | None = None
@@ -83,6 +96,11 @@ class InboxHandler(APIHandler):
         if self.sends:
             size += min(self.config.max_request_bytes, length * self.config.max_destinations)
         budget = self.context.budget
+        # Most requests find room at once: a task only for one that waits for it.
+        self.reservation = budget.reserve_now(self.caller, size)
+        if self.reservation is not None:
+            self.metrics.bytes_in_flight.set(budget.used)
+            return
         self.reserving = asyncio.ensure_future(
             budget.reserve(self.caller, size, self.config.redis_timeout)
         )
@@ -249,7 +267,8 @@ class InboxHandler(APIHandler):
             # Subscribed to the inbox before the take that decides to wait: no arrival missed.
             if not await waiters.covered(caller, min(COVER_SECONDS, self.config.redis_timeout)):
                 log.debug("wake-up subscription for a waiter not confirmed; the sweep covers it")
-            outcome = await self.exchange(caller, message, take)
+            async with waiters.taking:  # see Waiters.taking
+                outcome = await self.exchange(caller, message, take)
             if outcome.out_of_memory or outcome.full:
                 return outcome  # the send failed: answer now, do not wait
             # Ten thousand requests may wait at once: keep no more than the count while waiting.
@@ -260,7 +279,8 @@ class InboxHandler(APIHandler):
                     break
                 if self.gone or waiters.closing:  # answer [] and take nothing
                     break
-                outcome = await self.exchange(caller, None, take, admit=False)
+                async with waiters.taking:
+                    outcome = await self.exchange(caller, None, take, admit=False)
             return dataclasses.replace(outcome, sent=sent)
         finally:
             self.metrics.waiters.dec()

@@ -33,7 +33,7 @@ class TooLarge(Exception):
     """A message whose copies would store more bytes than one request may."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message to store, one copy per destination; its origin is the caller."""
 
@@ -43,7 +43,7 @@ class Message:
     destinations: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Take:
     """A consume of the caller's inbox: at most ``limit`` records, parked under ``attempt``.
 
@@ -55,7 +55,7 @@ class Take:
     wait: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Records taken from an inbox, already rendered as one JSON array."""
 
@@ -65,7 +65,7 @@ class Batch:
     acks: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What one store call did: copies stored (duplicates included: a copy consumed within
     the dedup window counts as stored and is not delivered again), inboxes found full of

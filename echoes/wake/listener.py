@@ -32,7 +32,7 @@ from ..store.keys import ARRIVAL_EVENT, PROBE_NAME, Keys, name_in
 from ..store.sentinels import SentinelAuthenticationError
 from ..store.servers import Server, Servers
 from .state import ListenerState
-from .subscriptions import LINGER_SECONDS, Subscriptions
+from .subscriptions import LINGER_SECONDS, Subscriptions, settled
 from .waiters import Waiters
 
 log = logging.getLogger("echoes.listener")
@@ -95,9 +95,9 @@ class Route:
         if self.home.get(name) == server:
             del self.home[name]
 
-    async def covered(self, name: str, timeout: float) -> bool:
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]":
         server = self.home.get(name)
-        return server is not None and await self.of(server).covered(name, timeout)
+        return settled(False) if server is None else self.of(server).covered(name, timeout)
 
     def rehome(self) -> int:
         """Move each wanted inbox to the server that serves it now; how many moved."""

@@ -27,7 +27,7 @@ class Subscriptions:
         self._confirmed: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
-        self._covering: dict[str, asyncio.Future[None]] = {}
+        self._covering: dict[str, list[asyncio.Future[bool]]] = {}
         self._leaving: dict[str, asyncio.TimerHandle] = {}
         self._on_leave: dict[str, Callback] = {}
 
@@ -73,25 +73,36 @@ class Subscriptions:
 
     def _unwant(self, name: str) -> None:
         """Nobody waits on ``name`` here any more: unsubscribe it if it was subscribed."""
-        self._covering.pop(name, None)  # its waiters are gone; nobody awaits this any more
+        self._covering.pop(name, None)  # its waiters are gone (their timers settle them)
         self._wanted.discard(name)
         self._to_subscribe.discard(name)
         if name in self._confirmed:
             self._to_unsubscribe.add(name)
             self.changed.set()
 
-    async def covered(self, name: str, timeout: float) -> bool:
-        """Return once ``name``'s subscription is confirmed; False after ``timeout`` s."""
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]":
+        """A future that becomes True once ``name``'s subscription is confirmed, False after
+        ``timeout`` s.
+
+        A future and a timer for each waiter, not a coroutine in asyncio.wait_for around a
+        shielded future (a task's worth of objects more): ten thousand long polls arriving
+        at once all wait here together, before their first take.
+        """
         if name in self._confirmed:
-            return True
-        future = self._covering.get(name)
-        if future is None:
-            future = self._covering[name] = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-            return True
-        except TimeoutError:
-            return False
+            return settled(True)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._covering.setdefault(name, []).append(future)
+        future.get_loop().call_later(timeout, self._uncovered, name, future)
+        return future
+
+    def _uncovered(self, name: str, future: "asyncio.Future[bool]") -> None:
+        """``future``'s wait for ``name``'s subscription is over: False unless settled."""
+        waiting = self._covering.get(name)
+        if waiting and future in waiting:
+            waiting.remove(future)
+            if not waiting:
+                del self._covering[name]
+        _settle(future, False)
 
     def changes(self) -> tuple[list[str], list[str]]:
         """Channels to subscribe to and to unsubscribe from now; taken, not left pending."""
@@ -108,9 +119,8 @@ class Subscriptions:
     def confirmed(self, name: str) -> None:
         """Redis confirmed the subscription of ``name``'s channel."""
         self._confirmed.add(name)
-        future = self._covering.pop(name, None)
-        if future is not None and not future.done():
-            future.set_result(None)
+        for future in self._covering.pop(name, ()):
+            _settle(future, True)
 
     def lost_one(self, name: str) -> None:
         """Redis ended ``name``'s subscription itself: subscribe to it again if still wanted."""
@@ -132,3 +142,15 @@ class Subscriptions:
         """Inboxes subscribed to, or to be (read-only: not a copy, the listener counts it
         at every flush)."""
         return self._wanted
+
+
+def settled(value: bool) -> "asyncio.Future[bool]":
+    """A future of the running loop with ``value`` as its result."""
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _settle(future: "asyncio.Future[bool]", value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

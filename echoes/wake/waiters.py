@@ -10,6 +10,10 @@ import asyncio
 from typing import Protocol
 
 from ..config import Settings
+from .subscriptions import settled
+
+# How many takes of waiting requests run at once (Waiters.taking says why).
+TAKES_AT_ONCE = 256
 
 
 class Watch(Protocol):
@@ -19,7 +23,7 @@ class Watch(Protocol):
 
     def release(self, name: str) -> None: ...
 
-    async def covered(self, name: str, timeout: float) -> bool: ...
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]": ...
 
 
 class Full(Exception):
@@ -89,6 +93,13 @@ class Waiters:
         # Lists, not sets: most inboxes have one waiter, and an empty set is 216 bytes.
         self._by_name: dict[str, list[Waiter]] = {}
         self._count = 0
+        # At most TAKES_AT_ONCE takes at once. Ten thousand long polls arriving together
+        # are subscribed together and then take together, each take holding some
+        # 5 KB of coroutines and commands until Redis answers: 46 MB more at that peak
+        # (BENCHMARKS.md), which the process then keeps (freed Python objects among live
+        # ones are not given back to the system). A few hundred at a time fill a pipeline
+        # batch as well: a take costs Redis some 30 us, so 256 are 8 ms of its time.
+        self.taking = asyncio.Semaphore(TAKES_AT_ONCE)
 
     def __len__(self) -> int:
         return self._count
@@ -111,10 +122,10 @@ class Waiters:
             self.watch.want(name)
         return waiter
 
-    async def covered(self, name: str, timeout: float) -> bool:
-        """Return once arrivals in ``name``'s inbox reach this registry (see Watch);
-        False if that took longer than ``timeout`` (the listener's sweep covers it then)."""
-        return await self.watch.covered(name, timeout) if self.watch is not None else True
+    def covered(self, name: str, timeout: float) -> "asyncio.Future[bool]":
+        """True once arrivals in ``name``'s inbox reach this registry (see Watch); False if
+        that took longer than ``timeout`` (the listener's sweep covers it then)."""
+        return self.watch.covered(name, timeout) if self.watch is not None else settled(True)
 
     def unregister(self, waiter: Waiter) -> None:
         """Forget ``waiter``."""
