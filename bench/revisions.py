@@ -50,6 +50,17 @@ def worktree(revision: str, into: Path) -> Iterator[Path]:
         )
 
 
+def checked_out(stack: contextlib.ExitStack, into: Path, revisions: list[str]) -> dict[str, Path]:
+    """Each of ``revisions`` in a worktree under ``into`` (removed when ``stack`` closes), by
+    its short name, then this tree: the trees a comparison runs."""
+    trees = {
+        short(rev): stack.enter_context(worktree(rev, into / f"tree-{short(rev)}"))
+        for rev in revisions
+    }
+    trees["this tree"] = ROOT
+    return trees
+
+
 def short(revision: str) -> str:
     """The abbreviated commit ``revision`` names (HEAD, a branch, a tag)."""
     return subprocess.run(
@@ -111,11 +122,7 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        trees = {
-            short(rev): stack.enter_context(worktree(rev, workdir / f"tree-{short(rev)}"))
-            for rev in args.revisions
-        }
-        trees["this tree"] = ROOT
+        trees = checked_out(stack, workdir, args.revisions)
         options: dict[str, Sequence[str]] = {name: () for name in trees}
         for name, extra in variants.items():
             trees[name], options[name] = ROOT, extra

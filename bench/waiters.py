@@ -21,7 +21,7 @@ from typing import Any
 
 from . import figures
 from .__main__ import FULL, running
-from .revisions import ROOT, echoes_at, short, worktree
+from .revisions import checked_out, echoes_at
 from .services import SHIPPED_LOG_LEVEL, raise_file_limit, require, start_redis
 
 
@@ -60,11 +60,7 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        trees = {
-            short(rev): stack.enter_context(worktree(rev, workdir / f"tree-{short(rev)}"))
-            for rev in args.revisions
-        }
-        trees["this tree"] = ROOT
+        trees = checked_out(stack, workdir, args.revisions)
         for n in range(args.rounds):
             for name, tree in trees.items():
                 where = workdir / f"run-{n}-{len(rows)}"
