@@ -112,6 +112,25 @@ async def test_a_request_flood_is_answered_429_and_others_pass(start_echoes):
 KEY_ = "key-000000000009"
 
 
+async def test_an_exchange_counts_its_request_in_its_takes_script_call(start_echoes):
+    # A caller known far from its quotas is counted by its take (take.lua's KEYS[6]): one
+    # script call per inbox touched, none of its own; its rate still runs out.
+    echoes = await start_echoes(sender_rate=1, sender_burst=6)
+    redis = sync_client(echoes)
+    await echoes.post("/exchange", "mallory", message("key-000000000100", ["bob"]))  # probe
+    calls = redis.info("commandstats")["cmdstat_fcall"]["calls"]
+    answer = await echoes.post("/exchange", "mallory", message("key-000000000101", ["bob"]))
+    assert answer.status == 200
+    assert redis.info("commandstats")["cmdstat_fcall"]["calls"] - calls == 2  # a put, a take
+    quota = redis.hgetall(echoes.store.keys.sender("mallory"))
+    assert int(quota[b"g"]) > 0  # the rate's due time, written by the take
+    statuses = [
+        (await echoes.post("/exchange", "mallory", message(f"key-{i:012d}", ["bob"]))).status
+        for i in range(10)
+    ]
+    assert 429 in statuses and statuses[0] == 200
+
+
 async def test_a_reload_applies_new_quotas(start_echoes):
     echoes = await start_echoes(sender_rate=0)
     for _ in range(5):

@@ -201,10 +201,11 @@ class Store:
             await self.admit(caller, copies)
         deadline = self._deadline()
         counts = self.senders.max_bytes > 0  # whether puts and takes report to the quota
-        calls = [quota] if quota else []
-        calls += self._puts(copies, deadline, counted and counts) if copies else []
-        if take:
-            calls.append(self._take(caller, take, deadline))
+        calls = self._puts(copies, deadline, counted and counts) if copies else []
+        if take:  # the take counts the request too: the caller's quota is in its inbox's slot
+            calls.append(self._take(caller, take, deadline, quota))
+        elif quota:
+            calls.insert(0, quota)
         alone = copies is not None and copies.size > LARGE_BATCH
         try:
             results = await classified(self.scripts.run(self.servers, calls, alone=alone))
@@ -212,11 +213,14 @@ class Store:
             if quota:
                 self.senders.forget(caller)
         replies.check(calls, results)
-        if quota:
+        if quota and not take:
             self._counted(caller, results.pop(0))
         batch = None
         if take:
             taken = results.pop()
+            if quota:  # {take's reply, sender's reply}, or an error reply for both
+                taken, counted = (taken, taken) if isinstance(taken, Exception) else taken
+                self._counted(caller, counted)
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
             batch = await self._taken(caller, take, taken, wanted, counts)
@@ -254,12 +258,17 @@ class Store:
             field = self.senders.field(copies.sent_at)
             self.senders.free(caller, field, unstored * len(copies.record))
 
-    def _take(self, caller: str, take: Take, deadline: int) -> Call:
+    def _take(self, caller: str, take: Take, deadline: int, quota: Call | None = None) -> Call:
+        """The take of ``caller``'s inbox; with ``quota`` (the caller's quota call), a take
+        that counts the request too (take.lua's KEYS[6])."""
         inbox = self.keys.inbox(caller)
         counted = int(self._inbox_limit > 0)
         limits = (take.limit, self._attempt_ms, self._batch_bytes, counted)
         args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD)
-        return Call("take", self._take_keys(inbox, take.attempt), args)
+        keys = self._take_keys(inbox, take.attempt)
+        if quota:
+            return Call("take", (*keys, *quota.keys), (*args, *quota.args))
+        return Call("take", keys, args)
 
     @staticmethod
     def _take_keys(inbox: Inbox, attempt: str) -> tuple[str, ...]:

@@ -30,9 +30,11 @@ from .pipeline import Command, NotReplicated
 from .servers import Server, Servers
 
 NAMES = ("put", "take", "untake", "status", "ping", "sender")
-# common.lua holds what every script shares (the record format, rendering, scores); it is put
-# before each script, so each is whole as EVALSHA runs it and as a function's body.
-COMMON = "common"
+# What the scripts share: common.lua (scores, parked batches, the clock) and quotas.lua (a
+# sender's quotas, counted by sender.lua and by a take). EVALSHA runs each script with them
+# put before; the function library holds them once, at its top, so a call does not make their
+# functions again (each FCALL would, were they in every function's body).
+SHARED = ("common", "quotas")
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
 # receives must keep working; so does an untake, which moves records back. A put has none, so
 # Redis refuses it whole with -OOM (a 507) when memory is full, as it refuses the first write
@@ -70,8 +72,9 @@ class Scripts:
 
     def __init__(self, *names: str):
         lua = importlib.resources.files(__package__).joinpath("lua")
-        common = lua.joinpath(f"{COMMON}.lua").read_text("utf-8")
-        self.source = {n: common + lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        self.common = "".join(lua.joinpath(f"{n}.lua").read_text("utf-8") for n in SHARED)
+        self.body = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        self.source = {n: self.common + body for n, body in self.body.items()}
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
         version = hashlib.sha1("".join(self.sha.values()).encode()).hexdigest()[:12]
         self.library = f"echoes_{version}"
@@ -79,12 +82,14 @@ class Scripts:
         self.functions = True  # until Redis says it has none (6.2)
 
     def library_code(self) -> str:
-        """The function library: each script as the body of a function of (KEYS, ARGV)."""
-        parts = [f"#!lua name={self.library}"]
-        for name, source in self.source.items():
+        """The function library: the shared files, then each script as the body of a function of
+        (KEYS, ARGV). Its functions look ``redis`` up when called, so they get the API a
+        function runs with, not the smaller one a library loads with."""
+        parts = [f"#!lua name={self.library}", self.common]
+        for name, body in self.body.items():
             parts.append(
                 f"redis.register_function{{function_name='{self.function[name]}',"
-                f" flags={{{FLAGS.get(name, '')}}}, callback=function(KEYS, ARGV)\n{source}\nend}}"
+                f" flags={{{FLAGS.get(name, '')}}}, callback=function(KEYS, ARGV)\n{body}\nend}}"
             )
         return "\n".join(parts) + "\n"
 

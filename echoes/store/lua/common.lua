@@ -4,9 +4,11 @@
 -- kind 'm', 'M' for a message that wants an ack, 'a' for an ack); the scripts never look
 -- inside one but for its size, and echoes renders it into the JSON a receive returns.
 
+-- Redis's clock: ms since the epoch, and the same in microseconds (record scores).
 local function now_ms()
   local t = redis.call('TIME')
-  return t[1] * 1000 + math.floor(t[2] / 1000)
+  local s, u = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(u / 1000), s * 1000000 + u
 end
 
 -- A late command (its request's deadline, in Redis's clock, has passed: echoes answered 503
@@ -25,17 +27,14 @@ local function int(n)
   return string.format('%d', n)
 end
 
--- The score of a record that expires at ``expires`` ms: expiry order is arrival order while
--- --message-ttl stays the same; ties (one millisecond) keep arrival order by the last score
--- (``last``, when the caller knows it, else read). A score decodes to an expiry no earlier
--- than the record's own (ttl shortened by a reload): the record's value, when read, is the
--- last word.
-local function score_for(index, expires, last)
-  local s = expires * 1000
-  if last == nil then
-    last = tonumber(redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2] or 0)
-  end
-  if last >= s then
+-- The score of a record put at ``us`` (Redis's clock, microseconds) that lives ``ttl`` ms:
+-- its expiry in microseconds, so expiry order is arrival order while --message-ttl stays the
+-- same (no two script calls run in the same microsecond), and a score decodes to the record's
+-- expiry in ms. ``last``, the score of the index's last record when the caller knows it, keeps
+-- arrival order should the clock step back; without it a stepped-back clock only reorders.
+local function score_at(us, ttl, last)
+  local s = us + ttl * 1000
+  if last and last >= s then
     s = last + 1
   end
   return s
@@ -47,25 +46,28 @@ local function expired_below(now)
 end
 
 -- An inbox of one record is a hash of that record and nothing else, which expires with it
--- (no index: one key per small inbox); a second record turns it into an indexed inbox.
--- Returns the records indexed (0 or 1), their bytes, and the score of the last (0: none).
--- The byte count is written unless ``later`` (the caller writes it with what it adds).
-local function promote(records, index, now, later)
-  local first = redis.call('HKEYS', records)[1]
+-- (no index: one key per small inbox); a second record turns it into an indexed inbox, whose
+-- hash also holds "#b" (bytes of its records) and "#x" (when its keys expire, ms). Names of
+-- these fields start with '#', which no record id does (records.py). The one record, as the
+-- index's first member: its score and size, by its id (``first``, else read); nil if none.
+local function first_record(records, now, first)
+  first = first or redis.call('HKEYS', records)[1]
   if not first then
-    return 0, 0, 0
+    return nil
   end
   local left = redis.call('PTTL', records)
-  local score = (now + math.max(left, 0)) * 1000
-  local bytes = redis.call('HSTRLEN', records, first)
-  redis.call('ZADD', index, int(score), first)
-  if not later then
-    redis.call('HSET', records, '#b', int(bytes))
-  end
-  return 1, bytes, score
+  return first, (now + math.max(left, 0)) * 1000, redis.call('HSTRLEN', records, first)
+end
+
+-- Whether a field of an inbox's hash is one of its counts ("#b", "#x"), not a record.
+local function count_field(field)
+  return string.byte(field) == 35 -- '#'
 end
 
 -- Parked records: how many count against the cap now, and the stretches that have ended.
+-- Quick (``exact`` false): the sum kept in "#", which includes batches expired meanwhile;
+-- exact: the hash read whole (one field per stretch, at most --attempt-ttl / its sixteenth
+-- + 1 live ones), without the stretches that have ended.
 local function parked_count(parked, now, exact)
   local count = tonumber(redis.call('HGET', parked, '#') or 0)
   if not exact or count == 0 then

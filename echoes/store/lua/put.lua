@@ -1,7 +1,7 @@
 -- Store one record in an inbox, replacing the waiting record with the same id if there is one,
 -- unless the inbox's destination already consumed it within the dedup window.
--- KEYS[1]  records: hash, id -> record (common.lua's format), and "#b" -> bytes of the
---          records (only while indexed)
+-- KEYS[1]  records: hash, id -> record (common.lua's format), and while indexed "#b" ->
+--          bytes of the records and "#x" -> when the inbox's keys expire (ms)
 -- KEYS[2]  index: sorted set, id -> score (expiry order); absent while the inbox holds at most
 --          one record, whose hash then lives exactly as long as that record
 -- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
@@ -28,7 +28,9 @@
 --
 -- Work is bounded by this record, never by what the inbox holds: sizes are read with
 -- HSTRLEN, expiries from the index's scores, and at most 64 expired records are dropped.
-local now = now_ms()
+-- A put to an indexed inbox is eight commands (TIME, ZSCORE, ZCARD, HSTRLEN, HMGET, HGET of
+-- the parked count, HSET, ZADD), and two PEXPIREs when its keys need a longer life.
+local now, us = now_ms()
 local refused = late(now, ARGV[9])
 if refused then
   return refused
@@ -38,14 +40,6 @@ if ARGV[8] == '1' and redis.call('ZSCORE', KEYS[4], id) then
   return 2
 end
 local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
--- old: the size of a waiting copy with this id (0: none; records are never empty).
-local indexed, old, held = redis.call('EXISTS', KEYS[2]) == 1, 0, 0
-if not indexed then
-  held = redis.call('HLEN', KEYS[1])
-end
-if indexed or held > 0 then
-  old = redis.call('HSTRLEN', KEYS[1], id)
-end
 
 local function announce()
   if ARGV[4] == '' then
@@ -61,18 +55,32 @@ local function stored(reply)
   return not (type(reply) == 'table' and reply.err)
 end
 
+-- old: the size of a waiting copy with this id (0: none; records are never empty).
+local old = 0
 local function done()
   announce()
   return (old > 0 and ARGV[10] == '1') and 4 or 1
 end
 
-local count, bytes, last -- known after a promotion, else read below
-if not indexed then
-  if held > 1 or (held == 1 and old == 0 and redis.call('HEXISTS', KEYS[1], '#b') == 1) then
-    redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
-    held, old = 0, 0
+-- count: records indexed (0: no index). first: the one record of an inbox without an index,
+-- which this put turns into an indexed inbox of two.
+local count, first = redis.call('ZCARD', KEYS[2]), nil
+if count > 0 then
+  old = redis.call('HSTRLEN', KEYS[1], id)
+else
+  local held = redis.call('HLEN', KEYS[1])
+  if held == 1 then
+    first = redis.call('HKEYS', KEYS[1])[1]
+    if first == id then
+      old, first = redis.call('HSTRLEN', KEYS[1], id), nil
+    elseif count_field(first) then
+      redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
+      first = nil
+    end
+  elseif held > 1 then
+    redis.call('DEL', KEYS[1]) -- likewise
   end
-  if old > 0 or held == 0 then
+  if not first then
     -- An inbox of at most this one record: one key.
     if max_bytes > 0 and #record > max_bytes then
       return 3
@@ -94,23 +102,19 @@ if not indexed then
     redis.call('PEXPIRE', KEYS[1], int(ttl))
     return done()
   end
-  count, bytes, last = promote(KEYS[1], KEYS[2], now, true) -- '#b' written below
 end
 
--- A put refused after a promotion leaves the new index to expire with the record it holds,
--- and the inbox's byte count written.
-local function refuse(reply)
-  if last then
-    redis.call('PEXPIRE', KEYS[2], int(math.max(math.floor(last / 1000) - now, 1)))
-    redis.call('HSET', KEYS[1], '#b', int(bytes))
-  end
-  return reply
-end
-
--- An indexed inbox. The quick counts include expired records; only when one says the inbox
--- is full are those found (by score, without reading them) and left out.
-if not count then
-  count, bytes = redis.call('ZCARD', KEYS[2]), tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+-- An indexed inbox (or one becoming indexed: ``first`` joins the index with this record, and
+-- a refused put leaves the inbox as it was). The quick counts include expired records; only
+-- when one says the inbox is full are those found (by score, without reading them) and left
+-- out.
+local bytes, expires, first_score, _
+if first then
+  _, first_score, bytes = first_record(KEYS[1], now, first)
+  count, expires = 1, 0 -- the index has no lifetime yet
+else
+  local counts = redis.call('HMGET', KEYS[1], '#b', '#x')
+  bytes, expires = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
 end
 local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
 local added = #record - old
@@ -121,7 +125,7 @@ end
 local function over_bytes()
   return max_bytes > 0 and bytes - dead_bytes + added > max_bytes
 end
-if over_records() or over_bytes() then
+if not first and (over_records() or over_bytes()) then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
   for i = 1, #expired do
     if expired[i] ~= id then
@@ -129,32 +133,40 @@ if over_records() or over_bytes() then
       dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
     end
   end
-  if limit > 0 then
-    parked, ended = parked_count(KEYS[3], now, true)
-  end
-  if over_records() then
-    return refuse(0)
-  end
-  if over_bytes() then
-    return refuse(3)
-  end
+end
+if limit > 0 and over_records() then
+  parked, ended = parked_count(KEYS[3], now, true)
+end
+if over_records() then
+  return 0
+end
+if over_bytes() then
+  return 3
 end
 
--- The record first, with the inbox's new byte count (one HSET: one arrival event): out of
+-- The record first, with the inbox's new counts (one HSET: one arrival event): out of
 -- memory (maxmemory, noeviction) Redis refuses the first write of a script that adds data,
--- and then nothing changed.
-local total = int(bytes - dead_bytes + added)
-local reply = redis.pcall('HSET', KEYS[1], id, record, '#b', total)
-if not stored(reply) then
-  return refuse(reply)
+-- and then nothing changed. The keys outlive their newest record by an eighth (at most an
+-- hour), so that only one put in that stretch pays for extending them; an abandoned inbox
+-- leaves nothing behind. A first record may outlive this one (a shorter ttl since).
+local fields = {id, record, '#b', int(bytes - dead_bytes + added)}
+local life = first and math.max(ttl, math.floor(first_score / 1000) - now) or ttl
+local lifetime
+if expires < now + life then
+  lifetime = int(life + math.min(math.floor(life / 8), 3600000))
+  fields[5], fields[6] = '#x', int(now + tonumber(lifetime))
 end
-redis.call('ZADD', KEYS[2], int(score_for(KEYS[2], now + ttl, last)), id)
--- The keys outlive their newest record by an eighth (at most an hour), so that only one put in
--- that stretch pays for extending them; an abandoned inbox leaves nothing behind. A promoted
--- index has no lifetime yet, and its first record may outlive this one (a shorter ttl since).
-if last or redis.call('PTTL', KEYS[2]) < ttl then
-  local life = last and math.max(ttl, math.floor(last / 1000) - now) or ttl
-  local lifetime = int(life + math.min(math.floor(life / 8), 3600000))
+local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
+if not stored(reply) then
+  return reply
+end
+local score = int(score_at(us, ttl, first_score))
+if first then
+  redis.call('ZADD', KEYS[2], int(first_score), first, score, id)
+else
+  redis.call('ZADD', KEYS[2], score, id)
+end
+if lifetime then
   redis.call('PEXPIRE', KEYS[2], lifetime)
   redis.call('PEXPIRE', KEYS[1], lifetime)
 end

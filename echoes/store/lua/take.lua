@@ -12,167 +12,187 @@
 -- ARGV[5]  the dedup window in ms (0: no tombstones)
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
+-- KEYS[6], ARGV[8...]  optional: the caller's quota key and sender.lua's ARGV[1...]: the take
+--          also counts the caller's request (quotas.lua; one script call instead of two, as
+--          the caller's quota is in its inbox's slot), and returns {the take's reply,
+--          sender.lua's reply}; an error reply (LATE) has no quota reply, and the request was
+--          counted
 -- returns  {"2", records taken, records left, each record as stored...}, "3" for the same
 --          of a replay, or for a batch the
 --          first design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
 --
--- Work is bounded by what the take returns: an empty inbox costs two calls (TYPE, EXISTS);
+-- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
-local parked = redis.call('TYPE', KEYS[3])['ok']
-if parked == 'list' then -- taken before under this token: the same records again
-  local count, _, recs = unpark(KEYS[3])
-  local left = redis.call('ZCARD', KEYS[2])
-  if left == 0 then -- no index: an inbox of one record (or none), or what an index left
-    left = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '#b')
-  end
-  local out = {'3', count, left}
-  for i = 1, #recs do
-    out[#out + 1] = recs[i][3]
-  end
-  return out
-elseif parked == 'string' then -- parked by the first design: "<count>\n<ids>\n<batch JSON>"
-  local parts = {}
-  for part in string.gmatch(redis.call('GET', KEYS[3]), '[^\n]+') do
-    parts[#parts + 1] = part
-  end
-  local batch = table.remove(parts)
-  return {'1', batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'2', 0, 0}
-end
-local now = now_ms()
-local refused = late(now, ARGV[6])
-if refused then
-  return refused
-end
--- At least one record, a whole number of them (echoes validates it: a guard for others).
-local want = math.max(math.floor(tonumber(ARGV[1])), 1)
-local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[7])
-local taken = {} -- {id, score, record}
-local remaining = 0
-
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  -- An inbox of one record: the hash lives exactly as long as it.
-  if redis.call('HLEN', KEYS[1]) == 1 then
-    local fields = redis.call('HGETALL', KEYS[1])
-    if fields[1] ~= '#b' then -- not what an index that expired left
-      local left = redis.call('PTTL', KEYS[1])
-      taken[1] = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
+local function take(now)
+  local parked = redis.call('TYPE', KEYS[3])['ok']
+  if parked == 'list' then -- taken before under this token: the same records again
+    local count, _, recs = unpark(KEYS[3])
+    local left = redis.call('ZCARD', KEYS[2])
+    if left == 0 then -- no index: an inbox of one record (or none), or what an index left
+      left = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '#b')
+        - redis.call('HEXISTS', KEYS[1], '#x')
     end
+    local out = {'3', count, left}
+    for i = 1, #recs do
+      out[#out + 1] = recs[i][3]
+    end
+    return out
+  elseif parked == 'string' then -- parked by the first design: "<count>\n<ids>\n<batch JSON>"
+    local parts = {}
+    for part in string.gmatch(redis.call('GET', KEYS[3]), '[^\n]+') do
+      parts[#parts + 1] = part
+    end
+    local batch = table.remove(parts)
+    return {'1', batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
   end
-  redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
-else
-  -- The oldest records, by rank: when none has expired (scores are expiries), they are the
-  -- ones to take, and fewer than asked for are the whole inbox. Else records expired at the
-  -- head go with this take, at most 64 (put.lua drops them when full), and the live ones
-  -- are found by score.
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return {'2', 0, 0}
+  end
+  now = now or now_ms()
+  local refused = late(now, ARGV[6])
+  if refused then
+    return refused
+  end
+  -- At least one record, a whole number of them (echoes validates it: a guard for others).
+  local want = math.max(math.floor(tonumber(ARGV[1])), 1)
+  local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[7])
+  local taken = {} -- id, score, record of each record taken, in score order (as parked)
+  local remaining = 0
+
+  -- The oldest records, by rank (none: no index).
   local head = redis.call('ZRANGE', KEYS[2], 0, int(want - 1), 'WITHSCORES')
-  local below = tonumber(expired_below(now))
-  local live, dead, whole = head, {}, #head / 2 < want
-  if #head > 0 and tonumber(head[2]) <= below then
-    dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', 0, 64)
-    live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
-      'LIMIT', 0, int(want))
-    whole = false
-  end
-  local nlive = #live / 2
-  local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
-  local fit = nlive
-  if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
-    local size = 0
-    fit = 0
-    for i = 1, nlive do
-      local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
-      if fit > 0 and size + s > budget then
-        break
+  if #head == 0 then
+    -- An inbox of one record: the hash lives exactly as long as it.
+    if redis.call('HLEN', KEYS[1]) == 1 then
+      local fields = redis.call('HGETALL', KEYS[1])
+      if not count_field(fields[1]) then -- not what an index that expired left
+        local left = redis.call('PTTL', KEYS[1])
+        taken = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
       end
-      size, fit = size + s, fit + 1
     end
-  end
-  local ids = {}
-  for i = 1, fit do
-    ids[i] = live[2 * i - 1]
-  end
-  local values = fit > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
-  local freed = 0
-  for i = 1, fit do
-    if values[i] then
-      taken[#taken + 1] = {ids[i], live[2 * i], values[i]}
-      freed = freed + #values[i]
-    end
-  end
-  if whole and fit == nlive then -- everything in the inbox is taken or expired
-    redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count too
+    redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
   else
-    local gone = {}
-    for i = 1, #dead do
-      gone[i] = dead[i]
-      freed = freed + redis.call('HSTRLEN', KEYS[1], dead[i])
+    -- When none of the oldest has expired (scores are expiries), they are the ones to take,
+    -- and fewer than asked for are the whole inbox. Else records expired at the head go with
+    -- this take, at most 64 (put.lua drops them when full), and the live ones are found by
+    -- score.
+    local below = tonumber(expired_below(now))
+    local live, dead, whole = head, {}, #head / 2 < want
+    if tonumber(head[2]) <= below then
+      dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', 0, 64)
+      live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
+        'LIMIT', 0, int(want))
+      whole = false
     end
+    local nlive = #live / 2
+    local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+    local fit = nlive
+    if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
+      local size = 0
+      fit = 0
+      for i = 1, nlive do
+        local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
+        if fit > 0 and size + s > budget then
+          break
+        end
+        size, fit = size + s, fit + 1
+      end
+    end
+    local ids = {}
     for i = 1, fit do
-      gone[#gone + 1] = ids[i]
+      ids[i] = live[2 * i - 1]
     end
-    if #gone > 0 then
-      redis.call('ZREM', KEYS[2], unpack(gone))
-      redis.call('HDEL', KEYS[1], unpack(gone))
+    local values = fit > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+    local freed = 0
+    for i = 1, fit do
+      if values[i] then
+        local at = #taken
+        taken[at + 1], taken[at + 2], taken[at + 3] = ids[i], live[2 * i], values[i]
+        freed = freed + #values[i]
+      end
     end
-    remaining = whole and nlive - fit or redis.call('ZCARD', KEYS[2])
-    if remaining == 0 then
-      redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
-    elseif freed > 0 then
-      redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+    if whole and fit == nlive then -- everything in the inbox is taken or expired
+      redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count too
+    else
+      local gone = {}
+      for i = 1, #dead do
+        gone[i] = dead[i]
+        freed = freed + redis.call('HSTRLEN', KEYS[1], dead[i])
+      end
+      for i = 1, fit do
+        gone[#gone + 1] = ids[i]
+      end
+      if #gone > 0 then
+        redis.call('ZREM', KEYS[2], unpack(gone))
+        redis.call('HDEL', KEYS[1], unpack(gone))
+      end
+      remaining = whole and nlive - fit or redis.call('ZCARD', KEYS[2])
+      if remaining == 0 then
+        redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
+      elseif freed > 0 then
+        redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+      end
     end
   end
-end
 
-local out = {'2', #taken, remaining}
-local parts = {}
-local parked_until = now + tonumber(ARGV[2])
-for i = 1, #taken do
-  local rec = taken[i]
-  out[i + 3] = rec[3]
-  parts[3 * i - 2], parts[3 * i - 1], parts[3 * i] = rec[1], rec[2], rec[3]
+  local n = #taken / 3
+  local out = {'2', n, remaining}
+  if n == 0 then
+    return out
+  end
+  for i = 1, n do
+    out[i + 3] = taken[3 * i]
+  end
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
-  parked_until = math.min(parked_until, math.floor(tonumber(rec[2]) / 1000))
-end
-if #taken == 0 then
+  -- The first has the lowest score (scores are expiries), so it expires first.
+  local parked_until = math.min(now + tonumber(ARGV[2]), math.floor(tonumber(taken[2]) / 1000))
+
+  -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
+  local window = tonumber(ARGV[5])
+  if window > 0 then
+    local members = {}
+    local at = int(now)
+    for i = 1, n do
+      members[2 * i - 1] = at
+      members[2 * i] = taken[3 * i - 2]
+    end
+    redis.pcall('ZADD', KEYS[5], unpack(members))
+    redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - window))
+    redis.pcall('PEXPIRE', KEYS[5], int(window))
+  end
+
+  -- Parking adds data, which Redis refuses when out of memory: the batch is still returned
+  -- (receiving frees memory and must keep working), only without its retry copy. Parked
+  -- records count against the cap until the end of the stretch of time (a sixteenth of the
+  -- attempt lifetime, at least a second) in which their batch expires.
+  local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
+  local ends = math.ceil(parked_until / stretch) * stretch
+  local ok = redis.pcall('RPUSH', KEYS[3], int(n) .. '\t' .. int(ends), unpack(taken))
+  if not (type(ok) == 'table' and ok.err) then
+    redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
+    if ARGV[4] == '1' then
+      local count = int(n)
+      redis.pcall('HINCRBY', KEYS[4], int(ends), count)
+      redis.pcall('HINCRBY', KEYS[4], '#', count)
+      -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
+      local lives = ends - now
+      if redis.call('PTTL', KEYS[4]) < lives then
+        redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
+      end
+    end
+  end
   return out
 end
 
--- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
-local window = tonumber(ARGV[5])
-if window > 0 then
-  local members = {}
-  for i = 1, #taken do
-    members[2 * i - 1] = int(now)
-    members[2 * i] = taken[i][1]
+if KEYS[6] then
+  local now = now_ms()
+  local counted = count_request(KEYS[6], ARGV, 7, now)
+  local reply = take(now)
+  if type(reply) == 'table' and reply.err then
+    return reply
   end
-  redis.pcall('ZADD', KEYS[5], unpack(members))
-  redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - window))
-  redis.pcall('PEXPIRE', KEYS[5], int(window))
+  return {reply, counted}
 end
-
--- Parking adds data, which Redis refuses when out of memory: the batch is still returned
--- (receiving frees memory and must keep working), only without its retry copy. Parked
--- records count against the cap until the end of the stretch of time (a sixteenth of the
--- attempt lifetime, at least a second) in which their batch expires.
-local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
-local ends = math.ceil(parked_until / stretch) * stretch
-local ok = redis.pcall('RPUSH', KEYS[3], int(#taken) .. '\t' .. int(ends), unpack(parts))
-if not (type(ok) == 'table' and ok.err) then
-  redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
-  if ARGV[4] == '1' then
-    local count = int(#taken)
-    redis.pcall('HINCRBY', KEYS[4], int(ends), count)
-    redis.pcall('HINCRBY', KEYS[4], '#', count)
-    -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
-    local lives = ends - now
-    if redis.call('PTTL', KEYS[4]) < lives then
-      redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
-    end
-  end
-end
-return out
+return take()

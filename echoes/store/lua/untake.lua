@@ -22,8 +22,7 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[5], unpack(ids))
 if ARGV[1] == '1' then
-  local left = redis.call('HINCRBY', KEYS[4], stretch, -count)
-  if left <= 0 then
+  if redis.call('HINCRBY', KEYS[4], stretch, -count) <= 0 then
     redis.call('HDEL', KEYS[4], stretch)
   end
   if redis.call('HINCRBY', KEYS[4], '#', -count) <= 0 then
@@ -39,10 +38,14 @@ if redis.call('EXISTS', KEYS[2]) == 0 and #live == 1 and redis.call('HLEN', KEYS
   redis.call('PEXPIRE', KEYS[1], int(math.floor(tonumber(live[1][2]) / 1000) - now))
   return 1
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  promote(KEYS[1], KEYS[2], now)
-end
 local bytes, latest, back = 0, 0, 0
+if redis.call('EXISTS', KEYS[2]) == 0 then -- the inbox's one record joins the index
+  local first, score, size = first_record(KEYS[1], now)
+  if first and not count_field(first) then
+    redis.call('ZADD', KEYS[2], int(score), first)
+    bytes, latest = size, math.floor(score / 1000) - now
+  end
+end
 for i = 1, #live do
   -- A copy sent again meanwhile (the dedup window off) is newer than this one: it stays.
   if redis.call('HEXISTS', KEYS[1], live[i][1]) == 0 then
@@ -57,5 +60,6 @@ redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
 if redis.call('PTTL', KEYS[2]) < latest then
   redis.call('PEXPIRE', KEYS[2], int(latest))
   redis.call('PEXPIRE', KEYS[1], int(latest))
+  redis.call('HSET', KEYS[1], '#x', int(now + latest))
 end
 return back

@@ -1,0 +1,148 @@
+-- A sender's quotas (sender.lua, and a take that counts its caller's request: take.lua).
+--
+-- count_request(key, A, base, now): count one request of a sender against its quotas
+-- (--sender-rate, --max-sender-bytes) at ``now`` (ms of Redis's clock), after taking off
+-- what its records freed since (consumed, or not stored after all: echoes says). Its
+-- arguments are A[b+1...] (b: base):
+-- key      the sender's quota: hash in the sender's own slot, "g" -> when the next request is
+--          due at the sustained rate (GCRA's theoretical arrival time, ms of Redis's clock),
+--          "#" -> bytes of the sender's live records, as stored, "o" -> the earliest second
+--          one of the fields below frees at, "x" -> when the hash expires (ms), and "<s>" ->
+--          bytes of records that expire by <s> (seconds since the epoch): one field per
+--          stretch of sending time (senders.py)
+-- A[b+1]   ms between requests at the sustained rate (0: no rate limit; "-": count no
+--          request, only take off what A[b+7...] freed)
+-- A[b+2]   requests in a burst
+-- A[b+3]   bytes this request stores (0: none)
+-- A[b+4]   the field they count in: the second they are all expired by
+-- A[b+5]   most bytes the sender may hold (0: no cap)
+-- A[b+6]   "1": the request is under way (its puts are in the same pipeline), so count it
+--          whatever the verdict; "0": count it only if admitted
+-- A[b+7...] pairs: a field and bytes of it that no longer live
+-- returns  {verdict, requests left in the burst (may be negative), bytes held (this request's
+--          included if counted), the second the oldest of them free by (0: none), ms until
+--          a request is admitted again}; verdict 0 admitted, 1 too many requests, 2 too many
+--          bytes (with A[b+6] = "1": counted all the same)
+-- Not safe to run twice (a rerun counts the request and its bytes again): echoes counts
+-- more, never less, than the sender holds, and fields it counted expire by themselves.
+--
+-- Work is bounded: a few commands (one HMGET reads every field it needs, one HSET and one
+-- HDEL write what changed; a PEXPIRE when the hash needs a longer life), and once per
+-- stretch (when the oldest field frees) one HGETALL of at most ttl / stretch + 1 fields.
+-- Numbers in the reply are integer replies (Lua numbers: no text made of them).
+local function count_request(key, A, base, now)
+  local charge = tonumber(A[base + 3])
+  -- Every field this call reads, in one HMGET: the counts, the fields it frees (A[b+7...]) and
+  -- the field it charges; what it changes is written back in one HSET (and one HDEL).
+  local names = {'#', 'o', 'g', 'x'}
+  for i = base + 7, #A, 2 do
+    names[#names + 1] = A[i]
+  end
+  if charge > 0 then
+    names[#names + 1] = A[base + 4]
+  end
+  local f = redis.call('HMGET', key, unpack(names))
+  local held, oldest, due = tonumber(f[1] or 0), tonumber(f[2] or 0), tonumber(f[3] or 0)
+  local expires = tonumber(f[4] or 0)
+  local value, changed = {}, {} -- field -> bytes it counts; fields this call changes
+  for j = 5, #names do
+    value[names[j]] = tonumber(f[j] or 0)
+  end
+
+  for i = base + 7, #A, 2 do
+    local field = A[i]
+    local freed = math.min(value[field], tonumber(A[i + 1]))
+    if freed > 0 then
+      value[field], changed[field] = value[field] - freed, true
+      held = held - freed
+    end
+  end
+
+  if oldest > 0 and oldest * 1000 <= now then -- a field expired: sum those still live
+    held, oldest = 0, 0
+    local fields = redis.call('HGETALL', key)
+    for i = 1, #fields, 2 do
+      local name = fields[i]
+      local at = tonumber(name) -- nil for "#", "o", "g", "x"
+      if at and at * 1000 <= now then
+        value[name], changed[name] = 0, true
+      elseif at then
+        local bytes = value[name] or tonumber(fields[i + 1])
+        if bytes > 0 then -- not one this call freed whole (deleted below)
+          held = held + bytes
+          if oldest == 0 or at < oldest then
+            oldest = at
+          end
+        end
+      end
+    end
+  end
+
+  local function save(keep)
+    if held <= 0 and due <= now then
+      redis.call('DEL', key)
+      return
+    end
+    local set, gone = {'#', int(math.max(held, 0)), 'o', int(oldest), 'g', int(due)}, {}
+    -- The hash outlives what it counts (its newest field, and the rate's due time) by an eighth
+    -- (at most an hour), so that few calls pay for extending it.
+    local lifetime
+    if keep > 0 and expires < now + keep then
+      lifetime = keep + math.min(math.floor(keep / 8), 3600000)
+      set[7], set[8] = 'x', int(now + lifetime)
+    end
+    for name in pairs(changed) do
+      if value[name] > 0 then
+        set[#set + 1], set[#set + 2] = name, int(value[name])
+      else
+        gone[#gone + 1] = name
+      end
+    end
+    redis.call('HSET', key, unpack(set))
+    if #gone > 0 then
+      redis.call('HDEL', key, unpack(gone))
+    end
+    if lifetime then
+      redis.call('PEXPIRE', key, int(lifetime))
+    end
+  end
+
+  local keep = due - now
+  if A[base + 1] == '-' then
+    save(keep)
+    return {0, 0, held, oldest, 0}
+  end
+
+  local forced = A[base + 6] == '1'
+  local interval, burst = tonumber(A[base + 1]), tonumber(A[base + 2])
+  local verdict, left, wait = 0, 0, 0
+  if interval > 0 then
+    local next_due = math.max(due, now) + interval
+    local over = next_due - now - interval * burst
+    if over > 0 then
+      verdict, wait = 1, math.ceil(over)
+    end
+    if verdict == 0 or forced then
+      due = next_due
+      keep = due - now
+    end
+    left = math.floor((interval * burst - (due - now)) / interval)
+  end
+
+  local max_bytes = tonumber(A[base + 5])
+  if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
+    verdict = 2
+  end
+  if charge > 0 and (verdict == 0 or forced) then
+    local field = A[base + 4]
+    local at = tonumber(field)
+    value[field], changed[field] = value[field] + charge, true
+    held = held + charge
+    if oldest == 0 or at < oldest then
+      oldest = at
+    end
+    keep = math.max(keep, at * 1000 - now)
+  end
+  save(keep)
+  return {verdict, left, held, oldest, wait}
+end
