@@ -219,8 +219,8 @@ class Store:
         if take:
             taken = results.pop()
             if quota:  # {take's reply, sender's reply}, or an error reply for both
-                taken, counted = (taken, taken) if isinstance(taken, Exception) else taken
-                self._counted(caller, counted)
+                taken, answer = (taken, taken) if isinstance(taken, Exception) else taken
+                self._counted(caller, answer)
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
             batch = await self._taken(caller, take, taken, wanted, counts)
