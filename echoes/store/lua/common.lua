@@ -40,6 +40,23 @@ local function score_at(us, ttl, last)
   return s
 end
 
+-- Whether a reply of redis.pcall is an error (OOM: nothing was written).
+local function failed(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+
+-- Announce an arrival on ``channel`` ("": keyspace events do), as a shard channel if
+-- ``kind`` is "s".
+local function announce(channel, kind)
+  if channel == '' then
+    return
+  elseif kind == 's' then
+    redis.call('SPUBLISH', channel, '1')
+  else
+    redis.call('PUBLISH', channel, '1')
+  end
+end
+
 -- A record whose score is at or below this has expired (score = expiry ms * 1000 + tie).
 local function expired_below(now)
   return int(now * 1000 + 999)

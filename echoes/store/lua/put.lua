@@ -41,26 +41,8 @@ if ARGV[8] == '1' and redis.call('ZSCORE', KEYS[4], id) then
 end
 local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
-local function announce()
-  if ARGV[4] == '' then
-    return
-  elseif ARGV[5] == 's' then
-    redis.call('SPUBLISH', ARGV[4], '1')
-  else
-    redis.call('PUBLISH', ARGV[4], '1')
-  end
-end
-
-local function stored(reply)
-  return not (type(reply) == 'table' and reply.err)
-end
-
 -- old: the size of a waiting copy with this id (0: none; records are never empty).
 local old = 0
-local function done()
-  announce()
-  return (old > 0 and ARGV[10] == '1') and 4 or 1
-end
 
 -- count: records indexed (0: no index). first: the one record of an inbox without an index,
 -- which this put turns into an indexed inbox of two.
@@ -96,11 +78,12 @@ else
       end
     end
     local reply = redis.pcall('HSET', KEYS[1], id, record)
-    if not stored(reply) then
+    if failed(reply) then
       return reply
     end
-    redis.call('PEXPIRE', KEYS[1], int(ttl))
-    return done()
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    announce(ARGV[4], ARGV[5])
+    return (old > 0 and ARGV[10] == '1') and 4 or 1
   end
 end
 
@@ -119,13 +102,10 @@ end
 local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
 local added = #record - old
 local dead, dead_bytes, ended = {}, 0, nil
-local function over_records()
-  return limit > 0 and old == 0 and count - #dead + parked >= limit
-end
-local function over_bytes()
-  return max_bytes > 0 and bytes - dead_bytes + added > max_bytes
-end
-if not first and (over_records() or over_bytes()) then
+local capped = limit > 0 and old == 0 -- a replacement fits
+local over_records = capped and count + parked >= limit
+local over_bytes = max_bytes > 0 and bytes + added > max_bytes
+if not first and (over_records or over_bytes) then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
   for i = 1, #expired do
     if expired[i] ~= id then
@@ -133,14 +113,17 @@ if not first and (over_records() or over_bytes()) then
       dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
     end
   end
+  over_records = capped and count - #dead + parked >= limit
+  over_bytes = max_bytes > 0 and bytes - dead_bytes + added > max_bytes
 end
-if limit > 0 and over_records() then
+if over_records then
   parked, ended = parked_count(KEYS[3], now, true)
+  over_records = count - #dead + parked >= limit
 end
-if over_records() then
+if over_records then
   return 0
 end
-if over_bytes() then
+if over_bytes then
   return 3
 end
 
@@ -153,11 +136,11 @@ local fields = {id, record, '#b', int(bytes - dead_bytes + added)}
 local life = first and math.max(ttl, math.floor(first_score / 1000) - now) or ttl
 local lifetime
 if expires < now + life then
-  lifetime = int(life + math.min(math.floor(life / 8), 3600000))
-  fields[5], fields[6] = '#x', int(now + tonumber(lifetime))
+  local ms = life + math.min(math.floor(life / 8), 3600000)
+  lifetime, fields[5], fields[6] = int(ms), '#x', int(now + ms)
 end
 local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
-if not stored(reply) then
+if failed(reply) then
   return reply
 end
 local score = int(score_at(us, ttl, first_score))
@@ -175,4 +158,5 @@ if #dead > 0 then
   redis.call('HDEL', KEYS[1], unpack(dead))
 end
 forget_stretches(KEYS[3], ended, parked)
-return done()
+announce(ARGV[4], ARGV[5])
+return (old > 0 and ARGV[10] == '1') and 4 or 1

@@ -34,16 +34,22 @@ local function count_request(key, A, base, now)
   local charge = tonumber(A[base + 3])
   -- Every field this call reads, in one HMGET: the counts, the fields it frees (A[b+7...]) and
   -- the field it charges; what it changes is written back in one HSET (and one HDEL).
-  local names = {'#', 'o', 'g', 'x'}
-  for i = base + 7, #A, 2 do
-    names[#names + 1] = A[i]
-  end
-  if charge > 0 then
-    names[#names + 1] = A[base + 4]
+  local names
+  if #A < base + 7 then -- nothing freed (most calls): the table made at once
+    names = charge > 0 and {'#', 'o', 'g', 'x', A[base + 4]} or {'#', 'o', 'g', 'x'}
+  else
+    names = {'#', 'o', 'g', 'x'}
+    for i = base + 7, #A, 2 do
+      names[#names + 1] = A[i]
+    end
+    if charge > 0 then
+      names[#names + 1] = A[base + 4]
+    end
   end
   local f = redis.call('HMGET', key, unpack(names))
   local held, oldest, due = tonumber(f[1] or 0), tonumber(f[2] or 0), tonumber(f[3] or 0)
   local expires = tonumber(f[4] or 0)
+  local read_oldest, read_due = oldest, due
   local value, changed = {}, {} -- field -> bytes it counts; fields this call changes
   for j = 5, #names do
     value[names[j]] = tonumber(f[j] or 0)
@@ -83,7 +89,10 @@ local function count_request(key, A, base, now)
       redis.call('DEL', key)
       return
     end
-    local set, gone = {'#', int(math.max(held, 0)), 'o', int(oldest), 'g', int(due)}, {}
+    -- Fields unchanged are written back as read (no number turned into text for them).
+    local o = oldest == read_oldest and f[2] or int(oldest)
+    local g = due == read_due and f[3] or int(due)
+    local set, gone = {'#', int(math.max(held, 0)), 'o', o, 'g', g}, {}
     -- The hash outlives what it counts (its newest field, and the rate's due time) by an eighth
     -- (at most an hour), so that few calls pay for extending it.
     local lifetime
