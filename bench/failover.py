@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from echoes.store.keys import Keys
 
-from .faults import USERS, Ledger, report, under_load
+from .faults import LOAD_OPTIONS, USERS, Ledger, report, under_load
 from .services import Service, raise_file_limit, require, start_echoes
 from .topologies import MASTER_NAME, Cluster, Node, Sentinels, in_sync, wait_until
 
@@ -62,7 +62,7 @@ def woken_after(ledger: Ledger, readers: set[str], after: float) -> int:
 
 
 def echoes_on(url: str, workdir: Path, wait_replicas: int) -> list[Service]:
-    args = [f"--redis-wait-replicas={wait_replicas}", "--recheck-interval=5"]
+    args = [*LOAD_OPTIONS, f"--redis-wait-replicas={wait_replicas}", "--recheck-interval=5"]
     return [start_echoes(url, workdir, *args) for _ in range(2)]
 
 

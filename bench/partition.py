@@ -39,7 +39,7 @@ from typing import Any
 
 from echoes.store.keys import Keys
 
-from .faults import Client, Ledger
+from .faults import LOAD_OPTIONS, Client, Ledger
 from .firewall import Firewall, unusable
 from .services import Service, raise_file_limit, start_echoes
 from .topologies import Cluster, Node
@@ -248,7 +248,7 @@ def run(scenario: Scenario, wait: int, workdir: Path, hold: float) -> dict[str, 
         # As conf/redis-cluster-node.conf says: the migration barrier is the wait.
         settings = cluster_settings() | {"cluster_migration_barrier": str(max(1, wait))}
         cluster.start(**settings)
-        args = [f"--redis-wait-replicas={wait}", "--recheck-interval=5"]
+        args = [*LOAD_OPTIONS, f"--redis-wait-replicas={wait}", "--recheck-interval=5"]
         services = [start_echoes(cluster.url, workdir, *args) for _ in range(2)]
         primary = cluster.primary_of(Keys("echoes:").inbox(INBOXES[0]).records)
         replicas = cluster.replicas_of(primary)

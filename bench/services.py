@@ -23,6 +23,7 @@ PACKAGES = {
     "redis-cli": "redis-tools",
     "nginx": "nginx",
     NCHAN_MODULE: "libnginx-mod-nchan",
+    "valgrind": "valgrind",
 }
 
 

@@ -6,9 +6,13 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
 ``}``, ``*`` or white space, so no name can reach or collide with another inbox's keys.
 
     <prefix>{<name>}:m          hash: record id -> record (records.py's compact form), and
-                                "#b" -> the bytes of the records, while indexed
-    <prefix>{<name>}:i          sorted set: record id -> score, expiry ms * 1000 + a tie-break
-                                (arrival order); only while the inbox holds two records or more
+                                while indexed "#b" -> the bytes of the records and "#x" ->
+                                when the inbox's keys expire (ms: a put extends them only
+                                when its record would outlive them, without asking PTTL)
+    <prefix>{<name>}:i          sorted set: record id -> score, the record's expiry in
+                                microseconds (put's time by Redis's clock plus its ttl: expiry
+                                order is arrival order); only while the inbox holds two
+                                records or more
     <prefix>{<name>}:d          sorted set: record id -> when it was consumed (ms), for
                                 --dedup-window: tombstones of consumed copies and acks
     <prefix>{<name>}:a:<token>  string: a consumed batch kept for retries under its attempt token

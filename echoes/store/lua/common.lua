@@ -57,7 +57,7 @@ local function announce(channel, kind)
   end
 end
 
--- A record whose score is at or below this has expired (score = expiry ms * 1000 + tie).
+-- A record whose score is at or below this has expired (score = expiry in microseconds).
 local function expired_below(now)
   return int(now * 1000 + 999)
 end
