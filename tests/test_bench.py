@@ -76,6 +76,24 @@ def test_the_waiters_benchmark_reads_the_rss_of_each_count():
     assert "| this tree | 1 | 5 |" in result.stdout and "| this tree | 1 | 20 |" in result.stdout
 
 
+@needs("wrk")
+@needs("valgrind")
+def test_the_instructions_benchmark_counts_redis_work_per_request():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    assert "command: python -m bench.instructions --seconds 1" in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("| this tree |")]
+    _, _, requests, instructions, ratio, scripts, commands, _ = row.split("|")
+    assert int(requests) > 0 and int(instructions.replace(",", "")) > 10_000
+    assert ratio.strip() == "1.00" and float(scripts) >= 1 and float(commands) > float(scripts)
+
+
 @pytest.mark.parametrize("module", ["bench", "bench.cluster"])
 def test_a_benchmark_without_wrk_says_what_to_install_in_one_line(module, tmp_path):
     # It ended in a FileNotFoundError traceback once its Redis was running.
