@@ -209,7 +209,7 @@ async def test_an_untake_keeps_a_copy_sent_again_meanwhile(start_echoes):
     assert await echoes.store.untake("b", "token-0000000001") == 0  # the newer copy stays
     inbox = echoes.store.keys.inbox("b")
     held = await echoes.redis.hgetall(inbox.records)
-    held.pop(b"#x")
+    held.pop(b"#x"), held.pop(b"#s")
     assert int(held.pop(b"#b")) == sum(len(v) for v in held.values())
     assert [r["body"] for r in await echoes.receive("b")] == ["other", "second version"]
 
@@ -496,3 +496,38 @@ async def test_records_of_the_first_design_are_migrated_each_exactly_once(echoes
     ]
     [ack] = await echoes.receive("a")  # the migrated record kept its ack flag
     assert ack["idempotencyKey"] == "key-000000000001" and ack["destination"] == "b"
+
+
+async def test_a_quota_without_its_expiry_field_is_never_shortened(echoes):
+    # A quota hash whose lifetime was set without "x" (another version): a request that
+    # charges nothing asks its PTTL instead of cutting its life to the rate's due time.
+    key = echoes.store.keys.sender("s")
+    field = str(int(time.time()) + 4000)
+    await run(echoes, Call("sender", (key,), (0, 10, 500, field, 0, 0)))
+    await echoes.redis.hdel(key, "x")
+    await echoes.redis.pexpire(key, 4_000_000)
+    [reply] = await run(echoes, Call("sender", (key,), ("2.000", 1000, 0, "0", 0, 1)))
+    assert reply[2] == 500  # the bytes still held
+    assert await echoes.redis.pttl(key) > 3_900_000
+
+
+async def test_an_inbox_without_its_expiry_field_keeps_its_records_lifetime(echoes):
+    # Keys extended without "#x" (another version): a put of a shorter-lived record asks
+    # their PTTL, and does not shorten them below the records they hold.
+    for i in (1, 2):
+        await run(echoes, put(echoes, "b", f"key-00000000000{i}", ttl_ms=7_200_000))
+    inbox = echoes.store.keys.inbox("b")
+    await echoes.redis.hdel(inbox.records, "#x")
+    await run(echoes, put(echoes, "b", "key-000000000003", ttl_ms=1_000))
+    assert await echoes.redis.pttl(inbox.index) > 7_000_000
+    assert await echoes.redis.pttl(inbox.records) > 7_000_000
+
+
+async def test_records_come_back_in_arrival_order_after_the_ttl_is_shortened(echoes):
+    # --message-ttl lowered by a reload: a record sent since expires sooner than those
+    # before it, and still comes after them.
+    await run(echoes, put(echoes, "b", "key-000000000001", "a", ttl_ms=60_000))
+    await run(echoes, put(echoes, "b", "key-000000000002", "b", ttl_ms=60_000))
+    await run(echoes, put(echoes, "b", "key-000000000003", "c", ttl_ms=5_000))
+    await run(echoes, put(echoes, "b", "key-000000000004", "d", ttl_ms=60_000))
+    assert [r["body"] for r in await echoes.receive("b")] == ["a", "b", "c", "d"]

@@ -2,9 +2,10 @@
 
 Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
 inbox touched, plus one more pipelined round when a receive queues acks. Every script
-touches the keys of one inbox only (see keys.py), and every script is safe to run twice,
-because the pipeline reruns a batch whose connection dropped (pipeline.py): a put rerun after
-its copy was consumed finds the copy's tombstone (the dedup window). Every write carries its
+touches the keys of one inbox only (see keys.py; a take also its caller's quota, in the same
+slot), and every script is safe to run twice, because the pipeline reruns a batch whose
+connection dropped (pipeline.py): a put rerun after its copy was consumed finds the copy's
+tombstone (the dedup window); a quota counted twice counts more, never less. Every write carries its
 request's deadline, past which Redis does nothing (a late take or put changes nothing a later
 request relies on).
 """
@@ -215,18 +216,20 @@ class Store:
         replies.check(calls, results)
         if quota and not take:
             self._counted(caller, results.pop(0))
+        taken = results.pop() if take else None
+        if copies and counted and counts:  # before a failed take raises: they are not held
+            self._not_stored(caller, copies, results)
         batch = None
         if take:
-            taken = results.pop()
-            if quota:  # {take's reply, sender's reply}, or an error reply for both
+            if quota:  # {take's reply, sender's reply or 0}, or an error reply (not counted)
                 taken, answer = (taken, taken) if isinstance(taken, Exception) else taken
+                if answer == 0:  # Redis refused the count (out of memory)
+                    answer = OutOfMemory("Redis is out of memory: the request was not counted")
                 self._counted(caller, answer)
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
             batch = await self._taken(caller, take, taken, wanted, counts)
         destinations = message.destinations if message else ()
-        if copies and counted and counts:
-            self._not_stored(caller, copies, results)
         refused = [classify(r) for r in results if isinstance(r, Exception)]
         for error in refused:
             if not isinstance(error, OutOfMemory):

@@ -6,23 +6,26 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
 ``}``, ``*`` or white space, so no name can reach or collide with another inbox's keys.
 
     <prefix>{<name>}:m          hash: record id -> record (records.py's compact form), and
-                                while indexed "#b" -> the bytes of the records and "#x" ->
-                                when the inbox's keys expire (ms: a put extends them only
-                                when its record would outlive them, without asking PTTL)
+                                while indexed "#b" -> the bytes of the records, "#x" -> when
+                                the inbox's keys expire (ms: a put extends them only when its
+                                record would outlive them, without asking PTTL) and "#s" ->
+                                the highest score given
     <prefix>{<name>}:i          sorted set: record id -> score, the record's expiry in
-                                microseconds (put's time by Redis's clock plus its ttl: expiry
-                                order is arrival order); only while the inbox holds two
-                                records or more
+                                microseconds by Redis's clock, or just past the score before
+                                it where that is later (a shortened ttl): arrival order; only
+                                while the inbox holds two records or more
     <prefix>{<name>}:d          sorted set: record id -> when it was consumed (ms), for
                                 --dedup-window: tombstones of consumed copies and acks
-    <prefix>{<name>}:a:<token>  string: a consumed batch kept for retries under its attempt token
+    <prefix>{<name>}:a:<token>  list: a consumed batch kept for retries under its attempt token
     <prefix>{<name>}:p          hash: "<ms>" -> how many records were parked in batches that
                                 expire by then (one field per sixteenth of --attempt-ttl), and
                                 "#" -> their sum: parked records count against the inbox's cap
     <prefix>{<name>}:w          channel: a record arrived (only with --wake=publish)
-    <prefix>{<name>}:s          hash: ``name``'s quotas as a sender (lua/sender.lua): its
-                                request rate's due time, and the bytes of its live records in
-                                other inboxes, by when they expire; in the sender's own slot
+    <prefix>{<name>}:s          hash: ``name``'s quotas as a sender (lua/quotas.lua): its
+                                request rate's due time, the bytes of its live records in
+                                other inboxes, by when they expire, and when the hash expires;
+                                in the sender's own slot (a take of ``name``'s inbox counts its
+                                request in the same script call)
 
 An inbox of one record is its ``:m`` hash alone, which expires with that record (one key per
 small inbox: most of what Redis spends on an inbox of one is per key). The ``:m`` and ``:i``

@@ -102,8 +102,11 @@ def _sender(reply: Any) -> bool:
 
 
 def _counted_take(reply: Any) -> bool:
-    """take.lua with the caller's quota (KEYS[6]): {take's reply, sender.lua's reply}."""
-    return isinstance(reply, list) and len(reply) == 2 and _take(reply[0]) and _sender(reply[1])
+    """take.lua with the caller's quota (KEYS[6]): {take's reply, sender.lua's reply, or 0
+    when Redis refused the count}."""
+    if not isinstance(reply, list) or len(reply) != 2 or not _take(reply[0]):
+        return False
+    return reply[1] == 0 or _sender(reply[1])
 
 
 SHAPES: dict[str, Callable[[Any], bool]] = {

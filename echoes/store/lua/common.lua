@@ -1,4 +1,5 @@
--- Shared by every script (scripts.py puts it before each): scores, parked records, batches.
+-- Shared by every script (scripts.py puts it before each for EVALSHA, and once at the top of
+-- the function library): the clock, scores, parked records, batches.
 --
 -- A record is stored compact (records.py: "<kind><time><key>\n<name JSON>[\n<body JSON>]",
 -- kind 'm', 'M' for a message that wants an ack, 'a' for an ack); the scripts never look
@@ -28,10 +29,11 @@ local function int(n)
 end
 
 -- The score of a record put at ``us`` (Redis's clock, microseconds) that lives ``ttl`` ms:
--- its expiry in microseconds, so expiry order is arrival order while --message-ttl stays the
--- same (no two script calls run in the same microsecond), and a score decodes to the record's
--- expiry in ms. ``last``, the score of the index's last record when the caller knows it, keeps
--- arrival order should the clock step back; without it a stepped-back clock only reorders.
+-- its expiry in microseconds (no two script calls run in the same microsecond), or just past
+-- ``last``, the highest score the inbox gave (its "#s"), so that a take returns records in
+-- arrival order even after --message-ttl was shortened or the clock stepped back. A score
+-- decodes to an expiry no earlier than the record's own: a record then lives as long as the
+-- one before it.
 local function score_at(us, ttl, last)
   local s = us + ttl * 1000
   if last and last >= s then
@@ -64,9 +66,10 @@ end
 
 -- An inbox of one record is a hash of that record and nothing else, which expires with it
 -- (no index: one key per small inbox); a second record turns it into an indexed inbox, whose
--- hash also holds "#b" (bytes of its records) and "#x" (when its keys expire, ms). Names of
--- these fields start with '#', which no record id does (records.py). The one record, as the
--- index's first member: its score and size, by its id (``first``, else read); nil if none.
+-- hash also holds "#b" (bytes of its records), "#x" (when its keys expire, ms) and "#s" (the
+-- highest score it gave). Names of these fields start with '#', which no record id does
+-- (records.py). The one record, as the index's first member: its score (from its hash's
+-- lifetime) and size, by its id (``first``, else read); nil if none.
 local function first_record(records, now, first)
   first = first or redis.call('HKEYS', records)[1]
   if not first then

@@ -1,7 +1,8 @@
 -- Store one record in an inbox, replacing the waiting record with the same id if there is one,
 -- unless the inbox's destination already consumed it within the dedup window.
 -- KEYS[1]  records: hash, id -> record (common.lua's format), and while indexed "#b" ->
---          bytes of the records and "#x" -> when the inbox's keys expire (ms)
+--          bytes of the records, "#x" -> when the inbox's keys expire (ms) and "#s" -> the
+--          highest score given (common.lua's score_at)
 -- KEYS[2]  index: sorted set, id -> score (expiry order); absent while the inbox holds at most
 --          one record, whose hash then lives exactly as long as that record
 -- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
@@ -28,8 +29,9 @@
 --
 -- Work is bounded by this record, never by what the inbox holds: sizes are read with
 -- HSTRLEN, expiries from the index's scores, and at most 64 expired records are dropped.
--- A put to an indexed inbox is eight commands (TIME, ZSCORE, ZCARD, HSTRLEN, HMGET, HGET of
--- the parked count, HSET, ZADD), and two PEXPIREs when its keys need a longer life.
+-- A put to an indexed inbox is at most eight commands (TIME, ZSCORE with the dedup window,
+-- ZCARD, HSTRLEN, HMGET, HGET of the parked count with a cap, HSET, ZADD), and two PEXPIREs
+-- when its keys need a longer life.
 local now, us = now_ms()
 local refused = late(now, ARGV[9])
 if refused then
@@ -91,13 +93,20 @@ end
 -- a refused put leaves the inbox as it was). The quick counts include expired records; only
 -- when one says the inbox is full are those found (by score, without reading them) and left
 -- out.
-local bytes, expires, first_score, _
+-- last: the highest score given in this inbox (the first record's, when it joins the index).
+local bytes, expires, last, first_score, _
 if first then
   _, first_score, bytes = first_record(KEYS[1], now, first)
-  count, expires = 1, 0 -- the index has no lifetime yet
+  count, expires, last = 1, 0, first_score -- the index has no lifetime yet
 else
-  local counts = redis.call('HMGET', KEYS[1], '#b', '#x')
-  bytes, expires = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
+  local counts = redis.call('HMGET', KEYS[1], '#b', '#x', '#s')
+  bytes, last = tonumber(counts[1] or 0), tonumber(counts[3])
+  if counts[2] then
+    expires = tonumber(counts[2])
+  else -- keys extended by a version without "#x": ask them
+    local left = redis.call('PTTL', KEYS[2])
+    expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
+  end
 end
 local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
 local added = #record - old
@@ -131,23 +140,24 @@ end
 -- memory (maxmemory, noeviction) Redis refuses the first write of a script that adds data,
 -- and then nothing changed. The keys outlive their newest record by an eighth (at most an
 -- hour), so that only one put in that stretch pays for extending them; an abandoned inbox
--- leaves nothing behind. A first record may outlive this one (a shorter ttl since).
-local fields = {id, record, '#b', int(bytes - dead_bytes + added)}
-local life = first and math.max(ttl, math.floor(first_score / 1000) - now) or ttl
+-- leaves nothing behind. A record before this one may outlive it (a shorter ttl since), and
+-- this one's score then says so.
+local score = score_at(us, ttl, last)
+local fields = {id, record, '#b', int(bytes - dead_bytes + added), '#s', int(score)}
+local life = math.max(ttl, math.floor(score / 1000) - now + 1)
 local lifetime
 if expires < now + life then
   local ms = life + math.min(math.floor(life / 8), 3600000)
-  lifetime, fields[5], fields[6] = int(ms), '#x', int(now + ms)
+  lifetime, fields[7], fields[8] = int(ms), '#x', int(now + ms)
 end
 local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
 if failed(reply) then
   return reply
 end
-local score = int(score_at(us, ttl, first_score))
 if first then
-  redis.call('ZADD', KEYS[2], int(first_score), first, score, id)
+  redis.call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
 else
-  redis.call('ZADD', KEYS[2], score, id)
+  redis.call('ZADD', KEYS[2], fields[6], id)
 end
 if lifetime then
   redis.call('PEXPIRE', KEYS[2], lifetime)

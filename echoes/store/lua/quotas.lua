@@ -49,6 +49,10 @@ local function count_request(key, A, base, now)
   local f = redis.call('HMGET', key, unpack(names))
   local held, oldest, due = tonumber(f[1] or 0), tonumber(f[2] or 0), tonumber(f[3] or 0)
   local expires = tonumber(f[4] or 0)
+  if not f[4] and (f[1] or f[2] or f[3]) then -- extended by a version without "x": ask
+    local left = redis.call('PTTL', key)
+    expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
+  end
   local read_oldest, read_due = oldest, due
   local value, changed = {}, {} -- field -> bytes it counts; fields this call changes
   for j = 5, #names do

@@ -13,14 +13,17 @@
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
 -- KEYS[6], ARGV[8...]  optional: the caller's quota key and sender.lua's ARGV[1...]: the take
---          also counts the caller's request (quotas.lua; one script call instead of two, as
---          the caller's quota is in its inbox's slot), and returns {the take's reply,
---          sender.lua's reply}; an error reply (LATE) has no quota reply, and the request was
+--          also counts the caller's request once it is done (quotas.lua; one script call
+--          instead of two, as the caller's quota is in its inbox's slot), and returns {the
+--          take's reply, sender.lua's reply, or 0 if Redis refused the count (out of
+--          memory)}; an error reply (LATE) has no quota reply, and the request was not
 --          counted
 -- returns  {"2", records taken, records left, each record as stored...}, "3" for the same
 --          of a replay, or for a batch the
 --          first design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
+-- Safe to run twice: a rerun under the same token replays the parked batch; with KEYS[6] it
+-- counts the request again (as a rerun of sender.lua does: more, never less).
 --
 -- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
@@ -30,9 +33,8 @@ local function take(now)
   if parked == 'list' then -- taken before under this token: the same records again
     local count, _, recs = unpark(KEYS[3])
     local left = redis.call('ZCARD', KEYS[2])
-    if left == 0 then -- no index: an inbox of one record (or none), or what an index left
-      left = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '#b')
-        - redis.call('HEXISTS', KEYS[1], '#x')
+    if left == 0 and redis.call('HLEN', KEYS[1]) == 1 then -- no index: one record, or none
+      left = count_field(redis.call('HKEYS', KEYS[1])[1]) and 0 or 1
     end
     local out = {'3', count, left}
     for i = 1, #recs do
@@ -187,12 +189,15 @@ local function take(now)
 end
 
 if KEYS[6] then
+  -- The take first: the count's HSET adds data, which Redis refuses when out of memory as a
+  -- script's first write (EVALSHA, Redis 6.2), and a take must work then. A count refused
+  -- is a 0 in its place: the request went uncounted (echoes counts it when admitted next).
   local now = now_ms()
-  local counted = count_request(KEYS[6], ARGV, 7, now)
   local reply = take(now)
   if type(reply) == 'table' and reply.err then
     return reply
   end
-  return {reply, counted}
+  local ok, counted = pcall(count_request, KEYS[6], ARGV, 7, now)
+  return {reply, ok and counted or 0}
 end
 return take()

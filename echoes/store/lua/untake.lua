@@ -33,17 +33,18 @@ if #live == 0 then
   return 0
 end
 -- Back at their old places (their scores), in the inbox's layout for its new size.
-if redis.call('EXISTS', KEYS[2]) == 0 and #live == 1 and redis.call('HLEN', KEYS[1]) == 0 then
+local indexed = redis.call('EXISTS', KEYS[2]) == 1
+if not indexed and #live == 1 and redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], live[1][1], live[1][3])
   redis.call('PEXPIRE', KEYS[1], int(math.floor(tonumber(live[1][2]) / 1000) - now))
   return 1
 end
-local bytes, latest, back = 0, 0, 0
-if redis.call('EXISTS', KEYS[2]) == 0 then -- the inbox's one record joins the index
+local bytes, latest, back, highest = 0, 0, 0, 0
+if not indexed then -- the inbox's one record joins the index
   local first, score, size = first_record(KEYS[1], now)
   if first and not count_field(first) then
     redis.call('ZADD', KEYS[2], int(score), first)
-    bytes, latest = size, math.floor(score / 1000) - now
+    bytes, latest, highest = size, math.floor(score / 1000) - now, score
   end
 end
 for i = 1, #live do
@@ -53,10 +54,14 @@ for i = 1, #live do
     redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
     bytes = bytes + #live[i][3]
     latest = math.max(latest, math.floor(tonumber(live[i][2]) / 1000) - now)
+    highest = math.max(highest, tonumber(live[i][2]))
     back = back + 1
   end
 end
 redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
+if highest > tonumber(redis.call('HGET', KEYS[1], '#s') or 0) then -- put.lua's last score
+  redis.call('HSET', KEYS[1], '#s', int(highest))
+end
 if redis.call('PTTL', KEYS[2]) < latest then
   redis.call('PEXPIRE', KEYS[2], int(latest))
   redis.call('PEXPIRE', KEYS[1], int(latest))
