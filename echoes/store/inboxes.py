@@ -216,7 +216,7 @@ class Store:
         replies.check(calls, results)
         if quota and not take:
             self._counted(caller, results.pop(0))
-        taken = results.pop() if take else None
+        taken: Any = results.pop() if take else None
         if copies and counted and counts:  # before a failed take raises: they are not held
             self._not_stored(caller, copies, results)
         batch = None
