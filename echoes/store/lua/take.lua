@@ -80,7 +80,7 @@ local function take(now)
     -- and fewer than asked for are the whole inbox. Else records expired at the head go with
     -- this take, at most 64 (put.lua drops them when full), and the live ones are found by
     -- score.
-    local below = tonumber(expired_below(now))
+    local below = now * 1000 + 999 -- expired_below(now), as a number
     local live, dead, whole = head, {}, #head / 2 < want
     if tonumber(head[2]) <= below then
       dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', 0, 64)
@@ -149,7 +149,8 @@ local function take(now)
   end
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   -- The first has the lowest score (scores are expiries), so it expires first.
-  local parked_until = math.min(now + tonumber(ARGV[2]), math.floor(tonumber(taken[2]) / 1000))
+  local attempt_ms = tonumber(ARGV[2])
+  local parked_until = math.min(now + attempt_ms, math.floor(tonumber(taken[2]) / 1000))
 
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
   local window = tonumber(ARGV[5])
@@ -162,21 +163,21 @@ local function take(now)
     end
     redis.pcall('ZADD', KEYS[5], unpack(members))
     redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - window))
-    redis.pcall('PEXPIRE', KEYS[5], int(window))
+    redis.pcall('PEXPIRE', KEYS[5], ARGV[5])
   end
 
   -- Parking adds data, which Redis refuses when out of memory: the batch is still returned
   -- (receiving frees memory and must keep working), only without its retry copy. Parked
   -- records count against the cap until the end of the stretch of time (a sixteenth of the
   -- attempt lifetime, at least a second) in which their batch expires.
-  local stretch = math.max(1000, math.floor(tonumber(ARGV[2]) / 16))
+  local stretch = math.max(1000, math.floor(attempt_ms / 16))
   local ends = math.ceil(parked_until / stretch) * stretch
-  local ok = redis.pcall('RPUSH', KEYS[3], int(n) .. '\t' .. int(ends), unpack(taken))
+  local count, ends_text = int(n), int(ends)
+  local ok = redis.pcall('RPUSH', KEYS[3], count .. '\t' .. ends_text, unpack(taken))
   if not (type(ok) == 'table' and ok.err) then
     redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
     if ARGV[4] == '1' then
-      local count = int(n)
-      redis.pcall('HINCRBY', KEYS[4], int(ends), count)
+      redis.pcall('HINCRBY', KEYS[4], ends_text, count)
       redis.pcall('HINCRBY', KEYS[4], '#', count)
       -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
       local lives = ends - now
