@@ -2,8 +2,9 @@
 
 Each request hands its commands to ``Pipeline.run``; whatever the requests of one turn of the
 event loop asked for goes out as one write on one connection, and the replies are read back
-in order and handed to each request. Under load that is one round trip for many requests:
-Redis reads and writes its socket once for all of them, and echoes pays for one write.
+in order and handed to each request as soon as its own are in. Under load that is one round
+trip for many requests: Redis reads and writes its socket once for all of them, and echoes
+pays for one write.
 A request's commands stay together and in order.
 
 The pipeline keeps its own connections (made like its client's: with its address,
@@ -123,10 +124,13 @@ class Pipeline:
             ms = int(self.timeout * WAIT_SHARE * 1000)
             commands.append(("WAIT", self.replicas, ms))
         slow = self._watch()
+        # Without a WAIT to come, each request is answered as soon as its own replies are in:
+        # a small request is not held behind a large reply later in the batch.
+        early = {} if replicated else _last_replies(batch)
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    replies = await self._exchange(commands, one_by_one)
+                    replies = await self._exchange(commands, one_by_one, early)
             except TimeoutError:
                 await self._forget_free()
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
@@ -143,7 +147,7 @@ class Pipeline:
         start = 0
         for waiting in batch:
             future, count = waiting.future, len(waiting.commands)
-            if future.done():  # its request gave up
+            if future.done():  # answered early, or its request gave up
                 pass
             elif waiting.replicated and not _enough(confirmed, self.replicas):
                 message = f"{confirmed} of {self.replicas} replicas confirmed the writes"
@@ -163,9 +167,15 @@ class Pipeline:
         if self.trouble is not None:
             self.trouble()
 
-    async def _exchange(self, commands: Sequence[Command], one_by_one: bool = False) -> list[Any]:
+    async def _exchange(
+        self,
+        commands: Sequence[Command],
+        one_by_one: bool = False,
+        early: dict[int, Waiting] | None = None,
+    ) -> list[Any]:
         """Write every command at once on one connection (or ``one_by_one``, each packed
-        only when the one before is written), then read every reply.
+        only when the one before is written), then read every reply; a request of ``early``
+        (by the index of its last command) is answered once its last reply is read.
 
         What redis-py's Pipeline does, without its per-command bookkeeping (dropping it gave
         12% more /exchange per second: BENCHMARKS.md, "Earlier rounds"). A dropped connection
@@ -182,7 +192,12 @@ class Pipeline:
                             await conn.send_packed_command(hiredis.pack_command(command))
                     else:
                         await conn.send_packed_command(pack(commands))
-                    replies = [await _reply(conn) for _ in commands]
+                    replies = []
+                    for i in range(len(commands)):
+                        replies.append(await _reply(conn))
+                        waiting = early.get(i) if early else None
+                        if waiting is not None and not waiting.future.done():
+                            waiting.future.set_result(replies[i + 1 - len(waiting.commands) :])
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     await conn.disconnect()
                     if attempt == 2:
@@ -206,6 +221,16 @@ class Pipeline:
         free, self._free = self._free, []
         for conn in free:
             await conn.disconnect()
+
+
+def _last_replies(batch: list[Waiting]) -> dict[int, Waiting]:
+    """Each request of ``batch`` by the index of its last command in the batch."""
+    ends, at = {}, -1
+    for waiting in batch:
+        at += len(waiting.commands)
+        if waiting.commands:
+            ends[at] = waiting
+    return ends
 
 
 def _enough(confirmed: Any, wanted: int) -> bool:
