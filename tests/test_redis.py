@@ -469,3 +469,33 @@ async def test_health_and_metrics_say_when_the_wait_is_below_or_above_the_replic
     assert registry.get_sample_value("echoes_redis_replicas", {"server": server}) == 1
     assert registry.get_sample_value("echoes_redis_shard_writable", {"server": server}) == 0
     await admin.aclose()
+
+
+async def test_a_request_is_answered_before_a_later_reply_in_its_batch_is_read():
+    # Two requests in one batch: the first's reply is read, the second's is still coming (a
+    # large one): the first is answered at once, not held behind it.
+    from echoes.store.pipeline import Pipeline
+
+    held = asyncio.Event()
+
+    class Connection:
+        is_connected = True
+        replies = iter([b"small", None])
+
+        async def send_packed_command(self, packed):
+            pass
+
+        async def read_response(self):
+            reply = next(self.replies)
+            if reply is None:
+                await held.wait()
+                return b"large"
+            return reply
+
+    pipeline = Pipeline(Connection, timeout=5)
+    small = asyncio.ensure_future(pipeline.run([("GET", "a")]))
+    large = asyncio.ensure_future(pipeline.run([("GET", "b")]))
+    assert await asyncio.wait_for(small, 1) == [b"small"]
+    assert not large.done()
+    held.set()
+    assert await asyncio.wait_for(large, 1) == [b"large"]
