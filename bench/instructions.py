@@ -8,7 +8,9 @@ Redis runs some 50 times slower under valgrind), and divided by the requests wrk
 The same code gives the same figure to within about 1% (the mix of calls depends a little
 on timing: quota releases are sent once a second), however busy the machine is.
 
-Needs valgrind (``apt-get install valgrind``) besides wrk and redis-server.
+Needs valgrind (``apt-get install valgrind``) besides wrk and redis-server, and root:
+callgrind_control, which zeroes and reads the counter, hangs for another user (and the
+counted redis-server exits), though it reaches a plain program of the same user.
 """
 
 import argparse
@@ -30,6 +32,7 @@ from .revisions import checked_out, echoes_at
 from .services import SHIPPED_LOG_LEVEL, free_port, raise_file_limit, require
 
 CONNECTIONS = 8
+CONTROL_SECONDS = 30
 
 
 class CountedRedis(RedisServer):
@@ -65,9 +68,15 @@ class CountedRedis(RedisServer):
 
     def _control(self, flag: str) -> None:
         assert self.process is not None
-        subprocess.run(
-            ["callgrind_control", flag, str(self.process.pid)], check=True, capture_output=True
-        )
+        command = ["callgrind_control", flag, str(self.process.pid)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=CONTROL_SECONDS)
+        except (subprocess.SubprocessError, OSError) as e:
+            raise SystemExit(
+                "python -m bench.instructions: callgrind_control could not reach redis-server"
+                f" under callgrind ({type(e).__name__}); run it as root (as another user it"
+                " hangs, and redis-server exits, on this machine)"
+            ) from None
 
 
 def commands(client: redis.Redis) -> tuple[int, int]:
