@@ -27,6 +27,19 @@ def quick_run(module: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[
     return result, json.loads(out.read_text())
 
 
+def bench_output(module: str, *args: str, timeout: float) -> str:
+    """What ``python -m MODULE ARGS`` prints; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return result.stdout
+
+
 @needs("wrk")
 def test_quick_benchmark_reports_every_figure(tmp_path):
     result, r = quick_run("bench", tmp_path)
@@ -50,30 +63,16 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
 
 
 def test_the_json_path_benchmark_times_every_step():
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.jsonpath", "--calls=10"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "command: python -m bench.jsonpath --calls=10" in result.stdout
-    assert "| parse: echoes (stdlib json with its hooks) |" in result.stdout
-    assert "| parse + check + names: validation.message |" in result.stdout
+    out = bench_output("bench.jsonpath", "--calls=10", timeout=60)
+    assert "command: python -m bench.jsonpath --calls=10" in out
+    assert "| parse: echoes (stdlib json with its hooks) |" in out
+    assert "| parse + check + names: validation.message |" in out
 
 
 def test_the_waiters_benchmark_reads_the_rss_of_each_count():
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.waiters", "--counts", "5", "20", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "command: python -m bench.waiters --counts 5 20 --rounds 1" in result.stdout
-    assert "| this tree | 1 | 5 |" in result.stdout and "| this tree | 1 | 20 |" in result.stdout
+    out = bench_output("bench.waiters", "--counts", "5", "20", "--rounds", "1", timeout=120)
+    assert "command: python -m bench.waiters --counts 5 20 --rounds 1" in out
+    assert "| this tree | 1 | 5 |" in out and "| this tree | 1 | 20 |" in out
 
 
 @needs("wrk")
@@ -84,16 +83,9 @@ def test_the_waiters_benchmark_reads_the_rss_of_each_count():
     " as root)",
 )
 def test_the_instructions_benchmark_counts_redis_work_per_request():
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--seconds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=True,
-    )
-    assert "command: python -m bench.instructions --seconds 1" in result.stdout
-    [row] = [line for line in result.stdout.splitlines() if line.startswith("| this tree |")]
+    out = bench_output("bench.instructions", "--seconds", "1", timeout=240)
+    assert "command: python -m bench.instructions --seconds 1" in out
+    [row] = [line for line in out.splitlines() if line.startswith("| this tree |")]
     _, _, requests, instructions, ratio, scripts, commands, _ = row.split("|")
     assert int(requests) > 0 and int(instructions.replace(",", "")) > 10_000
     assert ratio.strip() == "1.00" and float(scripts) >= 1 and float(commands) > float(scripts)
