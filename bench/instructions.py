@@ -28,7 +28,7 @@ import redis
 from echoes.embedded import RedisServer
 
 from .figures import wrk
-from .revisions import checked_out, echoes_at
+from .revisions import checked_out, echoes_at, parse_variants
 from .services import SHIPPED_LOG_LEVEL, free_port, raise_file_limit, require
 
 CONNECTIONS = 8
@@ -141,11 +141,8 @@ def main() -> None:
         workdir = Path(tmp)
         trees = checked_out(stack, workdir, args.revisions)
         runs: dict[str, tuple[Path, Sequence[str]]] = {name: (t, ()) for name, t in trees.items()}
-        for given in args.variant:
-            label, equals, options = given.partition("=")
-            if not equals or not label:
-                parser.error(f"--variant takes LABEL=OPTIONS, not {given!r}")
-            runs[f"this tree, {label}"] = (trees["this tree"], shlex.split(options))
+        for name, extra in parse_variants(parser, args.variant).items():
+            runs[name] = (trees["this tree"], extra)
         for i, (name, (tree, extra)) in enumerate(runs.items()):
             run_dir = workdir / f"run-{i}"
             run_dir.mkdir()

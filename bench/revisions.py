@@ -71,6 +71,17 @@ def short(revision: str) -> str:
     ).stdout.strip()
 
 
+def parse_variants(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, list[str]]:
+    """``--variant LABEL=OPTIONS`` as {"this tree, LABEL": [option, ...]}."""
+    variants = {}
+    for variant in given:
+        label, equals, options = variant.partition("=")
+        if not equals or not label:
+            parser.error(f"--variant takes LABEL=OPTIONS, not {variant!r}")
+        variants[f"this tree, {label}"] = shlex.split(options)
+    return variants
+
+
 def echoes_at(
     tree: Path, redis_url: str, workdir: Path, log_level: str, extra: Sequence[str] = ()
 ) -> Service:
@@ -108,12 +119,7 @@ def main() -> None:
         " repeat for more",
     )
     args = parser.parse_args()
-    variants = {}
-    for given in args.variant:
-        label, equals, options = given.partition("=")
-        if not equals or not label:
-            parser.error(f"--variant takes LABEL=OPTIONS, not {given!r}")
-        variants[f"this tree, {label}"] = shlex.split(options)
+    variants = parse_variants(parser, args.variant)
     require("python -m bench.revisions", "wrk", "redis-server")
     raise_file_limit()
     print(f"command: python -m bench.revisions {shlex.join(sys.argv[1:])}", flush=True)

@@ -5,9 +5,9 @@ inbox touched, plus one more pipelined round when a receive queues acks. Every s
 touches the keys of one inbox only (see keys.py; a take also its caller's quota, in the same
 slot), and every script is safe to run twice, because the pipeline reruns a batch whose
 connection dropped (pipeline.py): a put rerun after its copy was consumed finds the copy's
-tombstone (the dedup window); a quota counted twice counts more, never less. Every write carries its
-request's deadline, past which Redis does nothing (a late take or put changes nothing a later
-request relies on).
+tombstone (the dedup window); a quota counted twice counts more, never less. Every write
+carries its request's deadline, past which Redis does nothing (a late take or put changes
+nothing a later request relies on).
 """
 
 import asyncio

@@ -101,6 +101,10 @@ def _sender(reply: Any) -> bool:
     return known and _counts(held, oldest, wait)
 
 
+# take.lua's own keys; a sixth is its caller's quota key, and the take then counts the request.
+TAKE_KEYS = 5
+
+
 def _counted_take(reply: Any) -> bool:
     """take.lua with the caller's quota (KEYS[6]): {take's reply, sender.lua's reply, or 0
     when Redis refused the count}."""
@@ -122,7 +126,7 @@ SHAPES: dict[str, Callable[[Any], bool]] = {
 def check(calls: Sequence[Call], results: Sequence[Any]) -> None:
     """Unavailable("BadReply") at the first of ``results`` its call's script cannot give."""
     for call, result in zip(calls, results, strict=True):
-        counted_take = call.script == "take" and len(call.keys) == 6
+        counted_take = call.script == "take" and len(call.keys) > TAKE_KEYS
         shape = _counted_take if counted_take else SHAPES[call.script]
         if isinstance(result, Exception) or shape(result):
             continue
