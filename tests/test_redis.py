@@ -59,6 +59,26 @@ async def test_a_resend_after_the_window_is_delivered_again(start_echoes):
     assert len(await echoes.receive("b")) == 1
 
 
+async def test_the_window_ends_on_time_while_later_consumption_keeps_its_tombstones(start_echoes):
+    # A later take keeps the tombstone set alive (and trims it only once its oldest is an
+    # eighth of a window past it): the first copy's tombstone is still stored after the
+    # window, and its age says it no longer counts.
+    echoes = await start_echoes(dedup_window=1)
+    await echoes.send("a", KEY, ["b"], "once")
+    assert len(await echoes.receive("b")) == 1
+    await asyncio.sleep(0.5)
+    await echoes.send("a", "key-000000000002", ["b"], "later")
+    assert len(await echoes.receive("b")) == 1
+    await asyncio.sleep(0.6)
+    tombstones = echoes.store.keys.inbox("b").tombstones
+    assert await echoes.redis.zcard(tombstones) == 2  # the first one is still there
+    query = {"idempotencyKey": KEY, "destination": ["b"]}
+    [state] = (await echoes.post("/status", "a", query)).json
+    assert state["state"] == "unknown"
+    assert (await echoes.send("a", KEY, ["b"], "once")).json == {"sent": 1, "duplicates": 0}
+    assert len(await echoes.receive("b")) == 1
+
+
 async def test_every_record_expires_and_leaves_no_keys(start_echoes):
     echoes = await start_echoes(message_ttl=1)
     await echoes.send("a", KEY, ["b"], ack=True)

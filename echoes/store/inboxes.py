@@ -352,18 +352,20 @@ class Store:
         deadline: int,
         ttl_ms: int | None = None,
         replaced: int = 0,
+        window: int | None = None,
     ) -> Call:
         inbox = self.keys.inbox(inbox_name)
         channel = (inbox.channel, "s" if self.shard_channels else "p") if self.publish else ("", "")
         ttl = self._ttl_ms if ttl_ms is None else ttl_ms
-        args = (record_id, record, ttl, *channel, *limits, int(self._dedup_ms > 0))
+        window = self._dedup_ms if window is None else window
+        args = (record_id, record, ttl, *channel, *limits, window)
         keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
         return Call("put", keys, (*args, deadline, replaced))
 
     def restore(self, inbox_name: str, record: bytes, record_id: str, ttl_ms: int) -> Call:
         """The script call that puts back ``record`` as it was, with ``ttl_ms`` left to live
         (migrate.py): no cap, no dedup window refuses it."""
-        return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms)
+        return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms, window=0)
 
     async def _queue_acks(self, consumer: str, messages: list[tuple[str, str]]) -> int:
         """Queue an ack for each message, by (key, origin); how many were queued.
@@ -401,7 +403,9 @@ class Store:
         calls = []
         for name in destinations:
             inbox = self.keys.inbox(name)
-            calls.append(Call("status", (inbox.records, inbox.tombstones), (record_id,)))
+            calls.append(
+                Call("status", (inbox.records, inbox.tombstones), (record_id, self._dedup_ms))
+            )
         results = await classified(self.scripts.run(self.servers, calls))
         states = []
         for name, result in zip(destinations, results, strict=True):

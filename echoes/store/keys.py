@@ -14,8 +14,10 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
                                 microseconds by Redis's clock, or just past the score before
                                 it where that is later (a shortened ttl): arrival order; only
                                 while the inbox holds two records or more
-    <prefix>{<name>}:d          sorted set: record id -> when it was consumed (ms), for
-                                --dedup-window: tombstones of consumed copies and acks
+    <prefix>{<name>}:d          sorted set: record id -> minus when it was consumed (ms,
+                                newest first), for --dedup-window: tombstones of consumed
+                                copies and acks; a take drops those past the window once the
+                                oldest is an eighth of a window past it
     <prefix>{<name>}:a:<token>  list: a consumed batch kept for retries under its attempt token
     <prefix>{<name>}:p          hash: "<ms>" -> how many records were parked in batches that
                                 expire by then (one field per sixteenth of --attempt-ttl), and

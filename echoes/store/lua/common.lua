@@ -42,6 +42,19 @@ local function score_at(us, ttl, last)
   return s
 end
 
+-- When a tombstone's copy was consumed (ms), from its score: minus that time (take.lua), or
+-- the time itself as an earlier version of this round wrote it.
+local function consumed_at(score)
+  return math.abs(tonumber(score))
+end
+
+-- Whether a tombstone's score (ZSCORE's reply: false for none) says its copy was consumed
+-- within the dedup window (``window`` ms; a tombstone outlives it by up to an eighth, until
+-- a take drops it).
+local function consumed_within(score, now, window)
+  return score and consumed_at(score) > now - window
+end
+
 -- Whether a reply of redis.pcall is an error (OOM: nothing was written).
 local function failed(reply)
   return type(reply) == 'table' and reply.err ~= nil

@@ -7,7 +7,7 @@
 --          one record, whose hash then lives exactly as long as that record
 -- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
 --          their sum: parked records count against the cap (take.lua)
--- KEYS[4]  tombstones: sorted set, id -> when its destination consumed it (take.lua)
+-- KEYS[4]  tombstones: sorted set, id -> minus when its destination consumed it (take.lua)
 -- ARGV[1]  record id
 -- ARGV[2]  record
 -- ARGV[3]  time to live, in milliseconds
@@ -15,7 +15,8 @@
 -- ARGV[5]  with a channel: "s" to announce on it as a shard channel (SPUBLISH), else "p"
 -- ARGV[6]  most records the inbox may hold, queued and parked (0: no cap); a replacement fits
 -- ARGV[7]  most bytes of records the inbox may hold (0: no cap)
--- ARGV[8]  "1" to refuse a copy its destination consumed within the dedup window, else "0"
+-- ARGV[8]  the dedup window in ms: a copy its destination consumed within it is refused (0:
+--          none is)
 -- ARGV[9]  the request's deadline in ms of Redis's clock (0: none): later, nothing is done
 -- ARGV[10] "1" to answer 4 instead of 1 when the record replaced a waiting copy (its sender's
 --          quota counts that copy already: senders.py), else "0" or absent
@@ -38,7 +39,8 @@ if refused then
   return refused
 end
 local id, record = ARGV[1], ARGV[2]
-if ARGV[8] == '1' and redis.call('ZSCORE', KEYS[4], id) then
+local window = tonumber(ARGV[8])
+if window > 0 and consumed_within(redis.call('ZSCORE', KEYS[4], id), now, window) then
   return 2
 end
 local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])

@@ -3,12 +3,13 @@
 -- KEYS[1]  the destination's records: hash (put.lua)
 -- KEYS[2]  the destination's tombstones: sorted set (take.lua)
 -- ARGV[1]  the copy's record id
+-- ARGV[2]  the dedup window in ms: a copy consumed longer ago is unknown
 -- returns  {"waiting"}, {"consumed", ms since the epoch}, or {"unknown"}
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return {'waiting'}
 end
 local consumed = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if consumed then
-  return {'consumed', consumed}
+if consumed_within(consumed, now_ms(), tonumber(ARGV[2])) then
+  return {'consumed', consumed_at(consumed)}
 end
 return {'unknown'}

@@ -4,7 +4,8 @@
 -- KEYS[2]  index: sorted set (put.lua)
 -- KEYS[3]  the attempt key: list, where a taken batch is parked (common.lua's unpark)
 -- KEYS[4]  parked: hash (put.lua)
--- KEYS[5]  tombstones: sorted set, id -> when it was consumed, for the dedup window
+-- KEYS[5]  tombstones: sorted set, id -> minus when it was consumed (ms), for the dedup
+--          window (common.lua's consumed_at)
 -- ARGV[1]  most records to take (a whole number, at least 1)
 -- ARGV[2]  milliseconds a taken batch stays parked, at most (never past its first expiry)
 -- ARGV[3]  most bytes of records to take, as rendered (at least one record is taken)
@@ -153,16 +154,23 @@ local function take(now)
   local parked_until = math.min(now + attempt_ms, math.floor(tonumber(taken[2]) / 1000))
 
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
+  -- Scored by minus the time (newest first): a set of up to 128 is a listpack, and ZADD
+  -- inserts at the head instead of walking past every older tombstone. The window's old ones
+  -- (at the tail) go once the oldest is an eighth of a window past it, so a take trims once
+  -- per eighth of a window, not every time; put.lua and status.lua read a tombstone's age.
   local window = tonumber(ARGV[5])
   if window > 0 then
     local members = {}
-    local at = int(now)
+    local at = int(-now)
     for i = 1, n do
       members[2 * i - 1] = at
       members[2 * i] = taken[3 * i - 2]
     end
     redis.pcall('ZADD', KEYS[5], unpack(members))
-    redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - window))
+    local oldest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')[2]
+    if oldest and consumed_at(oldest) < now - window - math.floor(window / 8) then
+      redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
+    end
     redis.pcall('PEXPIRE', KEYS[5], ARGV[5])
   end
 
