@@ -17,6 +17,7 @@ from bench.topologies import Cluster
 from echoes.config import Settings
 from echoes.http.budget import CALLER, PROCESS, Budget, Crowded
 from echoes.store import senders
+from echoes.store.keys import Keys
 
 BODY = "x" * 1000  # a record of about 1 KB as stored
 
@@ -135,6 +136,47 @@ async def test_an_exchange_counts_its_request_in_its_takes_script_call(start_ech
         for i in range(10)
     ]
     assert 429 in statuses and statuses[0] == 200
+
+
+async def test_a_sender_far_from_its_quotas_is_admitted_by_the_process_and_reported(
+    start_echoes,
+):
+    # Rate 1/s, burst 320: the probe leaves 319, so this process may admit 20 by itself (a
+    # sixteenth of the burst); the 21st request is counted by its take with those 20, and a
+    # flush reports the rest. The rate's due time moves a second per request counted.
+    echoes = await start_echoes(sender_rate=1, sender_burst=320)
+    redis = sync_client(echoes)
+    key = echoes.store.keys.sender("mallory")
+
+    async def exchange(i: int) -> None:
+        body = message(f"key-{i:012d}", ["bob"])
+        assert (await echoes.post("/exchange", "mallory", body)).status == 200
+
+    await exchange(0)  # the probe, counted by its take
+    due = int(redis.hget(key, "g"))
+    for i in range(1, 21):
+        await exchange(i)
+    assert int(redis.hget(key, "g")) == due  # admitted by the process: Redis not asked
+    for i in range(21, 26):
+        await exchange(i)
+    await echoes.store.senders.flush()
+    assert (int(redis.hget(key, "g")) - due) / 1000 == 25  # every request counted once
+
+
+async def test_a_failed_quota_report_is_kept_for_the_next():
+    async def unreachable(calls: list[Any]) -> list[Any]:
+        raise ConnectionError("down")
+
+    keys = Keys("t:")
+    quotas = senders.Senders(keys, Settings(sender_rate=1, sender_burst=320), unreachable)
+    quotas.answered("s", [0, 319, 0, 0, 0], forced=True)  # far: a room of 20
+    assert all(quotas.admit_here("s", 100, "99") for _ in range(20))
+    assert not quotas.admit_here("s", 100, "99")  # the room is spent
+    quotas.free("s", "98", 40)
+    with pytest.raises(ConnectionError):
+        await quotas.flush()
+    call = quotas.report_call("s")  # what the failed report carried, kept
+    assert call.args[5:] == ("-", 20, "99", 2000, "98", -40)
 
 
 async def test_a_reload_applies_new_quotas(start_echoes):

@@ -241,7 +241,7 @@ async def test_a_sender_quota_names_as_oldest_a_second_something_frees_at(echoes
     for field in fields:
         await run(echoes, Call("sender", (key,), (0, 10, 100, field, 0, 0)))
     await asyncio.sleep(t + 1.1 - time.time())
-    [reply] = await run(echoes, Call("sender", (key,), ("-", 0, 0, "0", 0, 0, fields[1], 100)))
+    [reply] = await run(echoes, Call("sender", (key,), (0, 0, 0, "0", 0, "-", 0, fields[1], -100)))
     assert reply[2:4] == [100, int(fields[2])]
     assert await echoes.redis.hget(key, "o") == fields[2].encode()
 

@@ -161,9 +161,14 @@ class Store:
         call = self._quota_call(caller, copies, forced=False)
         if call is None:
             return None
-        [reply] = await classified(self.scripts.run(self.servers, [call]))
+        try:
+            [reply] = await classified(self.scripts.run(self.servers, [call]))
+        except BaseException:
+            self.senders.unsent(caller, call)
+            raise
         if isinstance(reply, Exception):
             reply = classify(reply)
+            self.senders.unsent(caller, call)
         return self.senders.answered(caller, reply, forced=False)
 
     def _quota_call(self, caller: str, copies: Copies | None, forced: bool) -> Call | None:
@@ -192,11 +197,13 @@ class Store:
         gone. Raises failures.Unavailable or failures.OutOfMemory (the take itself refused).
         """
         copies = self.copies(caller, message) if message else None
-        counted = admit and self.senders.applies(
-            copies.size if copies and self.senders.max_bytes else 0
-        )
+        charge = copies.size if copies and self.senders.max_bytes else 0
+        counted = admit and self.senders.applies(charge)
+        field = self.senders.field(copies.sent_at) if copies and charge else "0"
         quota = None
-        if counted and self.senders.optimistic(caller):
+        if counted and self.senders.admit_here(caller, charge, field):
+            pass  # far from its quotas: reported with this sender's next quota call
+        elif counted and self.senders.optimistic(caller):
             quota = self._quota_call(caller, copies, forced=True)
         elif counted:
             await self.admit(caller, copies)
@@ -210,12 +217,16 @@ class Store:
         alone = copies is not None and copies.size > LARGE_BATCH
         try:
             results = await classified(self.scripts.run(self.servers, calls, alone=alone))
+        except BaseException:
+            if quota:
+                self.senders.unsent(caller, quota)
+            raise
         finally:
             if quota:
                 self.senders.forget(caller)
         replies.check(calls, results)
         if quota and not take:
-            self._counted(caller, results.pop(0))
+            self._counted(caller, results.pop(0), quota)
         taken: Any = results.pop() if take else None
         if copies and counted and counts:  # before a failed take raises: they are not held
             self._not_stored(caller, copies, results)
@@ -225,7 +236,7 @@ class Store:
                 taken, answer = (taken, taken) if isinstance(taken, Exception) else taken
                 if answer == 0:  # Redis refused the count (out of memory)
                     answer = OutOfMemory("Redis is out of memory: the request was not counted")
-                self._counted(caller, answer)
+                self._counted(caller, answer, quota)
             if isinstance(taken, Exception):
                 raise classify(taken) from taken
             batch = await self._taken(caller, take, taken, wanted, counts)
@@ -244,8 +255,10 @@ class Store:
             batch=batch,
         )
 
-    def _counted(self, caller: str, reply: Any) -> None:
-        """Note what the quota call that went with the request said (it went ahead)."""
+    def _counted(self, caller: str, reply: Any, call: Call) -> None:
+        """Note what the quota ``call`` that went with the request said (it went ahead)."""
+        if isinstance(reply, Exception):  # not counted: what it reported goes with the next
+            self.senders.unsent(caller, call)
         try:
             self.senders.answered(
                 caller, classify(reply) if isinstance(reply, Exception) else reply, forced=True

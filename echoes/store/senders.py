@@ -12,7 +12,7 @@ hour, at least a second). They are taken off again:
   freed up to one stretch after it expired (and a record Redis stored up to --redis-timeout
   after it was sent may outlive its count by that much);
 - when they are consumed: a take returns each message's origin, sentAt and size, and the
-  process takes them off that sender's field (on its next request in this process, or
+  process takes them off that sender's field (with its next call for that sender, or
   within FLUSH_SECONDS);
 - when a copy was not stored after all (a duplicate, a full inbox, out of memory) or replaced
   a copy still waiting (counted already).
@@ -23,6 +23,11 @@ that left after its take came back (Store.untake) is not counted again, and cons
 stay parked for --attempt-ttl (retries) uncounted. It counts more when a process exits with
 releases not yet sent, a put is rerun after a dropped connection, or --message-ttl changes
 (the fields move): for at most --message-ttl, until those fields expire.
+
+A process admits a sender that Redis said (within KNOWN_SECONDS) is far from its quotas by
+itself, up to a LOCAL_SHARE-th of its burst and of --max-sender-bytes, and reports those
+requests and their bytes with its next call for that sender, or within FLUSH_SECONDS: an
+active sender costs Redis a quota call a second or so, not one per request.
 """
 
 import asyncio
@@ -30,6 +35,7 @@ import calendar
 import contextlib
 import functools
 import logging
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -53,8 +59,12 @@ REFUSALS_KEPT = 10000
 # puts) or near them (admitted first).
 KNOWN_SECONDS = 1.0
 NEAR_SECONDS = 86400.0
-# Release calls per pipelined round when flushing.
+# Report calls per pipelined round when flushing.
 FLUSH_CHUNK = 200
+# A process admits by itself, between two of its calls for a sender far from its quotas, at
+# most this share of the sender's burst and of --max-sender-bytes (and never past half of
+# what Redis said is left of either).
+LOCAL_SHARE = 16
 Run = Callable[[list[Call]], Awaitable[list[Any]]]
 ADMITTED, TOO_MANY_REQUESTS, TOO_MANY_BYTES = 0, 1, 2
 
@@ -88,19 +98,27 @@ class Senders:
     each sender: far from both quotas (as Redis said within KNOWN_SECONDS), near them (as
     Redis said last), refused (until it may retry), or unknown.
 
-    A request of a sender far from its quotas is counted in the same round trip as its puts and take
-    (``forced``: counted whatever the verdict, as they run anyway). So is one request at a
-    time of an unknown sender (the probe). Any other is admitted first, by a round trip of
+    A request of a sender far from its quotas is admitted by the process itself while it is
+    within the room the last answer left (``admit_here``: LOCAL_SHARE), and reported with the
+    sender's next call; past that room it is counted in the same round trip as its puts and
+    take (``forced``: counted whatever the verdict, as they run anyway). So is one request at
+    a time of an unknown sender (the probe). Any other is admitted first, by a round trip of
     its own, and sent only if let in. So the cap holds to one request per process, unless
-    the sender's requests in flight in the processes that saw it far from its quotas pass
-    the half of each left when they did (at most --max-caller-bytes-in-flight in each).
-    "Far" is within half of each: half the burst left, and half the bytes.
+    the sender's requests in flight in the processes that saw it far from its quotas, and
+    those they admitted by themselves, pass the half of each left when they did (at most
+    --max-caller-bytes-in-flight in each, and a LOCAL_SHARE-th of each quota). "Far" is
+    within half of each: half the burst left, and half the bytes.
     """
 
     def __init__(self, keys: Keys, settings: Settings, run: Run):
         self.keys = keys
         self._run = run
-        self._freed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # Not yet reported to Redis, by sender: bytes by field (stored by requests admitted
+        # here: more than 0; freed: less), requests admitted here, and bytes they stored.
+        self._changes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._admitted: dict[str, int] = {}
+        self._charged: dict[str, int] = {}
+        self._room: dict[str, tuple[int, int]] = {}  # sender -> (requests, bytes) here
         self._refused: dict[str, OverQuota] = {}
         self._known: dict[str, tuple[bool, float]] = {}  # sender -> (far, until)
         self._probing: set[str] = set()
@@ -116,6 +134,7 @@ class Senders:
         self._stretch = max(1, min(LONGEST_STRETCH, self._ttl // STRETCHES))
         self._refused.clear()
         self._known.clear()
+        self._room.clear()
 
     def applies(self, charge: int) -> bool:
         """Whether a request storing ``charge`` bytes needs a quota call."""
@@ -147,21 +166,56 @@ class Senders:
         self._probing.add(sender)
         return True
 
+    def admit_here(self, sender: str, charge: int, field: str) -> bool:
+        """Admit a request of ``sender`` storing ``charge`` bytes (in ``field``) without
+        Redis, if Redis said lately that the sender is far from its quotas and the room that
+        left this process holds it; reported with the sender's next call."""
+        far, until = self._known.get(sender, (False, 0.0))
+        if not far or until <= time.monotonic():
+            return False
+        requests, room = self._room.get(sender, (0, 0))
+        admitted = self._admitted.get(sender, 0) + 1
+        charged = self._charged.get(sender, 0) + charge
+        if admitted > requests or charged > room:
+            return False
+        self._admitted[sender], self._charged[sender] = admitted, charged
+        if charge:
+            self._changes[sender][field] += charge
+        self._schedule()
+        return True
+
     def call(self, sender: str, charge: int, field: str, forced: bool) -> Call:
         """The script call that counts a request of ``sender`` storing ``charge`` bytes (in
-        ``field``), with what its records freed since."""
-        interval = f"{self._interval:.3f}" if self._interval else 0
-        args = [interval, self.burst, charge, field, self.max_bytes, int(forced)]
-        return self._with_freed(sender, args)
+        ``field``), with what the process has not reported yet."""
+        args = [self._rate_arg(), self.burst, charge, field, self.max_bytes, int(forced)]
+        return self._reporting(sender, args)
 
-    def release_call(self, sender: str) -> Call:
-        """The script call that takes off what ``sender``'s records freed, counting nothing."""
-        return self._with_freed(sender, ["-", 0, 0, "0", 0, 0])
+    def report_call(self, sender: str) -> Call:
+        """The script call that reports what the process has not reported yet of ``sender``
+        (requests it admitted, bytes they stored, bytes freed), counting no request."""
+        return self._reporting(sender, [self._rate_arg(), self.burst, 0, "0", self.max_bytes, "-"])
 
-    def _with_freed(self, sender: str, args: list[str | int]) -> Call:
-        for freed_field, count in self._freed.pop(sender, {}).items():
-            args += [freed_field, count]
+    def _rate_arg(self) -> str | int:
+        return f"{self._interval:.3f}" if self._interval else 0
+
+    def _reporting(self, sender: str, args: list[str | int]) -> Call:
+        args.append(self._admitted.pop(sender, 0))
+        self._charged.pop(sender, None)
+        for changed_field, count in self._changes.pop(sender, {}).items():
+            if count:
+                args += [changed_field, count]
         return Call("sender", (self.keys.sender(sender),), tuple(args))
+
+    def unsent(self, sender: str, call: Call) -> None:
+        """Keep what ``call`` (of ``sender``) reported for the next one: it failed, and may
+        not have run (if it did, the sender is counted twice: more, never less)."""
+        admitted, pairs = int(call.args[6]), call.args[7:]
+        if admitted:
+            self._admitted[sender] = self._admitted.get(sender, 0) + admitted
+        for i in range(0, len(pairs), 2):
+            self._changes[sender][str(pairs[i])] += int(pairs[i + 1])
+        if admitted or pairs:
+            self._schedule()
 
     def answered(self, sender: str, reply: Any, forced: bool) -> Admitted:
         """What the sender script answered: Admitted, or OverQuota raised (and remembered
@@ -179,10 +233,25 @@ class Senders:
             self._known = {s: k for s, k in self._known.items() if k[1] > now}
             if len(self._known) >= REFUSALS_KEPT:  # each is probed once more
                 self._known = {}
+            self._room = {s: r for s, r in self._room.items() if s in self._known}
         # Far holds a second; near holds until a careful call says otherwise: a sender at
         # its cap is never probed alongside its puts again.
         far = verdict == ADMITTED and far
         self._known[sender] = (far, now + (KNOWN_SECONDS if far else NEAR_SECONDS))
+        if far:  # the room this process may admit by itself until it reports again
+            requests = (
+                min(left - (self.burst + 1) // 2, self.burst // LOCAL_SHARE)
+                if self.rate
+                else sys.maxsize
+            )
+            room = (
+                min(self.max_bytes // 2 - held, self.max_bytes // LOCAL_SHARE)
+                if self.max_bytes
+                else sys.maxsize
+            )
+            self._room[sender] = (requests, room)
+        else:
+            self._room.pop(sender, None)
         if verdict == ADMITTED:
             return Admitted(left, held)
         refusal = self._refusal(verdict, held, oldest, wait)
@@ -224,7 +293,7 @@ class Senders:
 
     def free(self, sender: str, field: str, count: int) -> None:
         """Take ``count`` bytes off ``sender``'s ``field`` with its next call."""
-        self._freed[sender][field] += count
+        self._changes[sender][field] -= count
         self._schedule()
 
     def consumed(self, stored: list[bytes]) -> None:
@@ -248,13 +317,25 @@ class Senders:
         task.add_done_callback(_log_failure)
 
     async def flush(self) -> None:
-        """Send what every sender's records freed, FLUSH_CHUNK senders a round trip."""
-        calls = [self.release_call(sender) for sender in list(self._freed)]
+        """Report what the process has not reported yet of every sender, FLUSH_CHUNK senders
+        a round trip; each answer is what the process knows of that sender next."""
+        senders = list(set(self._changes) | set(self._admitted))
+        calls = [self.report_call(sender) for sender in senders]
+        failure = None
         for start in range(0, len(calls), FLUSH_CHUNK):
-            results = await self._run(calls[start : start + FLUSH_CHUNK])
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed:
-                raise failed[0]
+            chunk = calls[start : start + FLUSH_CHUNK]
+            try:
+                results = await self._run(chunk)
+            except Exception as e:
+                results = [e] * len(chunk)
+            for call, sender, result in zip(chunk, senders[start:], results, strict=False):
+                if isinstance(result, Exception):
+                    self.unsent(sender, call)
+                    failure = failure or result
+                else:
+                    self.answered(sender, result, forced=True)
+        if failure:
+            raise failure
 
     async def close(self) -> None:
         """Send what is pending, once (best effort), and stop the timer."""

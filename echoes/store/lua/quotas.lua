@@ -10,15 +10,19 @@
 --          one of the fields below frees at, "x" -> when the hash expires (ms), and "<s>" ->
 --          bytes of records that expire by <s> (seconds since the epoch): one field per
 --          stretch of sending time (senders.py)
--- A[b+1]   ms between requests at the sustained rate (0: no rate limit; "-": count no
---          request, only take off what A[b+7...] freed)
+-- A[b+1]   ms between requests at the sustained rate (0: no rate limit)
 -- A[b+2]   requests in a burst
 -- A[b+3]   bytes this request stores (0: none)
 -- A[b+4]   the field they count in: the second they are all expired by
 -- A[b+5]   most bytes the sender may hold (0: no cap)
 -- A[b+6]   "1": the request is under way (its puts are in the same pipeline), so count it
---          whatever the verdict; "0": count it only if admitted
--- A[b+7...] pairs: a field and bytes of it that no longer live
+--          whatever the verdict; "0": count it only if admitted; "-": no request of its own
+--          (the process only reports what follows)
+-- A[b+7]   requests of the sender the process admitted by itself since its last report
+--          (senders.py): counted whatever the verdict (absent: 0)
+-- A[b+8...] pairs: a field and bytes: more than 0, bytes of records those requests stored in
+--          it; less than 0, bytes of its records that no longer live (taken off, at most
+--          what the field counts)
 -- returns  {verdict, requests left in the burst (may be negative), bytes held (this request's
 --          included if counted), the second the oldest of them free by (0: none), ms until
 --          a request is admitted again}; verdict 0 admitted, 1 too many requests, 2 too many
@@ -31,15 +35,16 @@
 -- stretch (when the oldest field frees) one HGETALL of at most ttl / stretch + 1 fields.
 -- Numbers in the reply are integer replies (Lua numbers: no text made of them).
 local function count_request(key, A, base, now)
-  local charge = tonumber(A[base + 3])
-  -- Every field this call reads, in one HMGET: the counts, the fields it frees (A[b+7...]) and
+  local own = A[base + 6]
+  local charge = own ~= '-' and tonumber(A[base + 3]) or 0
+  -- Every field this call reads, in one HMGET: the counts, the fields A[b+8...] change and
   -- the field it charges; what it changes is written back in one HSET (and one HDEL).
   local names
-  if #A < base + 7 then -- nothing freed (most calls): the table made at once
+  if #A < base + 8 then -- nothing reported (most calls): the table made at once
     names = charge > 0 and {'#', 'o', 'g', 'x', A[base + 4]} or {'#', 'o', 'g', 'x'}
   else
     names = {'#', 'o', 'g', 'x'}
-    for i = base + 7, #A, 2 do
+    for i = base + 8, #A, 2 do
       names[#names + 1] = A[i]
     end
     if charge > 0 then
@@ -59,12 +64,27 @@ local function count_request(key, A, base, now)
     value[names[j]] = tonumber(f[j] or 0)
   end
 
-  for i = base + 7, #A, 2 do
-    local field = A[i]
-    local freed = math.min(value[field], tonumber(A[i + 1]))
-    if freed > 0 then
-      value[field], changed[field] = value[field] - freed, true
-      held = held - freed
+  -- The second the newest bytes counted by this call expire by (they keep the hash).
+  local newest = 0
+  local function count(field, bytes)
+    local at = tonumber(field)
+    value[field], changed[field] = value[field] + bytes, true
+    held = held + bytes
+    if oldest == 0 or at < oldest then
+      oldest = at
+    end
+    newest = math.max(newest, at)
+  end
+  for i = base + 8, #A, 2 do
+    local field, bytes = A[i], tonumber(A[i + 1])
+    if bytes > 0 then
+      count(field, bytes)
+    else
+      local freed = math.min(value[field], -bytes)
+      if freed > 0 then
+        value[field], changed[field] = value[field] - freed, true
+        held = held - freed
+      end
     end
   end
 
@@ -88,17 +108,42 @@ local function count_request(key, A, base, now)
     end
   end
 
-  local function save(keep)
-    if held <= 0 and due <= now then
-      redis.call('DEL', key)
-      return
+  local interval, burst = tonumber(A[base + 1]), tonumber(A[base + 2])
+  local admitted = tonumber(A[base + 7] or 0)
+  if interval > 0 and admitted > 0 then -- let in already: counted whatever they come to
+    due = math.max(due, now) + interval * admitted
+  end
+  local verdict, wait = 0, 0
+  if own ~= '-' and interval > 0 then
+    local next_due = math.max(due, now) + interval
+    local over = next_due - now - interval * burst
+    if over > 0 then
+      verdict, wait = 1, math.ceil(over)
     end
-    -- Fields unchanged are written back as read (no number turned into text for them).
+    if verdict == 0 or own == '1' then
+      due = next_due
+    end
+  end
+  local left = interval > 0 and math.floor((interval * burst - (due - now)) / interval) or 0
+
+  local max_bytes = tonumber(A[base + 5])
+  if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
+    verdict = 2
+  end
+  if charge > 0 and (verdict == 0 or own == '1') then
+    count(A[base + 4], charge)
+  end
+
+  -- Saved: fields unchanged are written back as read (no number turned into text for them).
+  -- The hash outlives what it counts (its newest field, and the rate's due time) by an eighth
+  -- (at most an hour), so that few calls pay for extending it.
+  if held <= 0 and due <= now then
+    redis.call('DEL', key)
+  else
     local o = oldest == read_oldest and f[2] or int(oldest)
     local g = due == read_due and f[3] or int(due)
     local set, gone = {'#', int(math.max(held, 0)), 'o', o, 'g', g}, {}
-    -- The hash outlives what it counts (its newest field, and the rate's due time) by an eighth
-    -- (at most an hour), so that few calls pay for extending it.
+    local keep = math.max(due - now, newest * 1000 - now)
     local lifetime
     if keep > 0 and expires < now + keep then
       lifetime = keep + math.min(math.floor(keep / 8), 3600000)
@@ -119,43 +164,5 @@ local function count_request(key, A, base, now)
       redis.call('PEXPIRE', key, int(lifetime))
     end
   end
-
-  local keep = due - now
-  if A[base + 1] == '-' then
-    save(keep)
-    return {0, 0, held, oldest, 0}
-  end
-
-  local forced = A[base + 6] == '1'
-  local interval, burst = tonumber(A[base + 1]), tonumber(A[base + 2])
-  local verdict, left, wait = 0, 0, 0
-  if interval > 0 then
-    local next_due = math.max(due, now) + interval
-    local over = next_due - now - interval * burst
-    if over > 0 then
-      verdict, wait = 1, math.ceil(over)
-    end
-    if verdict == 0 or forced then
-      due = next_due
-      keep = due - now
-    end
-    left = math.floor((interval * burst - (due - now)) / interval)
-  end
-
-  local max_bytes = tonumber(A[base + 5])
-  if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
-    verdict = 2
-  end
-  if charge > 0 and (verdict == 0 or forced) then
-    local field = A[base + 4]
-    local at = tonumber(field)
-    value[field], changed[field] = value[field] + charge, true
-    held = held + charge
-    if oldest == 0 or at < oldest then
-      oldest = at
-    end
-    keep = math.max(keep, at * 1000 - now)
-  end
-  save(keep)
   return {verdict, left, held, oldest, wait}
 end
