@@ -120,15 +120,16 @@ def script_calls(redis: sync_redis.Redis) -> int:
 
 
 async def test_an_exchange_counts_its_request_in_its_takes_script_call(start_echoes):
-    # A caller known far from its quotas is counted by its take (take.lua's KEYS[6]): one
-    # script call per inbox touched, none of its own; its rate still runs out.
+    # A caller known far from its quotas is counted by its take (take.lua's KEYS[6]): no
+    # script call of its own; its rate still runs out.
     echoes = await start_echoes(sender_rate=1, sender_burst=6)
     redis = sync_client(echoes)
     await echoes.post("/exchange", "mallory", message("key-000000000100", ["bob"]))  # probe
     calls = script_calls(redis)
     answer = await echoes.post("/exchange", "mallory", message("key-000000000101", ["bob"]))
     assert answer.status == 200
-    assert script_calls(redis) - calls == 2  # a put, a take
+    # One exchange.lua call for its put and take on Redis 7; a put and a take on 6.2.
+    assert script_calls(redis) - calls == (1 if echoes.store.scripts.functions else 2)
     quota = redis.hgetall(echoes.store.keys.sender("mallory"))
     assert int(quota[b"g"]) > 0  # the rate's due time, written by the take
     statuses = [

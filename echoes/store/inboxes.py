@@ -216,7 +216,7 @@ class Store:
             calls.insert(0, quota)
         alone = copies is not None and copies.size > LARGE_BATCH
         try:
-            results = await classified(self.scripts.run(self.servers, calls, alone=alone))
+            results = await self._run(calls, alone)
         except BaseException:
             if quota:
                 self.senders.unsent(caller, quota)
@@ -254,6 +254,41 @@ class Store:
             out_of_memory=bool(refused),
             batch=batch,
         )
+
+    async def _run(self, calls: list[Call], alone: bool) -> list[Any]:
+        """A request's script calls, their replies in order: as one call where one Redis
+        holds every inbox (``_together``), else one per inbox."""
+        together = self._together(calls)
+        if together is not None:
+            [reply] = await classified(self.scripts.run(self.servers, [together], alone=alone))
+            replies.check([together], [reply])
+            if not isinstance(reply, Exception):
+                return list(reply)
+            if not isinstance(classify(reply), OutOfMemory):
+                return [reply] * len(calls)
+            # Out of memory, Redis refused it whole: the take alone may run, the puts not.
+        return await classified(self.scripts.run(self.servers, calls, alone=alone))
+
+    def _together(self, calls: list[Call]) -> Call | None:
+        """``calls`` (a request's puts, then its take if any) as one exchange.lua call, on a
+        Redis that holds every inbox and runs functions; None where they stay apart (a
+        Cluster; Redis 6.2, whose scripts are refused out of memory at their first write)."""
+        if len(calls) < 2 or self.servers.kind == "cluster" or not self.scripts.functions:
+            return None
+        take = calls[-1] if calls[-1].script == "take" else None
+        puts = calls[:-1] if take else calls
+        if not puts or any(c.script != "put" for c in puts):
+            return None
+        shared = puts[0].args
+        args: list[str | int | bytes] = [len(puts), *shared[:3], *shared[5:]]
+        keys: list[str] = []
+        for put in puts:
+            args += put.args[3:5]
+            keys += put.keys
+        if take:
+            keys += take.keys
+            args += take.args
+        return Call("exchange", tuple(keys), tuple(args))
 
     def _counted(self, caller: str, reply: Any, call: Call) -> None:
         """Note what the quota ``call`` that went with the request said (it went ahead)."""

@@ -113,6 +113,11 @@ def _counted_take(reply: Any) -> bool:
     return reply[1] == 0 or _sender(reply[1])
 
 
+def _exchange(reply: Any) -> bool:
+    """exchange.lua: {each put's reply..., the take's}, each checked as its own call's."""
+    return isinstance(reply, list) and len(reply) > 0
+
+
 SHAPES: dict[str, Callable[[Any], bool]] = {
     "put": _put,
     "take": _take,
@@ -120,7 +125,17 @@ SHAPES: dict[str, Callable[[Any], bool]] = {
     "status": _status,
     "ping": _ping,
     "sender": _sender,
+    "exchange": _exchange,
 }
+
+
+def _parts(call: Call, result: Any) -> bool:
+    """Whether an exchange's reply has a part for each of its puts (ARGV[1]), and its take
+    when its keys hold one."""
+    if call.script != "exchange":
+        return True
+    puts = int(call.args[0])
+    return len(result) == puts + (len(call.keys) > 4 * puts)
 
 
 def check(calls: Sequence[Call], results: Sequence[Any]) -> None:
@@ -128,7 +143,7 @@ def check(calls: Sequence[Call], results: Sequence[Any]) -> None:
     for call, result in zip(calls, results, strict=True):
         counted_take = call.script == "take" and len(call.keys) > TAKE_KEYS
         shape = _counted_take if counted_take else SHAPES[call.script]
-        if isinstance(result, Exception) or shape(result):
+        if isinstance(result, Exception) or (shape(result) and _parts(call, result)):
             continue
         shown = repr(result)
         shown = shown if len(shown) <= 80 else shown[:80] + "..."

@@ -29,17 +29,21 @@ from . import slots
 from .pipeline import Command, NotReplicated
 from .servers import Server, Servers
 
-NAMES = ("put", "take", "untake", "status", "ping", "sender")
-# What the scripts share: common.lua (scores, parked batches, the clock) and quotas.lua (a
-# sender's quotas, counted by sender.lua and by a take). EVALSHA runs each script with them
-# put before; the function library holds them once, at its top, so a call does not make their
-# functions again (each FCALL would, were they in every function's body).
+NAMES = ("put", "take", "exchange", "untake", "status", "ping", "sender")
+# What the scripts share: common.lua (scores, parked batches, the clock), quotas.lua (a
+# sender's quotas, counted by sender.lua and by a take), and the scripts that are a Lua
+# function of their own name, which exchange.lua calls too (put.lua's put, take.lua's take).
+# EVALSHA runs each script with them put before; the function library holds them once, at
+# its top, so a call does not make their functions again (each FCALL would, were they in
+# every function's body).
 SHARED = ("common", "quotas")
+FUNCTIONS = ("put", "take")
 # Function flags. A take runs when Redis is out of memory (allow-oom): it frees memory, and
 # receives must keep working; so does an untake, which moves records back. A put has none, so
 # Redis refuses it whole with -OOM (a 507) when memory is full, as it refuses the first write
-# of an EVAL script. A status and a ping only read. A sender's quota is counted when Redis
-# is out of memory too (a few bytes): receives pass through it, and must keep working.
+# of an EVAL script; so does an exchange, whose take echoes then sends alone. A status and a
+# ping only read. A sender's quota is counted when Redis is out of memory too (a few bytes):
+# receives pass through it, and must keep working.
 FLAGS = {
     "take": "'allow-oom'",
     "untake": "'allow-oom'",
@@ -72,8 +76,14 @@ class Scripts:
 
     def __init__(self, *names: str):
         lua = importlib.resources.files(__package__).joinpath("lua")
-        self.common = "".join(lua.joinpath(f"{n}.lua").read_text("utf-8") for n in SHARED)
-        self.body = {n: lua.joinpath(f"{n}.lua").read_text("utf-8") for n in names}
+        shared = (*SHARED, *FUNCTIONS)
+        self.common = "".join(lua.joinpath(f"{n}.lua").read_text("utf-8") for n in shared)
+        self.body = {
+            n: f"return {n}(KEYS, ARGV)\n"
+            if n in FUNCTIONS
+            else lua.joinpath(f"{n}.lua").read_text("utf-8")
+            for n in names
+        }
         self.source = {n: self.common + body for n, body in self.body.items()}
         self.sha = {n: hashlib.sha1(s.encode()).hexdigest() for n, s in self.source.items()}
         version = hashlib.sha1("".join(self.sha.values()).encode()).hexdigest()[:12]
@@ -82,14 +92,16 @@ class Scripts:
         self.functions = True  # until Redis says it has none (6.2)
 
     def library_code(self) -> str:
-        """The function library: the shared files, then each script as the body of a function of
-        (KEYS, ARGV). Its functions look ``redis`` up when called, so they get the API a
-        function runs with, not the smaller one a library loads with."""
+        """The function library: the shared files, then each script as a function of (KEYS,
+        ARGV): the Lua function of its name (FUNCTIONS), or its file as the body of one. Its
+        functions look ``redis`` up when called, so they get the API a function runs with,
+        not the smaller one a library loads with."""
         parts = [f"#!lua name={self.library}", self.common]
         for name, body in self.body.items():
+            callback = name if name in FUNCTIONS else f"function(KEYS, ARGV)\n{body}\nend"
             parts.append(
                 f"redis.register_function{{function_name='{self.function[name]}',"
-                f" flags={{{FLAGS.get(name, '')}}}, callback=function(KEYS, ARGV)\n{body}\nend}}"
+                f" flags={{{FLAGS.get(name, '')}}}, callback={callback}}}"
             )
         return "\n".join(parts) + "\n"
 

@@ -8,22 +8,25 @@
 -- Redis's clock: ms since the epoch, and the same in microseconds (record scores).
 local function now_ms()
   local t = redis.call('TIME')
-  local s, u = tonumber(t[1]), tonumber(t[2])
+  local s, u = t[1] + 0, t[2] + 0
   return s * 1000 + math.floor(u / 1000), s * 1000000 + u
 end
 
 -- A late command (its request's deadline, in Redis's clock, has passed: echoes answered 503
 -- and the client may have retried) changes nothing.
 local function late(now, deadline)
-  local d = tonumber(deadline)
+  local d = deadline + 0
   if d > 0 and now > d then
     return redis.error_reply('LATE the request this command belongs to has timed out')
   end
   return nil
 end
 
--- Numbers go to Redis as text made with '%d': Redis turns a Lua number into text with
--- '%.17g', which costs more than most commands.
+-- Numbers go to Redis as text made with '%d' (literals too: '0', not 0): Redis turns a Lua
+-- number into text with '%.17g', which costs more than most commands. Text from Redis and
+-- echoes becomes a number by arithmetic (``s + 0``): one strtod, where Lua 5.1's tonumber
+-- makes two (it asks lua_isnumber, then lua_tonumber); tonumber only where the text may not
+-- be a number.
 local function int(n)
   return string.format('%d', n)
 end
@@ -45,7 +48,7 @@ end
 -- When a tombstone's copy was consumed (ms), from its score: minus that time (take.lua), or
 -- the time itself as an earlier version of this round wrote it.
 local function consumed_at(score)
-  return math.abs(tonumber(score))
+  return math.abs(score + 0)
 end
 
 -- Whether a tombstone's score (ZSCORE's reply: false for none) says its copy was consumed
@@ -102,16 +105,16 @@ end
 -- exact: the hash read whole (one field per stretch, at most --attempt-ttl / its sixteenth
 -- + 1 live ones), without the stretches that have ended.
 local function parked_count(parked, now, exact)
-  local count = tonumber(redis.call('HGET', parked, '#') or 0)
+  local count = (redis.call('HGET', parked, '#') or 0) + 0
   if not exact or count == 0 then
     return count, nil
   end
   local ended = {}
   local stretches = redis.call('HGETALL', parked)
   for i = 1, #stretches, 2 do
-    if stretches[i] ~= '#' and tonumber(stretches[i]) <= now then
+    if stretches[i] ~= '#' and stretches[i] + 0 <= now then
       ended[#ended + 1] = stretches[i]
-      count = count - tonumber(stretches[i + 1])
+      count = count - (stretches[i + 1] + 0)
     end
   end
   return count, ended
@@ -133,11 +136,11 @@ end
 -- record, so it can be replayed or put back (untake.lua) without a copy made in Lua. Its
 -- triples, as {id, score, record}.
 local function unpark(key)
-  local items = redis.call('LRANGE', key, 0, -1)
+  local items = redis.call('LRANGE', key, '0', '-1')
   local count, stretch = string.match(items[1], '^(%d+)\t(%d+)$')
   local recs = {}
   for i = 2, #items, 3 do
     recs[#recs + 1] = {items[i], items[i + 1], items[i + 2]}
   end
-  return tonumber(count), stretch, recs
+  return count + 0, stretch, recs
 end

@@ -33,142 +33,150 @@
 -- A put to an indexed inbox is at most eight commands (TIME, ZSCORE with the dedup window,
 -- ZCARD, HSTRLEN, HMGET, HGET of the parked count with a cap, HSET, ZADD), and two PEXPIREs
 -- when its keys need a longer life.
-local now, us = now_ms()
-local refused = late(now, ARGV[9])
-if refused then
-  return refused
-end
-local id, record = ARGV[1], ARGV[2]
-local window = tonumber(ARGV[8])
-if window > 0 and consumed_within(redis.call('ZSCORE', KEYS[4], id), now, window) then
-  return 2
-end
-local ttl, limit, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
-
--- old: the size of a waiting copy with this id (0: none; records are never empty).
-local old = 0
-
--- count: records indexed (0: no index). first: the one record of an inbox without an index,
--- which this put turns into an indexed inbox of two.
-local count, first = redis.call('ZCARD', KEYS[2]), nil
-if count > 0 then
-  old = redis.call('HSTRLEN', KEYS[1], id)
-else
-  local held = redis.call('HLEN', KEYS[1])
-  if held == 1 then
-    first = redis.call('HKEYS', KEYS[1])[1]
-    if first == id then
-      old, first = redis.call('HSTRLEN', KEYS[1], id), nil
-    elseif count_field(first) then
-      redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
-      first = nil
-    end
-  elseif held > 1 then
-    redis.call('DEL', KEYS[1]) -- likewise
+--
+-- put(KEYS, ARGV[, now, us]): at ``now`` (ms) and ``us`` (microseconds) of Redis's clock
+-- (common.lua's now_ms; asked if not given): exchange.lua runs several puts at one time.
+local function put(KEYS, ARGV, now, us)
+  if not now then
+    now, us = now_ms()
   end
-  if not first then
-    -- An inbox of at most this one record: one key.
-    if max_bytes > 0 and #record > max_bytes then
-      return 3
+  local refused = late(now, ARGV[9])
+  if refused then
+    return refused
+  end
+  local id, record = ARGV[1], ARGV[2]
+  local window = ARGV[8] + 0
+  if window > 0 and consumed_within(redis.call('ZSCORE', KEYS[4], id), now, window) then
+    return 2
+  end
+  local ttl, limit, max_bytes = ARGV[3] + 0, ARGV[6] + 0, ARGV[7] + 0
+
+  -- old: the size of a waiting copy with this id (0: none; records are never empty).
+  local old = 0
+
+  -- count: records indexed (0: no index). first: the one record of an inbox without an index,
+  -- which this put turns into an indexed inbox of two.
+  local count, first = redis.call('ZCARD', KEYS[2]), nil
+  if count > 0 then
+    old = redis.call('HSTRLEN', KEYS[1], id)
+  else
+    local held = redis.call('HLEN', KEYS[1])
+    if held == 1 then
+      first = redis.call('HKEYS', KEYS[1])[1]
+      if first == id then
+        old, first = redis.call('HSTRLEN', KEYS[1], id), nil
+      elseif count_field(first) then
+        redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
+        first = nil
+      end
+    elseif held > 1 then
+      redis.call('DEL', KEYS[1]) -- likewise
     end
-    if limit > 0 and old == 0 then
-      local parked, ended = parked_count(KEYS[3], now, false)
-      if parked + 1 > limit then
-        parked, ended = parked_count(KEYS[3], now, true)
+    if not first then
+      -- An inbox of at most this one record: one key.
+      if max_bytes > 0 and #record > max_bytes then
+        return 3
+      end
+      if limit > 0 and old == 0 then
+        local parked, ended = parked_count(KEYS[3], now, false)
         if parked + 1 > limit then
-          return 0
+          parked, ended = parked_count(KEYS[3], now, true)
+          if parked + 1 > limit then
+            return 0
+          end
+          forget_stretches(KEYS[3], ended, parked)
         end
-        forget_stretches(KEYS[3], ended, parked)
+      end
+      local reply = redis.pcall('HSET', KEYS[1], id, record)
+      if failed(reply) then
+        return reply
+      end
+      redis.call('PEXPIRE', KEYS[1], ARGV[3])
+      announce(ARGV[4], ARGV[5])
+      return (old > 0 and ARGV[10] == '1') and 4 or 1
+    end
+  end
+
+  -- An indexed inbox (or one becoming indexed: ``first`` joins the index with this record, and
+  -- a refused put leaves the inbox as it was). The quick counts include expired records; only
+  -- when one says the inbox is full are those found (by score, without reading them) and left
+  -- out.
+  -- last: the highest score given in this inbox (the first record's, when it joins the index).
+  local bytes, expires, last, first_score, _
+  if first then
+    _, first_score, bytes = first_record(KEYS[1], now, first)
+    count, expires, last = 1, 0, first_score -- the index has no lifetime yet
+  else
+    local counts = redis.call('HMGET', KEYS[1], '#b', '#x', '#s')
+    bytes, last = (counts[1] or 0) + 0, counts[3] and counts[3] + 0
+    if counts[2] then
+      expires = counts[2] + 0
+    else -- keys extended by a version without "#x": ask them
+      local left = redis.call('PTTL', KEYS[2])
+      expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
+    end
+  end
+  local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
+  local added = #record - old
+  local dead, dead_bytes, ended = {}, 0, nil
+  local capped = limit > 0 and old == 0 -- a replacement fits
+  local over_records = capped and count + parked >= limit
+  local over_bytes = max_bytes > 0 and bytes + added > max_bytes
+  if not first and (over_records or over_bytes) then
+    local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now),
+      'LIMIT', '0', '64')
+    for i = 1, #expired do
+      if expired[i] ~= id then
+        dead[#dead + 1] = expired[i]
+        dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
       end
     end
-    local reply = redis.pcall('HSET', KEYS[1], id, record)
-    if failed(reply) then
-      return reply
-    end
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    announce(ARGV[4], ARGV[5])
-    return (old > 0 and ARGV[10] == '1') and 4 or 1
+    over_records = capped and count - #dead + parked >= limit
+    over_bytes = max_bytes > 0 and bytes - dead_bytes + added > max_bytes
   end
-end
+  if over_records then
+    parked, ended = parked_count(KEYS[3], now, true)
+    over_records = count - #dead + parked >= limit
+  end
+  if over_records then
+    return 0
+  end
+  if over_bytes then
+    return 3
+  end
 
--- An indexed inbox (or one becoming indexed: ``first`` joins the index with this record, and
--- a refused put leaves the inbox as it was). The quick counts include expired records; only
--- when one says the inbox is full are those found (by score, without reading them) and left
--- out.
--- last: the highest score given in this inbox (the first record's, when it joins the index).
-local bytes, expires, last, first_score, _
-if first then
-  _, first_score, bytes = first_record(KEYS[1], now, first)
-  count, expires, last = 1, 0, first_score -- the index has no lifetime yet
-else
-  local counts = redis.call('HMGET', KEYS[1], '#b', '#x', '#s')
-  bytes, last = tonumber(counts[1] or 0), tonumber(counts[3])
-  if counts[2] then
-    expires = tonumber(counts[2])
-  else -- keys extended by a version without "#x": ask them
-    local left = redis.call('PTTL', KEYS[2])
-    expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
+  -- The record first, with the inbox's new counts (one HSET: one arrival event): out of
+  -- memory (maxmemory, noeviction) Redis refuses the first write of a script that adds data,
+  -- and then nothing changed. The keys outlive their newest record by an eighth (at most an
+  -- hour), so that only one put in that stretch pays for extending them; an abandoned inbox
+  -- leaves nothing behind. A record before this one may outlive it (a shorter ttl since), and
+  -- this one's score then says so.
+  local score = score_at(us, ttl, last)
+  local fields = {id, record, '#b', int(bytes - dead_bytes + added), '#s', int(score)}
+  local life = math.max(ttl, math.floor(score / 1000) - now + 1)
+  local lifetime
+  if expires < now + life then
+    local ms = life + math.min(math.floor(life / 8), 3600000)
+    lifetime, fields[7], fields[8] = int(ms), '#x', int(now + ms)
   end
-end
-local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
-local added = #record - old
-local dead, dead_bytes, ended = {}, 0, nil
-local capped = limit > 0 and old == 0 -- a replacement fits
-local over_records = capped and count + parked >= limit
-local over_bytes = max_bytes > 0 and bytes + added > max_bytes
-if not first and (over_records or over_bytes) then
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now), 'LIMIT', 0, 64)
-  for i = 1, #expired do
-    if expired[i] ~= id then
-      dead[#dead + 1] = expired[i]
-      dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
-    end
+  local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
+  if failed(reply) then
+    return reply
   end
-  over_records = capped and count - #dead + parked >= limit
-  over_bytes = max_bytes > 0 and bytes - dead_bytes + added > max_bytes
+  if first then
+    redis.call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
+  else
+    redis.call('ZADD', KEYS[2], fields[6], id)
+  end
+  if lifetime then
+    redis.call('PEXPIRE', KEYS[2], lifetime)
+    redis.call('PEXPIRE', KEYS[1], lifetime)
+  end
+  if #dead > 0 then
+    redis.call('ZREM', KEYS[2], unpack(dead))
+    redis.call('HDEL', KEYS[1], unpack(dead))
+  end
+  forget_stretches(KEYS[3], ended, parked)
+  announce(ARGV[4], ARGV[5])
+  return (old > 0 and ARGV[10] == '1') and 4 or 1
 end
-if over_records then
-  parked, ended = parked_count(KEYS[3], now, true)
-  over_records = count - #dead + parked >= limit
-end
-if over_records then
-  return 0
-end
-if over_bytes then
-  return 3
-end
-
--- The record first, with the inbox's new counts (one HSET: one arrival event): out of
--- memory (maxmemory, noeviction) Redis refuses the first write of a script that adds data,
--- and then nothing changed. The keys outlive their newest record by an eighth (at most an
--- hour), so that only one put in that stretch pays for extending them; an abandoned inbox
--- leaves nothing behind. A record before this one may outlive it (a shorter ttl since), and
--- this one's score then says so.
-local score = score_at(us, ttl, last)
-local fields = {id, record, '#b', int(bytes - dead_bytes + added), '#s', int(score)}
-local life = math.max(ttl, math.floor(score / 1000) - now + 1)
-local lifetime
-if expires < now + life then
-  local ms = life + math.min(math.floor(life / 8), 3600000)
-  lifetime, fields[7], fields[8] = int(ms), '#x', int(now + ms)
-end
-local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
-if failed(reply) then
-  return reply
-end
-if first then
-  redis.call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
-else
-  redis.call('ZADD', KEYS[2], fields[6], id)
-end
-if lifetime then
-  redis.call('PEXPIRE', KEYS[2], lifetime)
-  redis.call('PEXPIRE', KEYS[1], lifetime)
-end
-if #dead > 0 then
-  redis.call('ZREM', KEYS[2], unpack(dead))
-  redis.call('HDEL', KEYS[1], unpack(dead))
-end
-forget_stretches(KEYS[3], ended, parked)
-announce(ARGV[4], ARGV[5])
-return (old > 0 and ARGV[10] == '1') and 4 or 1

@@ -36,7 +36,7 @@
 -- Numbers in the reply are integer replies (Lua numbers: no text made of them).
 local function count_request(key, A, base, now)
   local own = A[base + 6]
-  local charge = own ~= '-' and tonumber(A[base + 3]) or 0
+  local charge = own ~= '-' and A[base + 3] + 0 or 0
   -- Every field this call reads, in one HMGET: the counts, the fields A[b+8...] change and
   -- the field it charges; what it changes is written back in one HSET (and one HDEL).
   local names
@@ -52,8 +52,8 @@ local function count_request(key, A, base, now)
     end
   end
   local f = redis.call('HMGET', key, unpack(names))
-  local held, oldest, due = tonumber(f[1] or 0), tonumber(f[2] or 0), tonumber(f[3] or 0)
-  local expires = tonumber(f[4] or 0)
+  local held, oldest, due = (f[1] or 0) + 0, (f[2] or 0) + 0, (f[3] or 0) + 0
+  local expires = (f[4] or 0) + 0
   if not f[4] and (f[1] or f[2] or f[3]) then -- extended by a version without "x": ask
     local left = redis.call('PTTL', key)
     expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
@@ -61,13 +61,13 @@ local function count_request(key, A, base, now)
   local read_oldest, read_due = oldest, due
   local value, changed = {}, {} -- field -> bytes it counts; fields this call changes
   for j = 5, #names do
-    value[names[j]] = tonumber(f[j] or 0)
+    value[names[j]] = (f[j] or 0) + 0
   end
 
   -- The second the newest bytes counted by this call expire by (they keep the hash).
   local newest = 0
   local function count(field, bytes)
-    local at = tonumber(field)
+    local at = field + 0
     value[field], changed[field] = value[field] + bytes, true
     held = held + bytes
     if oldest == 0 or at < oldest then
@@ -76,7 +76,7 @@ local function count_request(key, A, base, now)
     newest = math.max(newest, at)
   end
   for i = base + 8, #A, 2 do
-    local field, bytes = A[i], tonumber(A[i + 1])
+    local field, bytes = A[i], A[i + 1] + 0
     if bytes > 0 then
       count(field, bytes)
     else
@@ -97,7 +97,7 @@ local function count_request(key, A, base, now)
       if at and at * 1000 <= now then
         value[name], changed[name] = 0, true
       elseif at then
-        local bytes = value[name] or tonumber(fields[i + 1])
+        local bytes = value[name] or (fields[i + 1] + 0)
         if bytes > 0 then -- not one this call freed whole (deleted below)
           held = held + bytes
           if oldest == 0 or at < oldest then
@@ -108,8 +108,8 @@ local function count_request(key, A, base, now)
     end
   end
 
-  local interval, burst = tonumber(A[base + 1]), tonumber(A[base + 2])
-  local admitted = tonumber(A[base + 7] or 0)
+  local interval, burst = A[base + 1] + 0, A[base + 2] + 0
+  local admitted = (A[base + 7] or 0) + 0
   if interval > 0 and admitted > 0 then -- let in already: counted whatever they come to
     due = math.max(due, now) + interval * admitted
   end
@@ -126,7 +126,7 @@ local function count_request(key, A, base, now)
   end
   local left = interval > 0 and math.floor((interval * burst - (due - now)) / interval) or 0
 
-  local max_bytes = tonumber(A[base + 5])
+  local max_bytes = A[base + 5] + 0
   if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
     verdict = 2
   end

@@ -9,7 +9,7 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return {'waiting'}
 end
 local consumed = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if consumed_within(consumed, now_ms(), tonumber(ARGV[2])) then
+if consumed_within(consumed, now_ms(), ARGV[2] + 0) then
   return {'consumed', consumed_at(consumed)}
 end
 return {'unknown'}

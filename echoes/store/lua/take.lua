@@ -29,7 +29,7 @@
 -- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
-local function take(now)
+local function take_records(KEYS, ARGV, now)
   local parked = redis.call('TYPE', KEYS[3])['ok']
   if parked == 'list' then -- taken before under this token: the same records again
     local count, _, recs = unpark(KEYS[3])
@@ -48,7 +48,7 @@ local function take(now)
       parts[#parts + 1] = part
     end
     local batch = table.remove(parts)
-    return {'1', batch, tonumber(parts[1]), redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
+    return {'1', batch, parts[1] + 0, redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
   end
   if redis.call('EXISTS', KEYS[1]) == 0 then
     return {'2', 0, 0}
@@ -59,13 +59,13 @@ local function take(now)
     return refused
   end
   -- At least one record, a whole number of them (echoes validates it: a guard for others).
-  local want = math.max(math.floor(tonumber(ARGV[1])), 1)
-  local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[7])
+  local want = math.max(math.floor(ARGV[1] + 0), 1)
+  local budget, overhead = ARGV[3] + 0, ARGV[7] + 0
   local taken = {} -- id, score, record of each record taken, in score order (as parked)
   local remaining = 0
 
   -- The oldest records, by rank (none: no index).
-  local head = redis.call('ZRANGE', KEYS[2], 0, int(want - 1), 'WITHSCORES')
+  local head = redis.call('ZRANGE', KEYS[2], '0', int(want - 1), 'WITHSCORES')
   if #head == 0 then
     -- An inbox of one record: the hash lives exactly as long as it.
     if redis.call('HLEN', KEYS[1]) == 1 then
@@ -83,14 +83,14 @@ local function take(now)
     -- score.
     local below = now * 1000 + 999 -- expired_below(now), as a number
     local live, dead, whole = head, {}, #head / 2 < want
-    if tonumber(head[2]) <= below then
-      dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', 0, 64)
+    if head[2] + 0 <= below then
+      dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', '0', '64')
       live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
-        'LIMIT', 0, int(want))
+        'LIMIT', '0', int(want))
       whole = false
     end
     local nlive = #live / 2
-    local bytes = tonumber(redis.call('HGET', KEYS[1], '#b') or 0)
+    local bytes = (redis.call('HGET', KEYS[1], '#b') or 0) + 0
     local fit = nlive
     if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
       local size = 0
@@ -150,15 +150,15 @@ local function take(now)
   end
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   -- The first has the lowest score (scores are expiries), so it expires first.
-  local attempt_ms = tonumber(ARGV[2])
-  local parked_until = math.min(now + attempt_ms, math.floor(tonumber(taken[2]) / 1000))
+  local attempt_ms = ARGV[2] + 0
+  local parked_until = math.min(now + attempt_ms, math.floor(taken[2] / 1000))
 
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
   -- Scored by minus the time (newest first): a set of up to 128 is a listpack, and ZADD
   -- inserts at the head instead of walking past every older tombstone. The window's old ones
   -- (at the tail) go once the oldest is an eighth of a window past it, so a take trims once
   -- per eighth of a window, not every time; put.lua and status.lua read a tombstone's age.
-  local window = tonumber(ARGV[5])
+  local window = ARGV[5] + 0
   if window > 0 then
     local members = {}
     local at = int(-now)
@@ -167,7 +167,7 @@ local function take(now)
       members[2 * i] = taken[3 * i - 2]
     end
     redis.pcall('ZADD', KEYS[5], unpack(members))
-    local oldest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')[2]
+    local oldest = redis.call('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
     if oldest and consumed_at(oldest) < now - window - math.floor(window / 8) then
       redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
     end
@@ -197,16 +197,19 @@ local function take(now)
   return out
 end
 
-if KEYS[6] then
+-- take(KEYS, ARGV[, now]): at ``now`` (ms of Redis's clock; asked when needed if not given).
+local function take(KEYS, ARGV, now)
+  if not KEYS[6] then
+    return take_records(KEYS, ARGV, now)
+  end
   -- The take first: the count's HSET adds data, which Redis refuses when out of memory as a
   -- script's first write (EVALSHA, Redis 6.2), and a take must work then. A count refused
   -- is a 0 in its place: the request went uncounted (echoes counts it when admitted next).
-  local now = now_ms()
-  local reply = take(now)
+  now = now or now_ms()
+  local reply = take_records(KEYS, ARGV, now)
   if type(reply) == 'table' and reply.err then
     return reply
   end
   local ok, counted = pcall(count_request, KEYS[6], ARGV, 7, now)
   return {reply, ok and counted or 0}
 end
-return take()

@@ -15,7 +15,7 @@ local count, stretch, recs = unpark(KEYS[3])
 local live, ids = {}, {}
 for i = 1, #recs do
   ids[i] = recs[i][1]
-  if math.floor(tonumber(recs[i][2]) / 1000) > now then
+  if math.floor(recs[i][2] / 1000) > now then
     live[#live + 1] = recs[i]
   end
 end
@@ -36,7 +36,7 @@ end
 local indexed = redis.call('EXISTS', KEYS[2]) == 1
 if not indexed and #live == 1 and redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], live[1][1], live[1][3])
-  redis.call('PEXPIRE', KEYS[1], int(math.floor(tonumber(live[1][2]) / 1000) - now))
+  redis.call('PEXPIRE', KEYS[1], int(math.floor(live[1][2] / 1000) - now))
   return 1
 end
 local bytes, latest, back, highest = 0, 0, 0, 0
@@ -53,13 +53,13 @@ for i = 1, #live do
     redis.call('HSET', KEYS[1], live[i][1], live[i][3])
     redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
     bytes = bytes + #live[i][3]
-    latest = math.max(latest, math.floor(tonumber(live[i][2]) / 1000) - now)
-    highest = math.max(highest, tonumber(live[i][2]))
+    latest = math.max(latest, math.floor(live[i][2] / 1000) - now)
+    highest = math.max(highest, live[i][2] + 0)
     back = back + 1
   end
 end
 redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
-if highest > tonumber(redis.call('HGET', KEYS[1], '#s') or 0) then -- put.lua's last score
+if highest > (redis.call('HGET', KEYS[1], '#s') or 0) + 0 then -- put.lua's last score
   redis.call('HSET', KEYS[1], '#s', int(highest))
 end
 if redis.call('PTTL', KEYS[2]) < latest then
