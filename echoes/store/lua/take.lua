@@ -185,11 +185,13 @@ local function take_records(KEYS, ARGV, now)
   if not (type(ok) == 'table' and ok.err) then
     redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
     if ARGV[4] == '1' then
-      redis.pcall('HINCRBY', KEYS[4], ends_text, count)
+      -- A stretch counted before (its field held more than this batch) was given a life
+      -- past its end then, which no command shortens since: only a new stretch asks PTTL.
+      local new = redis.pcall('HINCRBY', KEYS[4], ends_text, count) == n
       redis.pcall('HINCRBY', KEYS[4], '#', count)
       -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
       local lives = ends - now
-      if redis.call('PTTL', KEYS[4]) < lives then
+      if new and redis.call('PTTL', KEYS[4]) < lives then
         redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
       end
     end
