@@ -170,7 +170,7 @@ class InboxHandler(APIHandler):
             return
         self.set_header(schemas.REMAINING_HEADER, str(batch.remaining))
         self.set_header(schemas.ATTEMPT_HEADER, take.attempt if take else "")
-        await self.finish_within(batch.json, self.config.write_timeout)
+        self.finish_within(batch.json, self.config.write_timeout)
 
     async def put_back(self, attempt: str) -> None:
         """Return a batch its client never got to the inbox (kept under ``attempt`` if not)."""
@@ -192,18 +192,23 @@ class InboxHandler(APIHandler):
         take = validation.take(query, self.config) if self.receives else None
         return message, take
 
-    async def finish_within(self, answer: bytes, timeout: float) -> None:
+    def finish_within(self, answer: bytes, timeout: float) -> None:
         """Finish with ``answer``; cut off a client that has not read it after ``timeout`` s.
 
         Tornado buffers whatever the socket does not take: a client that never reads would
         pin the answer (up to --max-batch-bytes) for as long as it keeps the connection.
         """
         written = self.finish(answer)
-        done, _ = await asyncio.wait({written}, timeout=timeout)
-        if not done:
-            log.warning("client did not read its answer within %s s; disconnected", timeout)
-            self.metrics.slow_readers.inc()
-            self.request.connection.stream.close()  # type: ignore[union-attr]
+        if written.done():  # the socket took it all (most answers): nothing to watch
+            return
+        cut = asyncio.get_running_loop().call_later(timeout, self.cut_off, timeout)
+        written.add_done_callback(lambda _: cut.cancel())
+
+    def cut_off(self, timeout: float) -> None:
+        """Disconnect a client that has not read its answer after ``timeout`` s."""
+        log.warning("client did not read its answer within %s s; disconnected", timeout)
+        self.metrics.slow_readers.inc()
+        self.request.connection.stream.close()  # type: ignore[union-attr]
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
         """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""

@@ -43,6 +43,7 @@ is an ``hset`` there), or its ``:w`` channel (``--wake=publish``).
 """
 
 import base64
+import functools
 from dataclasses import dataclass
 
 # Keyspace events (K) of hash commands (h); a record's arrival is an "hset" on its records.
@@ -91,20 +92,12 @@ class Keys:
     prefix: str
 
     def inbox(self, name: str) -> Inbox:
-        """The keys of ``name``'s inbox."""
-        tag = f"{self.prefix}{{{encode_name(name)}}}"
-        return Inbox(
-            records=f"{tag}:m",
-            index=f"{tag}:i",
-            tombstones=f"{tag}:d",
-            parked=f"{tag}:p",
-            channel=f"{tag}:w",
-            tag=tag,
-        )
+        """The keys of ``name``'s inbox (the same few names come again and again: kept)."""
+        return _inbox(self.prefix, name)
 
     def sender(self, name: str) -> str:
         """The key of ``name``'s quotas as a sender (in the slot of its own inbox)."""
-        return f"{self.prefix}{{{encode_name(name)}}}:s"
+        return f"{_inbox(self.prefix, name).tag}:s"
 
     def legacy(self, name: str) -> tuple[str, str]:
         """The first design's queue (sorted set) and records (hash) of ``name``'s inbox."""
@@ -117,3 +110,16 @@ class Keys:
         if wake == "publish":
             return inbox.channel
         return f"__keyspace@{db}__:{inbox.records}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _inbox(prefix: str, name: str) -> Inbox:
+    tag = f"{prefix}{{{encode_name(name)}}}"
+    return Inbox(
+        records=f"{tag}:m",
+        index=f"{tag}:i",
+        tombstones=f"{tag}:d",
+        parked=f"{tag}:p",
+        channel=f"{tag}:w",
+        tag=tag,
+    )

@@ -12,6 +12,7 @@ or is found among the consumed ones (the dedup window).
 """
 
 import base64
+import functools
 import hashlib
 import json
 import time
@@ -29,7 +30,18 @@ RENDER_OVERHEAD = max(len(_MSG) - 3, len(_ACK) - 2)
 
 def timestamp(now: float | None = None) -> str:
     """RFC 3339 UTC time with a trailing Z, to the second, as in the spec."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+    return _second(int(time.time() if now is None else now))
+
+
+@functools.lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(raw: bytes) -> str:
+    """A name as a record holds it (JSON), read once for the many records that carry it."""
+    return str(json.loads(raw))
 
 
 def msg(origin: str, key: str, body: Any, expects_ack: bool, sent_at: str) -> bytes:
@@ -99,7 +111,7 @@ def wants_ack(record: bytes) -> tuple[str, str] | None:
         return None
     k = record.index(b"\n", 1 + TIME_LENGTH)
     n = record.index(b"\n", k + 1)
-    return record[1 + TIME_LENGTH : k].decode("ascii"), json.loads(record[k + 1 : n])
+    return record[1 + TIME_LENGTH : k].decode("ascii"), _name(record[k + 1 : n])
 
 
 def _id(kind: str, name: str, key: str) -> str:
@@ -124,7 +136,7 @@ def sender_share(record: bytes) -> tuple[str, str, int] | None:
         return None
     k = record.index(b"\n", 1 + TIME_LENGTH)
     n = record.index(b"\n", k + 1)
-    return json.loads(record[k + 1 : n]), record[1 : 1 + TIME_LENGTH].decode("ascii"), len(record)
+    return _name(record[k + 1 : n]), record[1 : 1 + TIME_LENGTH].decode("ascii"), len(record)
 
 
 def first_design_ack(entry: bytes) -> tuple[str, str]:
