@@ -531,3 +531,48 @@ async def test_records_come_back_in_arrival_order_after_the_ttl_is_shortened(ech
     await run(echoes, put(echoes, "b", "key-000000000003", "c", ttl_ms=5_000))
     await run(echoes, put(echoes, "b", "key-000000000004", "d", ttl_ms=60_000))
     assert [r["body"] for r in await echoes.receive("b")] == ["a", "b", "c", "d"]
+
+
+# --- what a review of the one-call exchange and the tombstones' new scores found ------------
+
+
+async def test_a_tombstone_set_of_another_type_never_loses_the_batch(echoes):
+    # take.lua writes tombstones after the records left the inbox, before they are parked:
+    # a command there that fails must not fail the take (its records would be gone).
+    await echoes.send("a", KEY, ["b"], "kept")
+    await echoes.redis.set(echoes.store.keys.inbox("b").tombstones, "not a sorted set")
+    token = "token-0000000001"
+    first = await echoes.post(f"/receive?attempt={token}", "b")
+    assert first.status == 200 and [r["body"] for r in first.json] == ["kept"]
+    again = await echoes.post(f"/receive?attempt={token}", "b")
+    assert again.json == first.json
+
+
+async def test_a_take_drops_at_most_64_more_tombstones_than_it_adds(start_echoes):
+    # 200 tombstones long past the window: each take drops a bounded share of them (its work
+    # stays bounded by what it returns), and takes go on until none is left.
+    echoes = await start_echoes(dedup_window=10)
+    tombstones = echoes.store.keys.inbox("b").tombstones
+    old = -(int(time.time() * 1000) - 60_000)
+    await echoes.redis.zadd(tombstones, {f"old-{i:08d}": old for i in range(200)})
+    await echoes.send("a", KEY, ["b"], "one")
+    assert len(await echoes.receive("b")) == 1
+    assert await echoes.redis.zcard(tombstones) == 200 - 66 + 1  # 64 + 2 x 1 dropped
+    for i in range(3):
+        await echoes.send("a", f"key-{i + 10:012d}", ["b"], "more")
+        assert len(await echoes.receive("b")) == 1
+    assert not [m for m in await echoes.redis.zrange(tombstones, 0, -1) if m.startswith(b"old")]
+
+
+async def test_a_large_request_stays_one_script_call_per_inbox(echoes):
+    # One call for all its puts would hold Redis for all of them at once.
+    await echoes.send("a", "key-000000000002", ["b", "c"], "small: one call on Redis 7")
+    stats = await echoes.redis.info("commandstats")
+
+    def calls(stats):
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("fcall", "evalsha"))
+
+    before = calls(stats)
+    response = await echoes.send("a", KEY, ["b", "c"], "x" * 150_000)  # 300 KB stored
+    assert response.json == {"sent": 2, "duplicates": 0}
+    assert calls(await echoes.redis.info("commandstats")) - before == 2

@@ -217,6 +217,7 @@ class Store:
         alone = copies is not None and copies.size > LARGE_BATCH
         try:
             results = await self._run(calls, alone)
+            replies.check(calls, results)
         except BaseException:
             if quota:
                 self.senders.unsent(caller, quota)
@@ -224,7 +225,6 @@ class Store:
         finally:
             if quota:
                 self.senders.forget(caller)
-        replies.check(calls, results)
         if quota and not take:
             self._counted(caller, results.pop(0), quota)
         taken: Any = results.pop() if take else None
@@ -257,8 +257,9 @@ class Store:
 
     async def _run(self, calls: list[Call], alone: bool) -> list[Any]:
         """A request's script calls, their replies in order: as one call where one Redis
-        holds every inbox (``_together``), else one per inbox."""
-        together = self._together(calls)
+        holds every inbox (``_together``), else one per inbox. A large request stays one
+        call per inbox: Redis serves others between them."""
+        together = None if alone else self._together(calls)
         if together is not None:
             [reply] = await classified(self.scripts.run(self.servers, [together], alone=alone))
             replies.check([together], [reply])

@@ -27,7 +27,10 @@ releases not yet sent, a put is rerun after a dropped connection, or --message-t
 A process admits a sender that Redis said (within KNOWN_SECONDS) is far from its quotas by
 itself, up to a LOCAL_SHARE-th of its burst and of --max-sender-bytes, and reports those
 requests and their bytes with its next call for that sender, or within FLUSH_SECONDS: an
-active sender costs Redis a quota call a second or so, not one per request.
+active sender costs Redis a quota call a second or so, not one per request. A process killed
+before it reported them (SIGKILL, a crash) leaves them uncounted: the count errs low by at
+most that share, for those records' lifetime. A report that fails is kept for the next (what
+it said was freed is dropped: it may have run).
 """
 
 import asyncio
@@ -123,6 +126,8 @@ class Senders:
         self._known: dict[str, tuple[bool, float]] = {}  # sender -> (far, until)
         self._probing: set[str] = set()
         self._flushing: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._flush_task: asyncio.Future[None] | None = None
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -207,14 +212,19 @@ class Senders:
         return Call("sender", (self.keys.sender(sender),), tuple(args))
 
     def unsent(self, sender: str, call: Call) -> None:
-        """Keep what ``call`` (of ``sender``) reported for the next one: it failed, and may
-        not have run (if it did, the sender is counted twice: more, never less)."""
+        """Keep what ``call`` (of ``sender``) reported of requests and the bytes they stored
+        for the next call: it failed, and may not have run (if it did, they are counted
+        twice: more, never less). What it reported freed is dropped: were it taken off
+        again, the sender would be counted less than it holds."""
         admitted, pairs = int(call.args[6]), call.args[7:]
+        stored = [(str(pairs[i]), int(pairs[i + 1])) for i in range(0, len(pairs), 2)]
+        stored = [(field, count) for field, count in stored if count > 0]
         if admitted:
             self._admitted[sender] = self._admitted.get(sender, 0) + admitted
-        for i in range(0, len(pairs), 2):
-            self._changes[sender][str(pairs[i])] += int(pairs[i + 1])
-        if admitted or pairs:
+        for field, count in stored:
+            self._changes[sender][field] += count
+            self._charged[sender] = self._charged.get(sender, 0) + count
+        if admitted or stored:
             self._schedule()
 
     def answered(self, sender: str, reply: Any, forced: bool) -> Admitted:
@@ -307,7 +317,7 @@ class Senders:
                 self.free(origin, self.field(epoch(sent_at)), size)
 
     def _schedule(self) -> None:
-        if self._flushing is None:
+        if self._flushing is None and not self._closed:
             loop = asyncio.get_running_loop()
             self._flushing = loop.call_later(FLUSH_SECONDS, self._flush_soon)
 
@@ -315,6 +325,7 @@ class Senders:
         self._flushing = None
         task = asyncio.ensure_future(self.flush())
         task.add_done_callback(_log_failure)
+        self._flush_task = task
 
     async def flush(self) -> None:
         """Report what the process has not reported yet of every sender, FLUSH_CHUNK senders
@@ -339,9 +350,12 @@ class Senders:
 
     async def close(self) -> None:
         """Send what is pending, once (best effort), and stop the timer."""
+        self._closed = True
         if self._flushing:
             self._flushing.cancel()
             self._flushing = None
+        if self._flush_task is not None:  # one under way finishes before the connections close
+            await asyncio.gather(self._flush_task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.flush()
 

@@ -64,27 +64,15 @@ local function count_request(key, A, base, now)
     value[names[j]] = (f[j] or 0) + 0
   end
 
-  -- The second the newest bytes counted by this call expire by (they keep the hash).
-  local newest = 0
-  local function count(field, bytes)
-    local at = field + 0
-    value[field], changed[field] = value[field] + bytes, true
-    held = held + bytes
-    if oldest == 0 or at < oldest then
-      oldest = at
-    end
-    newest = math.max(newest, at)
-  end
+  -- What no longer lives first; what was stored (A[b+8...]'s bytes above 0, and this
+  -- request's own charge) once the held bytes are summed again below, which reads only the
+  -- fields Redis holds already.
   for i = base + 8, #A, 2 do
     local field, bytes = A[i], A[i + 1] + 0
-    if bytes > 0 then
-      count(field, bytes)
-    else
-      local freed = math.min(value[field], -bytes)
-      if freed > 0 then
-        value[field], changed[field] = value[field] - freed, true
-        held = held - freed
-      end
+    local freed = bytes < 0 and math.min(value[field], -bytes) or 0
+    if freed > 0 then
+      value[field], changed[field] = value[field] - freed, true
+      held = held - freed
     end
   end
 
@@ -105,6 +93,28 @@ local function count_request(key, A, base, now)
           end
         end
       end
+    end
+  end
+
+  -- The second the newest bytes counted by this call expire by (they keep the hash). Bytes
+  -- of a field whose second has passed expired before they were reported: not counted.
+  local newest = 0
+  local function count(field, bytes)
+    local at = field + 0
+    if at * 1000 <= now then
+      return
+    end
+    value[field], changed[field] = value[field] + bytes, true
+    held = held + bytes
+    if oldest == 0 or at < oldest then
+      oldest = at
+    end
+    newest = math.max(newest, at)
+  end
+  for i = base + 8, #A, 2 do
+    local bytes = A[i + 1] + 0
+    if bytes > 0 then
+      count(A[i], bytes)
     end
   end
 

@@ -156,8 +156,11 @@ local function take_records(KEYS, ARGV, now)
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
   -- Scored by minus the time (newest first): a set of up to 128 is a listpack, and ZADD
   -- inserts at the head instead of walking past every older tombstone. The window's old ones
-  -- (at the tail) go once the oldest is an eighth of a window past it, so a take trims once
-  -- per eighth of a window, not every time; put.lua and status.lua read a tombstone's age.
+  -- are at the tail: a take drops them once the oldest is an eighth of a window past it (most
+  -- takes only look), at most 64 more than it adds, so that its work stays bounded by what it
+  -- returns and the drops keep up; put.lua and status.lua read a tombstone's age. Each
+  -- command is a pcall: a tombstone set that is not one (another program's key) loses the
+  -- dedup window of this inbox, never the batch taken.
   local window = ARGV[5] + 0
   if window > 0 then
     local members = {}
@@ -167,9 +170,15 @@ local function take_records(KEYS, ARGV, now)
       members[2 * i] = taken[3 * i - 2]
     end
     redis.pcall('ZADD', KEYS[5], unpack(members))
-    local oldest = redis.call('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
+    local oldest = redis.pcall('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
     if oldest and consumed_at(oldest) < now - window - math.floor(window / 8) then
-      redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
+      local most = int(-(64 + 2 * n))
+      local bound = redis.pcall('ZRANGE', KEYS[5], most, most, 'WITHSCORES')[2]
+      if bound and consumed_at(bound) <= now - window then -- the oldest of them all past it
+        redis.pcall('ZREMRANGEBYRANK', KEYS[5], most, '-1')
+      else -- fewer than that many past it
+        redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
+      end
     end
     redis.pcall('PEXPIRE', KEYS[5], ARGV[5])
   end
