@@ -113,6 +113,11 @@ class Copies:
         return len(self.record) * len(self.destinations)
 
 
+# put.lua's ARGV[4..5] (its channel, and how to announce on it): the one part of a put's
+# arguments that differs between the copies of a message (exchange.lua takes the rest once).
+CHANNEL = slice(3, 5)
+
+
 class Store:
     """Inboxes in Redis: send, take (delete-on-consume), acks, and what became of a copy."""
 
@@ -281,10 +286,14 @@ class Store:
         if not puts or any(c.script != "put" for c in puts):
             return None
         shared = puts[0].args
-        args: list[str | int | bytes] = [len(puts), *shared[:3], *shared[5:]]
+        args: list[str | int | bytes] = [
+            len(puts),
+            *shared[: CHANNEL.start],
+            *shared[CHANNEL.stop :],
+        ]
         keys: list[str] = []
         for put in puts:
-            args += put.args[3:5]
+            args += put.args[CHANNEL]
             keys += put.keys
         if take:
             keys += take.keys
@@ -407,7 +416,7 @@ class Store:
         channel = (inbox.channel, "s" if self.shard_channels else "p") if self.publish else ("", "")
         ttl = self._ttl_ms if ttl_ms is None else ttl_ms
         window = self._dedup_ms if window is None else window
-        args = (record_id, record, ttl, *channel, *limits, window)
+        args = (record_id, record, ttl, *channel, *limits, window)  # channel: args[CHANNEL]
         keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
         return Call("put", keys, (*args, deadline, replaced))
 
