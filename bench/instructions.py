@@ -6,7 +6,7 @@ redis-server run by valgrind's callgrind, which counts the instructions Redis ex
 counter is zeroed after a warm-up and read after figure 1's wrk load (fewer connections:
 Redis runs some 50 times slower under valgrind), and divided by the requests wrk completed.
 The same code gives the same figure to within about 1% (the mix of calls depends a little
-on timing: quota releases are sent once a second), however busy the machine is.
+on timing: quota reports are sent every few seconds), however busy the machine is.
 
 Needs valgrind (``apt-get install valgrind``) besides wrk and redis-server, and root:
 callgrind_control, which zeroes and reads the counter, hangs for another user (and the

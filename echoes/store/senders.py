@@ -27,7 +27,7 @@ releases not yet sent, a put is rerun after a dropped connection, or --message-t
 A process admits a sender that Redis said (within KNOWN_SECONDS) is far from its quotas by
 itself, up to a LOCAL_SHARE-th of its burst and of --max-sender-bytes, and reports those
 requests and their bytes with its next call for that sender, or within FLUSH_SECONDS: an
-active sender costs Redis a quota call a second or so, not one per request. A process killed
+active sender costs Redis a quota call every few seconds, not one per request. A process killed
 before it reported them (SIGKILL, a crash) leaves them uncounted: the count errs low by at
 most that share, for those records' lifetime. A report that fails is kept for the next (what
 it said was freed is dropped: it may have run).
@@ -53,14 +53,14 @@ from .scripts import Call
 log = logging.getLogger("echoes.store")
 STRETCHES, LONGEST_STRETCH = 64, 3600
 # Freed bytes are sent with the sender's next request in this process, or after this long.
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 5.0
 # A refusal is remembered in the process until the sender may try again (a flood is answered
 # without Redis), a refusal for bytes at most this long: consumption may free them sooner.
 BYTES_REFUSAL_SECONDS = 1.0
 REFUSALS_KEPT = 10000
 # How long what Redis said of a sender holds: far from its quotas (counted alongside its
 # puts) or near them (admitted first).
-KNOWN_SECONDS = 1.0
+KNOWN_SECONDS = 5.0
 NEAR_SECONDS = 86400.0
 # Report calls per pipelined round when flushing.
 FLUSH_CHUNK = 200
@@ -244,7 +244,7 @@ class Senders:
             if len(self._known) >= REFUSALS_KEPT:  # each is probed once more
                 self._known = {}
             self._room = {s: r for s, r in self._room.items() if s in self._known}
-        # Far holds a second; near holds until a careful call says otherwise: a sender at
+        # Far holds KNOWN_SECONDS; near holds until a careful call says otherwise: a sender at
         # its cap is never probed alongside its puts again.
         far = verdict == ADMITTED and far
         self._known[sender] = (far, now + (KNOWN_SECONDS if far else NEAR_SECONDS))
