@@ -78,10 +78,14 @@ class Scripts:
         lua = importlib.resources.files(__package__).joinpath("lua")
         shared = (*SHARED, *FUNCTIONS)
         self.common = "".join(lua.joinpath(f"{n}.lua").read_text("utf-8") for n in shared)
+        # Each starts with common.lua's bind(), which sets the upvalues of Redis's API.
         self.body = {
-            n: f"return {n}(KEYS, ARGV)\n"
-            if n in FUNCTIONS
-            else lua.joinpath(f"{n}.lua").read_text("utf-8")
+            n: "bind()\n"
+            + (
+                f"return {n}(KEYS, ARGV)\n"
+                if n in FUNCTIONS
+                else lua.joinpath(f"{n}.lua").read_text("utf-8")
+            )
             for n in names
         }
         self.source = {n: self.common + body for n, body in self.body.items()}
@@ -93,12 +97,12 @@ class Scripts:
 
     def library_code(self) -> str:
         """The function library: the shared files, then each script as a function of (KEYS,
-        ARGV): the Lua function of its name (FUNCTIONS), or its file as the body of one. Its
-        functions look ``redis`` up when called, so they get the API a function runs with,
-        not the smaller one a library loads with."""
+        ARGV): a call of the Lua function of its name (FUNCTIONS), or its file, after bind(),
+        which takes ``redis`` as a function runs with it, not the smaller API a library loads
+        with."""
         parts = [f"#!lua name={self.library}", self.common]
         for name, body in self.body.items():
-            callback = name if name in FUNCTIONS else f"function(KEYS, ARGV)\n{body}\nend"
+            callback = f"function(KEYS, ARGV)\n{body}\nend"
             parts.append(
                 f"redis.register_function{{function_name='{self.function[name]}',"
                 f" flags={{{FLAGS.get(name, '')}}}, callback={callback}}}"

@@ -5,11 +5,31 @@
 -- kind 'm', 'M' for a message that wants an ack, 'a' for an ack); the scripts never look
 -- inside one but for its size, and echoes renders it into the JSON a receive returns.
 
+-- Redis's API and the Lua functions the scripts use most, as upvalues. A function of a
+-- library finds a global through its environment's __index (two table lookups and a
+-- metamethod, each time), and a library loads without them (its ``redis`` then has
+-- register_function, not call): bind() sets them as each script call starts (scripts.py
+-- puts it first in every script).
+local redis_call, redis_pcall, floor, max, min
+
+local function bind()
+  redis_call, redis_pcall = redis.call, redis.pcall
+  floor, max, min = math.floor, math.max, math.min
+end
+
+-- An empty table with room for 16 elements in its array part. Lua 5.1 grows a table by
+-- rehashing it at each power of two, which a list filled one element at a time pays four or
+-- five times; a constructor of 16 nils makes the room at once (``#`` still counts the
+-- elements set, as long as they are set in order from 1).
+local function list()
+  return {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+end
+
 -- Redis's clock: ms since the epoch, and the same in microseconds (record scores).
 local function now_ms()
-  local t = redis.call('TIME')
+  local t = redis_call('TIME')
   local s, u = t[1] + 0, t[2] + 0
-  return s * 1000 + math.floor(u / 1000), s * 1000000 + u
+  return s * 1000 + floor(u / 1000), s * 1000000 + u
 end
 
 -- A late command (its request's deadline, in Redis's clock, has passed: echoes answered 503
@@ -69,9 +89,9 @@ local function announce(channel, kind)
   if channel == '' then
     return
   elseif kind == 's' then
-    redis.call('SPUBLISH', channel, '1')
+    redis_call('SPUBLISH', channel, '1')
   else
-    redis.call('PUBLISH', channel, '1')
+    redis_call('PUBLISH', channel, '1')
   end
 end
 
@@ -87,12 +107,12 @@ end
 -- (records.py). The one record, as the index's first member: its score (from its hash's
 -- lifetime) and size, by its id (``first``, else read); nil if none.
 local function first_record(records, now, first)
-  first = first or redis.call('HKEYS', records)[1]
+  first = first or redis_call('HKEYS', records)[1]
   if not first then
     return nil
   end
-  local left = redis.call('PTTL', records)
-  return first, (now + math.max(left, 0)) * 1000, redis.call('HSTRLEN', records, first)
+  local left = redis_call('PTTL', records)
+  return first, (now + max(left, 0)) * 1000, redis_call('HSTRLEN', records, first)
 end
 
 -- Whether a field of an inbox's hash is one of its counts ("#b", "#x"), not a record.
@@ -105,12 +125,12 @@ end
 -- exact: the hash read whole (one field per stretch, at most --attempt-ttl / its sixteenth
 -- + 1 live ones), without the stretches that have ended.
 local function parked_count(parked, now, exact)
-  local count = (redis.call('HGET', parked, '#') or 0) + 0
+  local count = (redis_call('HGET', parked, '#') or 0) + 0
   if not exact or count == 0 then
     return count, nil
   end
   local ended = {}
-  local stretches = redis.call('HGETALL', parked)
+  local stretches = redis_call('HGETALL', parked)
   for i = 1, #stretches, 2 do
     if stretches[i] ~= '#' and stretches[i] + 0 <= now then
       ended[#ended + 1] = stretches[i]
@@ -125,9 +145,9 @@ local function forget_stretches(parked, ended, count)
     if count <= 0 then
       ended[#ended + 1] = '#'
     end
-    redis.call('HDEL', parked, unpack(ended))
+    redis_call('HDEL', parked, unpack(ended))
     if count > 0 then
-      redis.call('HSET', parked, '#', int(count))
+      redis_call('HSET', parked, '#', int(count))
     end
   end
 end
@@ -136,7 +156,7 @@ end
 -- record, so it can be replayed or put back (untake.lua) without a copy made in Lua. Its
 -- triples, as {id, score, record}.
 local function unpark(key)
-  local items = redis.call('LRANGE', key, '0', '-1')
+  local items = redis_call('LRANGE', key, '0', '-1')
   local count, stretch = string.match(items[1], '^(%d+)\t(%d+)$')
   local recs = {}
   for i = 2, #items, 3 do

@@ -18,7 +18,7 @@
 local now, us = now_ms()
 local n = ARGV[1] + 0
 local args = {ARGV[2], ARGV[3], ARGV[4], '', '', ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
-local out = {}
+local out = list()
 
 local function answer(ok, reply)
   if ok then

@@ -46,7 +46,7 @@ local function put(KEYS, ARGV, now, us)
   end
   local id, record = ARGV[1], ARGV[2]
   local window = ARGV[8] + 0
-  if window > 0 and consumed_within(redis.call('ZSCORE', KEYS[4], id), now, window) then
+  if window > 0 and consumed_within(redis_call('ZSCORE', KEYS[4], id), now, window) then
     return 2
   end
   local ttl, limit, max_bytes = ARGV[3] + 0, ARGV[6] + 0, ARGV[7] + 0
@@ -56,21 +56,21 @@ local function put(KEYS, ARGV, now, us)
 
   -- count: records indexed (0: no index). first: the one record of an inbox without an index,
   -- which this put turns into an indexed inbox of two.
-  local count, first = redis.call('ZCARD', KEYS[2]), nil
+  local count, first = redis_call('ZCARD', KEYS[2]), nil
   if count > 0 then
-    old = redis.call('HSTRLEN', KEYS[1], id)
+    old = redis_call('HSTRLEN', KEYS[1], id)
   else
-    local held = redis.call('HLEN', KEYS[1])
+    local held = redis_call('HLEN', KEYS[1])
     if held == 1 then
-      first = redis.call('HKEYS', KEYS[1])[1]
+      first = redis_call('HKEYS', KEYS[1])[1]
       if first == id then
-        old, first = redis.call('HSTRLEN', KEYS[1], id), nil
+        old, first = redis_call('HSTRLEN', KEYS[1], id), nil
       elseif count_field(first) then
-        redis.call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
+        redis_call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
         first = nil
       end
     elseif held > 1 then
-      redis.call('DEL', KEYS[1]) -- likewise
+      redis_call('DEL', KEYS[1]) -- likewise
     end
     if not first then
       -- An inbox of at most this one record: one key.
@@ -87,11 +87,11 @@ local function put(KEYS, ARGV, now, us)
           forget_stretches(KEYS[3], ended, parked)
         end
       end
-      local reply = redis.pcall('HSET', KEYS[1], id, record)
+      local reply = redis_pcall('HSET', KEYS[1], id, record)
       if failed(reply) then
         return reply
       end
-      redis.call('PEXPIRE', KEYS[1], ARGV[3])
+      redis_call('PEXPIRE', KEYS[1], ARGV[3])
       announce(ARGV[4], ARGV[5])
       return (old > 0 and ARGV[10] == '1') and 4 or 1
     end
@@ -107,12 +107,12 @@ local function put(KEYS, ARGV, now, us)
     _, first_score, bytes = first_record(KEYS[1], now, first)
     count, expires, last = 1, 0, first_score -- the index has no lifetime yet
   else
-    local counts = redis.call('HMGET', KEYS[1], '#b', '#x', '#s')
+    local counts = redis_call('HMGET', KEYS[1], '#b', '#x', '#s')
     bytes, last = (counts[1] or 0) + 0, counts[3] and counts[3] + 0
     if counts[2] then
       expires = counts[2] + 0
     else -- keys extended by a version without "#x": ask them
-      local left = redis.call('PTTL', KEYS[2])
+      local left = redis_call('PTTL', KEYS[2])
       expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
     end
   end
@@ -123,12 +123,12 @@ local function put(KEYS, ARGV, now, us)
   local over_records = capped and count + parked >= limit
   local over_bytes = max_bytes > 0 and bytes + added > max_bytes
   if not first and (over_records or over_bytes) then
-    local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now),
+    local expired = redis_call('ZRANGEBYSCORE', KEYS[2], '-inf', expired_below(now),
       'LIMIT', '0', '64')
     for i = 1, #expired do
       if expired[i] ~= id then
         dead[#dead + 1] = expired[i]
-        dead_bytes = dead_bytes + redis.call('HSTRLEN', KEYS[1], expired[i])
+        dead_bytes = dead_bytes + redis_call('HSTRLEN', KEYS[1], expired[i])
       end
     end
     over_records = capped and count - #dead + parked >= limit
@@ -153,28 +153,28 @@ local function put(KEYS, ARGV, now, us)
   -- this one's score then says so.
   local score = score_at(us, ttl, last)
   local fields = {id, record, '#b', int(bytes - dead_bytes + added), '#s', int(score)}
-  local life = math.max(ttl, math.floor(score / 1000) - now + 1)
+  local life = max(ttl, floor(score / 1000) - now + 1)
   local lifetime
   if expires < now + life then
-    local ms = life + math.min(math.floor(life / 8), 3600000)
+    local ms = life + min(floor(life / 8), 3600000)
     lifetime, fields[7], fields[8] = int(ms), '#x', int(now + ms)
   end
-  local reply = redis.pcall('HSET', KEYS[1], unpack(fields))
+  local reply = redis_pcall('HSET', KEYS[1], unpack(fields))
   if failed(reply) then
     return reply
   end
   if first then
-    redis.call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
+    redis_call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
   else
-    redis.call('ZADD', KEYS[2], fields[6], id)
+    redis_call('ZADD', KEYS[2], fields[6], id)
   end
   if lifetime then
-    redis.call('PEXPIRE', KEYS[2], lifetime)
-    redis.call('PEXPIRE', KEYS[1], lifetime)
+    redis_call('PEXPIRE', KEYS[2], lifetime)
+    redis_call('PEXPIRE', KEYS[1], lifetime)
   end
   if #dead > 0 then
-    redis.call('ZREM', KEYS[2], unpack(dead))
-    redis.call('HDEL', KEYS[1], unpack(dead))
+    redis_call('ZREM', KEYS[2], unpack(dead))
+    redis_call('HDEL', KEYS[1], unpack(dead))
   end
   forget_stretches(KEYS[3], ended, parked)
   announce(ARGV[4], ARGV[5])

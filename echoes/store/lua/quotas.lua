@@ -51,11 +51,11 @@ local function count_request(key, A, base, now)
       names[#names + 1] = A[base + 4]
     end
   end
-  local f = redis.call('HMGET', key, unpack(names))
+  local f = redis_call('HMGET', key, unpack(names))
   local held, oldest, due = (f[1] or 0) + 0, (f[2] or 0) + 0, (f[3] or 0) + 0
   local expires = (f[4] or 0) + 0
   if not f[4] and (f[1] or f[2] or f[3]) then -- extended by a version without "x": ask
-    local left = redis.call('PTTL', key)
+    local left = redis_call('PTTL', key)
     expires = left >= 0 and now + left or (left == -1 and math.huge or 0)
   end
   local read_oldest, read_due = oldest, due
@@ -69,7 +69,7 @@ local function count_request(key, A, base, now)
   -- fields Redis holds already.
   for i = base + 8, #A, 2 do
     local field, bytes = A[i], A[i + 1] + 0
-    local freed = bytes < 0 and math.min(value[field], -bytes) or 0
+    local freed = bytes < 0 and min(value[field], -bytes) or 0
     if freed > 0 then
       value[field], changed[field] = value[field] - freed, true
       held = held - freed
@@ -78,7 +78,7 @@ local function count_request(key, A, base, now)
 
   if oldest > 0 and oldest * 1000 <= now then -- a field expired: sum those still live
     held, oldest = 0, 0
-    local fields = redis.call('HGETALL', key)
+    local fields = redis_call('HGETALL', key)
     for i = 1, #fields, 2 do
       local name = fields[i]
       local at = tonumber(name) -- nil for "#", "o", "g", "x"
@@ -109,7 +109,7 @@ local function count_request(key, A, base, now)
     if oldest == 0 or at < oldest then
       oldest = at
     end
-    newest = math.max(newest, at)
+    newest = max(newest, at)
   end
   for i = base + 8, #A, 2 do
     local bytes = A[i + 1] + 0
@@ -121,11 +121,11 @@ local function count_request(key, A, base, now)
   local interval, burst = A[base + 1] + 0, A[base + 2] + 0
   local admitted = (A[base + 7] or 0) + 0
   if interval > 0 and admitted > 0 then -- let in already: counted whatever they come to
-    due = math.max(due, now) + interval * admitted
+    due = max(due, now) + interval * admitted
   end
   local verdict, wait = 0, 0
   if own ~= '-' and interval > 0 then
-    local next_due = math.max(due, now) + interval
+    local next_due = max(due, now) + interval
     local over = next_due - now - interval * burst
     if over > 0 then
       verdict, wait = 1, math.ceil(over)
@@ -134,7 +134,7 @@ local function count_request(key, A, base, now)
       due = next_due
     end
   end
-  local left = interval > 0 and math.floor((interval * burst - (due - now)) / interval) or 0
+  local left = interval > 0 and floor((interval * burst - (due - now)) / interval) or 0
 
   local max_bytes = A[base + 5] + 0
   if charge > 0 and verdict == 0 and max_bytes > 0 and held + charge > max_bytes then
@@ -148,15 +148,15 @@ local function count_request(key, A, base, now)
   -- The hash outlives what it counts (its newest field, and the rate's due time) by an eighth
   -- (at most an hour), so that few calls pay for extending it.
   if held <= 0 and due <= now then
-    redis.call('DEL', key)
+    redis_call('DEL', key)
   else
     local o = oldest == read_oldest and f[2] or int(oldest)
     local g = due == read_due and f[3] or int(due)
-    local set, gone = {'#', int(math.max(held, 0)), 'o', o, 'g', g}, {}
-    local keep = math.max(due - now, newest * 1000 - now)
+    local set, gone = {'#', int(max(held, 0)), 'o', o, 'g', g}, {}
+    local keep = max(due - now, newest * 1000 - now)
     local lifetime
     if keep > 0 and expires < now + keep then
-      lifetime = keep + math.min(math.floor(keep / 8), 3600000)
+      lifetime = keep + min(floor(keep / 8), 3600000)
       set[7], set[8] = 'x', int(now + lifetime)
     end
     for name in pairs(changed) do
@@ -166,12 +166,12 @@ local function count_request(key, A, base, now)
         gone[#gone + 1] = name
       end
     end
-    redis.call('HSET', key, unpack(set))
+    redis_call('HSET', key, unpack(set))
     if #gone > 0 then
-      redis.call('HDEL', key, unpack(gone))
+      redis_call('HDEL', key, unpack(gone))
     end
     if lifetime then
-      redis.call('PEXPIRE', key, int(lifetime))
+      redis_call('PEXPIRE', key, int(lifetime))
     end
   end
   return {verdict, left, held, oldest, wait}

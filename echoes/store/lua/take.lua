@@ -26,16 +26,17 @@
 -- Safe to run twice: a rerun under the same token replays the parked batch; with KEYS[6] it
 -- counts the request again (as a rerun of sender.lua does: more, never less).
 --
--- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS);
+-- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS;
+-- in an exchange TYPE, ZRANGE, HLEN);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
 local function take_records(KEYS, ARGV, now)
-  local parked = redis.call('TYPE', KEYS[3])['ok']
+  local parked = redis_call('TYPE', KEYS[3])['ok']
   if parked == 'list' then -- taken before under this token: the same records again
     local count, _, recs = unpark(KEYS[3])
-    local left = redis.call('ZCARD', KEYS[2])
-    if left == 0 and redis.call('HLEN', KEYS[1]) == 1 then -- no index: one record, or none
-      left = count_field(redis.call('HKEYS', KEYS[1])[1]) and 0 or 1
+    local left = redis_call('ZCARD', KEYS[2])
+    if left == 0 and redis_call('HLEN', KEYS[1]) == 1 then -- no index: one record, or none
+      left = count_field(redis_call('HKEYS', KEYS[1])[1]) and 0 or 1
     end
     local out = {'3', count, left}
     for i = 1, #recs do
@@ -44,38 +45,45 @@ local function take_records(KEYS, ARGV, now)
     return out
   elseif parked == 'string' then -- parked by the first design: "<count>\n<ids>\n<batch JSON>"
     local parts = {}
-    for part in string.gmatch(redis.call('GET', KEYS[3]), '[^\n]+') do
+    for part in string.gmatch(redis_call('GET', KEYS[3]), '[^\n]+') do
       parts[#parts + 1] = part
     end
     local batch = table.remove(parts)
-    return {'1', batch, parts[1] + 0, redis.call('ZCARD', KEYS[2]), unpack(parts, 2)}
+    return {'1', batch, parts[1] + 0, redis_call('ZCARD', KEYS[2]), unpack(parts, 2)}
   end
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    return {'2', 0, 0}
+  -- Alone, a take of an empty inbox is two commands; in an exchange (``now`` given, after
+  -- its puts), whose inbox is seldom empty, the index is read at once.
+  if not now then
+    if redis_call('EXISTS', KEYS[1]) == 0 then
+      return {'2', 0, 0}
+    end
+    now = now_ms()
   end
-  now = now or now_ms()
   local refused = late(now, ARGV[6])
   if refused then
     return refused
   end
   -- At least one record, a whole number of them (echoes validates it: a guard for others).
-  local want = math.max(math.floor(ARGV[1] + 0), 1)
+  local want = max(floor(ARGV[1] + 0), 1)
   local budget, overhead = ARGV[3] + 0, ARGV[7] + 0
-  local taken = {} -- id, score, record of each record taken, in score order (as parked)
+  local taken = list() -- id, score, record of each record taken, in score order (as parked)
   local remaining = 0
 
   -- The oldest records, by rank (none: no index).
-  local head = redis.call('ZRANGE', KEYS[2], '0', int(want - 1), 'WITHSCORES')
+  local head = redis_call('ZRANGE', KEYS[2], '0', int(want - 1), 'WITHSCORES')
   if #head == 0 then
     -- An inbox of one record: the hash lives exactly as long as it.
-    if redis.call('HLEN', KEYS[1]) == 1 then
-      local fields = redis.call('HGETALL', KEYS[1])
+    local held = redis_call('HLEN', KEYS[1])
+    if held == 1 then
+      local fields = redis_call('HGETALL', KEYS[1])
       if not count_field(fields[1]) then -- not what an index that expired left
-        local left = redis.call('PTTL', KEYS[1])
-        taken = {fields[1], int((now + math.max(left, 0)) * 1000), fields[2]}
+        local left = redis_call('PTTL', KEYS[1])
+        taken = {fields[1], int((now + max(left, 0)) * 1000), fields[2]}
       end
     end
-    redis.call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
+    if held > 0 then
+      redis_call('DEL', KEYS[1]) -- taken, or what an index that expired left (expired too)
+    end
   else
     -- When none of the oldest has expired (scores are expiries), they are the ones to take,
     -- and fewer than asked for are the whole inbox. Else records expired at the head go with
@@ -84,30 +92,30 @@ local function take_records(KEYS, ARGV, now)
     local below = now * 1000 + 999 -- expired_below(now), as a number
     local live, dead, whole = head, {}, #head / 2 < want
     if head[2] + 0 <= below then
-      dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', '0', '64')
-      live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
+      dead = redis_call('ZRANGEBYSCORE', KEYS[2], '-inf', int(below), 'LIMIT', '0', '64')
+      live = redis_call('ZRANGEBYSCORE', KEYS[2], '(' .. int(below), '+inf', 'WITHSCORES',
         'LIMIT', '0', int(want))
       whole = false
     end
     local nlive = #live / 2
-    local bytes = (redis.call('HGET', KEYS[1], '#b') or 0) + 0
+    local bytes = (redis_call('HGET', KEYS[1], '#b') or 0) + 0
     local fit = nlive
     if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
       local size = 0
       fit = 0
       for i = 1, nlive do
-        local s = redis.call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
+        local s = redis_call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
         if fit > 0 and size + s > budget then
           break
         end
         size, fit = size + s, fit + 1
       end
     end
-    local ids = {}
+    local ids = list()
     for i = 1, fit do
       ids[i] = live[2 * i - 1]
     end
-    local values = fit > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+    local values = fit > 0 and redis_call('HMGET', KEYS[1], unpack(ids)) or {}
     local freed = 0
     for i = 1, fit do
       if values[i] then
@@ -117,31 +125,32 @@ local function take_records(KEYS, ARGV, now)
       end
     end
     if whole and fit == nlive then -- everything in the inbox is taken or expired
-      redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count too
+      redis_call('DEL', KEYS[1], KEYS[2]) -- the byte count too
     else
-      local gone = {}
+      local gone = list()
       for i = 1, #dead do
         gone[i] = dead[i]
-        freed = freed + redis.call('HSTRLEN', KEYS[1], dead[i])
+        freed = freed + redis_call('HSTRLEN', KEYS[1], dead[i])
       end
       for i = 1, fit do
         gone[#gone + 1] = ids[i]
       end
       if #gone > 0 then
-        redis.call('ZREM', KEYS[2], unpack(gone))
-        redis.call('HDEL', KEYS[1], unpack(gone))
+        redis_call('ZREM', KEYS[2], unpack(gone))
+        redis_call('HDEL', KEYS[1], unpack(gone))
       end
-      remaining = whole and nlive - fit or redis.call('ZCARD', KEYS[2])
+      remaining = whole and nlive - fit or redis_call('ZCARD', KEYS[2])
       if remaining == 0 then
-        redis.call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
+        redis_call('DEL', KEYS[1], KEYS[2]) -- the byte count, and a sorted set left empty
       elseif freed > 0 then
-        redis.call('HSET', KEYS[1], '#b', int(math.max(bytes - freed, 0)))
+        redis_call('HSET', KEYS[1], '#b', int(max(bytes - freed, 0)))
       end
     end
   end
 
   local n = #taken / 3
-  local out = {'2', n, remaining}
+  local out = list()
+  out[1], out[2], out[3] = '2', n, remaining
   if n == 0 then
     return out
   end
@@ -151,7 +160,7 @@ local function take_records(KEYS, ARGV, now)
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   -- The first has the lowest score (scores are expiries), so it expires first.
   local attempt_ms = ARGV[2] + 0
-  local parked_until = math.min(now + attempt_ms, math.floor(taken[2] / 1000))
+  local parked_until = min(now + attempt_ms, floor(taken[2] / 1000))
 
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
   -- Scored by minus the time (newest first): a set of up to 128 is a listpack, and ZADD
@@ -163,45 +172,45 @@ local function take_records(KEYS, ARGV, now)
   -- dedup window of this inbox, never the batch taken.
   local window = ARGV[5] + 0
   if window > 0 then
-    local members = {}
+    local members = list()
     local at = int(-now)
     for i = 1, n do
       members[2 * i - 1] = at
       members[2 * i] = taken[3 * i - 2]
     end
-    redis.pcall('ZADD', KEYS[5], unpack(members))
-    local oldest = redis.pcall('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
-    if oldest and consumed_at(oldest) < now - window - math.floor(window / 8) then
+    redis_pcall('ZADD', KEYS[5], unpack(members))
+    local oldest = redis_pcall('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
+    if oldest and consumed_at(oldest) < now - window - floor(window / 8) then
       local most = int(-(64 + 2 * n))
-      local bound = redis.pcall('ZRANGE', KEYS[5], most, most, 'WITHSCORES')[2]
+      local bound = redis_pcall('ZRANGE', KEYS[5], most, most, 'WITHSCORES')[2]
       if bound and consumed_at(bound) <= now - window then -- the oldest of them all past it
-        redis.pcall('ZREMRANGEBYRANK', KEYS[5], most, '-1')
+        redis_pcall('ZREMRANGEBYRANK', KEYS[5], most, '-1')
       else -- fewer than that many past it
-        redis.pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
+        redis_pcall('ZREMRANGEBYSCORE', KEYS[5], '(' .. int(window - now), '+inf')
       end
     end
-    redis.pcall('PEXPIRE', KEYS[5], ARGV[5])
+    redis_pcall('PEXPIRE', KEYS[5], ARGV[5])
   end
 
   -- Parking adds data, which Redis refuses when out of memory: the batch is still returned
   -- (receiving frees memory and must keep working), only without its retry copy. Parked
   -- records count against the cap until the end of the stretch of time (a sixteenth of the
   -- attempt lifetime, at least a second) in which their batch expires.
-  local stretch = math.max(1000, math.floor(attempt_ms / 16))
+  local stretch = max(1000, floor(attempt_ms / 16))
   local ends = math.ceil(parked_until / stretch) * stretch
   local count, ends_text = int(n), int(ends)
-  local ok = redis.pcall('RPUSH', KEYS[3], count .. '\t' .. ends_text, unpack(taken))
+  local ok = redis_pcall('RPUSH', KEYS[3], count .. '\t' .. ends_text, unpack(taken))
   if not (type(ok) == 'table' and ok.err) then
-    redis.call('PEXPIRE', KEYS[3], int(math.max(parked_until - now, 1)))
+    redis_call('PEXPIRE', KEYS[3], int(max(parked_until - now, 1)))
     if ARGV[4] == '1' then
       -- A stretch counted before (its field held more than this batch) was given a life
       -- past its end then, which no command shortens since: only a new stretch asks PTTL.
-      local new = redis.pcall('HINCRBY', KEYS[4], ends_text, count) == n
-      redis.pcall('HINCRBY', KEYS[4], '#', count)
+      local new = redis_pcall('HINCRBY', KEYS[4], ends_text, count) == n
+      redis_pcall('HINCRBY', KEYS[4], '#', count)
       -- As for the inbox's keys (put.lua): an eighth more, so that few takes extend it.
       local lives = ends - now
-      if new and redis.call('PTTL', KEYS[4]) < lives then
-        redis.call('PEXPIRE', KEYS[4], int(lives + math.min(math.floor(lives / 8), 3600000)))
+      if new and redis_call('PTTL', KEYS[4]) < lives then
+        redis_call('PEXPIRE', KEYS[4], int(lives + min(floor(lives / 8), 3600000)))
       end
     end
   end

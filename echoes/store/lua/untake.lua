@@ -7,7 +7,7 @@
 -- Safe to run twice: the first run deletes the attempt key. Records go back whatever the
 -- inbox's caps say (they were in it before; refusing them would lose them): past a cap by
 -- at most that batch, until it is consumed.
-if redis.call('TYPE', KEYS[3])['ok'] ~= 'list' then
+if redis_call('TYPE', KEYS[3])['ok'] ~= 'list' then
   return 0 -- nothing parked there, or a batch of the first design
 end
 local now = now_ms()
@@ -15,56 +15,56 @@ local count, stretch, recs = unpark(KEYS[3])
 local live, ids = {}, {}
 for i = 1, #recs do
   ids[i] = recs[i][1]
-  if math.floor(recs[i][2] / 1000) > now then
+  if floor(recs[i][2] / 1000) > now then
     live[#live + 1] = recs[i]
   end
 end
-redis.call('DEL', KEYS[3])
-redis.call('ZREM', KEYS[5], unpack(ids))
+redis_call('DEL', KEYS[3])
+redis_call('ZREM', KEYS[5], unpack(ids))
 if ARGV[1] == '1' then
-  if redis.call('HINCRBY', KEYS[4], stretch, -count) <= 0 then
-    redis.call('HDEL', KEYS[4], stretch)
+  if redis_call('HINCRBY', KEYS[4], stretch, -count) <= 0 then
+    redis_call('HDEL', KEYS[4], stretch)
   end
-  if redis.call('HINCRBY', KEYS[4], '#', -count) <= 0 then
-    redis.call('HDEL', KEYS[4], '#')
+  if redis_call('HINCRBY', KEYS[4], '#', -count) <= 0 then
+    redis_call('HDEL', KEYS[4], '#')
   end
 end
 if #live == 0 then
   return 0
 end
 -- Back at their old places (their scores), in the inbox's layout for its new size.
-local indexed = redis.call('EXISTS', KEYS[2]) == 1
-if not indexed and #live == 1 and redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], live[1][1], live[1][3])
-  redis.call('PEXPIRE', KEYS[1], int(math.floor(live[1][2] / 1000) - now))
+local indexed = redis_call('EXISTS', KEYS[2]) == 1
+if not indexed and #live == 1 and redis_call('HLEN', KEYS[1]) == 0 then
+  redis_call('HSET', KEYS[1], live[1][1], live[1][3])
+  redis_call('PEXPIRE', KEYS[1], int(floor(live[1][2] / 1000) - now))
   return 1
 end
 local bytes, latest, back, highest = 0, 0, 0, 0
 if not indexed then -- the inbox's one record joins the index
   local first, score, size = first_record(KEYS[1], now)
   if first and not count_field(first) then
-    redis.call('ZADD', KEYS[2], int(score), first)
-    bytes, latest, highest = size, math.floor(score / 1000) - now, score
+    redis_call('ZADD', KEYS[2], int(score), first)
+    bytes, latest, highest = size, floor(score / 1000) - now, score
   end
 end
 for i = 1, #live do
   -- A copy sent again meanwhile (the dedup window off) is newer than this one: it stays.
-  if redis.call('HEXISTS', KEYS[1], live[i][1]) == 0 then
-    redis.call('HSET', KEYS[1], live[i][1], live[i][3])
-    redis.call('ZADD', KEYS[2], live[i][2], live[i][1])
+  if redis_call('HEXISTS', KEYS[1], live[i][1]) == 0 then
+    redis_call('HSET', KEYS[1], live[i][1], live[i][3])
+    redis_call('ZADD', KEYS[2], live[i][2], live[i][1])
     bytes = bytes + #live[i][3]
-    latest = math.max(latest, math.floor(live[i][2] / 1000) - now)
-    highest = math.max(highest, live[i][2] + 0)
+    latest = max(latest, floor(live[i][2] / 1000) - now)
+    highest = max(highest, live[i][2] + 0)
     back = back + 1
   end
 end
-redis.call('HINCRBY', KEYS[1], '#b', int(bytes))
-if highest > (redis.call('HGET', KEYS[1], '#s') or 0) + 0 then -- put.lua's last score
-  redis.call('HSET', KEYS[1], '#s', int(highest))
+redis_call('HINCRBY', KEYS[1], '#b', int(bytes))
+if highest > (redis_call('HGET', KEYS[1], '#s') or 0) + 0 then -- put.lua's last score
+  redis_call('HSET', KEYS[1], '#s', int(highest))
 end
-if redis.call('PTTL', KEYS[2]) < latest then
-  redis.call('PEXPIRE', KEYS[2], int(latest))
-  redis.call('PEXPIRE', KEYS[1], int(latest))
-  redis.call('HSET', KEYS[1], '#x', int(now + latest))
+if redis_call('PTTL', KEYS[2]) < latest then
+  redis_call('PEXPIRE', KEYS[2], int(latest))
+  redis_call('PEXPIRE', KEYS[1], int(latest))
+  redis_call('HSET', KEYS[1], '#x', int(now + latest))
 end
 return back
