@@ -17,7 +17,10 @@
 -- (which may run then) beside the puts (refused, each a 507).
 local now, us = now_ms()
 local n = ARGV[1] + 0
-local args = {ARGV[2], ARGV[3], ARGV[4], '', '', ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
+-- The caps, the window and the deadline as numbers, made once for every put (each reads them
+-- with ``+ 0``); the time to live stays text, which a put may hand to PEXPIRE.
+local args = {ARGV[2], ARGV[3], ARGV[4], '', '', ARGV[5] + 0, ARGV[6] + 0, ARGV[7] + 0,
+  ARGV[8] + 0, ARGV[9]}
 local out = list()
 
 local function answer(ok, reply)
