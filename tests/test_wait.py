@@ -163,6 +163,18 @@ async def test_a_send_wakes_the_waiter(start_echoes, wake):
     assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
 
 
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_a_send_to_two_waiters_wakes_both(start_echoes, wake):
+    # On one Redis the two puts are one exchange.lua call, which announces on each channel
+    # (once the process knows "a" far from its quotas: its first request counts it first).
+    echoes = await start_echoes(wake=wake, **SLOW_SWEEP)
+    await echoes.send("a", "key-000000000000", ["d"], "first")
+    b, c = await waiting(echoes, "b"), await waiting(echoes, "c")
+    await echoes.send("a", KEY, ["b", "c"], "hello")
+    assert await bodies(b) == ["hello"]
+    assert await bodies(c) == ["hello"]
+
+
 async def test_exchange_sends_first_then_waits(start_echoes):
     echoes = await start_echoes(**SLOW_SWEEP)
     message = {"idempotencyKey": KEY, "destination": ["b"], "body": "from a"}

@@ -286,14 +286,18 @@ class Store:
         if not puts or any(c.script != "put" for c in puts):
             return None
         shared = puts[0].args
+        # How each put announces its arrival, the same for all: "" (keyspace events), "p", "s".
+        announce = shared[CHANNEL.stop - 1]
         args: list[str | int | bytes] = [
             len(puts),
             *shared[: CHANNEL.start],
             *shared[CHANNEL.stop :],
+            announce,
         ]
         keys: list[str] = []
         for put in puts:
-            args += put.args[CHANNEL]
+            if announce:
+                args.append(put.args[CHANNEL.start])
             keys += put.keys
         if take:
             keys += take.keys

@@ -7,8 +7,10 @@
 -- ARGV[1]  destinations (n)
 -- ARGV[2..9]  put.lua's ARGV[1..3] and ARGV[6..10], which every copy shares: record id,
 --          record, time to live, the caps, the dedup window, the deadline, "replaced"
--- ARGV[10..9+2n]  each destination's put.lua ARGV[4..5]: its channel and how to announce
--- ARGV[10+2n...]  take.lua's ARGV, when KEYS holds take.lua's keys
+-- ARGV[10] how every put announces its arrival (put.lua's ARGV[5]): "" (keyspace events: no
+--          channel follows), "p" or "s"
+-- ARGV[11..10+n]  with ARGV[10] not "": each destination's channel (put.lua's ARGV[4])
+-- ARGV[...]  then take.lua's ARGV, when KEYS holds take.lua's keys
 -- returns  {each put's reply..., and take.lua's reply when there is a take}; an error of one
 --          of them is its element (the others ran)
 -- Safe to run twice: each of its puts and its take is.
@@ -32,14 +34,19 @@ local function answer(ok, reply)
   return redis.error_reply(tostring(reply))
 end
 
+local kind = ARGV[10]
+args[5] = kind
+local taken_from = kind == '' and 11 or 11 + n -- where take.lua's ARGV start
 for i = 1, n do
   local k = 4 * i - 4
-  args[4], args[5] = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
+  if kind ~= '' then
+    args[4] = ARGV[10 + i]
+  end
   local keys = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]}
   out[i] = answer(pcall(put, keys, args, now, us))
 end
 if #KEYS > 4 * n then
-  local keys, rest = {unpack(KEYS, 4 * n + 1)}, {unpack(ARGV, 10 + 2 * n)}
+  local keys, rest = {unpack(KEYS, 4 * n + 1)}, {unpack(ARGV, taken_from)}
   out[n + 1] = answer(pcall(take, keys, rest, now))
 end
 return out

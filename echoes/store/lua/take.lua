@@ -179,8 +179,11 @@ local function take_records(KEYS, ARGV, now)
       members[2 * i] = taken[3 * i - 2]
     end
     redis_pcall('ZADD', KEYS[5], unpack(members))
-    local oldest = redis_pcall('ZRANGE', KEYS[5], '-1', '-1', 'WITHSCORES')[2]
-    if oldest and consumed_at(oldest) < now - window - floor(window / 8) then
+    -- The oldest if it is an eighth of a window past it (scored above minus that time), found
+    -- at the tail by score: no score is made text for the reply (a '%.17g' each).
+    local past = '(' .. int(window + floor(window / 8) - now)
+    local oldest = redis_pcall('ZRANGE', KEYS[5], '(0', past, 'BYSCORE', 'REV', 'LIMIT', '0', '1')
+    if oldest[1] then
       local most = int(-(64 + 2 * n))
       local bound = redis_pcall('ZRANGE', KEYS[5], most, most, 'WITHSCORES')[2]
       if bound and consumed_at(bound) <= now - window then -- the oldest of them all past it
