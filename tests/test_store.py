@@ -412,7 +412,7 @@ async def test_a_take_past_its_deadline_changes_nothing(echoes, monkeypatch):
 async def test_a_client_that_leaves_during_its_take_loses_nothing(start_echoes, own_redis, caplog):
     caplog.set_level(logging.INFO, logger="echoes.access")
     echoes = await start_echoes(redis_url=own_redis.url)
-    await echoes.send("a", KEY, ["b"], "kept")
+    await echoes.send("a", KEY, ["b"], "kept", ack=True)
     admin = aioredis.Redis.from_url(own_redis.url)
     port = int(echoes.base_url.rsplit(":", 1)[1])
     try:
@@ -427,8 +427,25 @@ async def test_a_client_that_leaves_during_its_take_loses_nothing(start_echoes, 
         await admin.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
     await eventually(lambda: "status=499" in caplog.text)
+    # The take queued the message's ack, and the put-back took it out again: "a" hears of
+    # its message once, when "b" consumes it.
+    assert await echoes.receive("a") == []
     assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
     assert "status=200 taken=1" not in caplog.text
+    [ack] = await echoes.receive("a")
+    assert ack["type"] == "ack" and ack["destination"] == "b"
+
+
+async def test_a_take_queues_the_ack_as_records_py_makes_it(echoes):
+    # take.lua makes the acks on one Redis; records.ack and records.ack_id are their Python
+    # twins (python -m echoes.store.migrate makes acks with them): the two agree.
+    await echoes.send("josé", KEY, ["李"], "hi", ack=True)
+    await echoes.receive("李")
+    inbox = echoes.store.keys.inbox("josé")
+    [(ack_id, stored)] = (await echoes.redis.hgetall(inbox.records)).items()
+    [ack] = await echoes.receive("josé")
+    assert ack_id.decode() == records.ack_id("李", KEY)
+    assert stored == records.ack(KEY, "李", ack["receivedAt"])
 
 
 async def test_busy_redis_is_a_503_with_retry_after(start_echoes, own_redis):

@@ -1,9 +1,11 @@
 """The only code that reads or writes echoes' data in Redis: one call per request.
 
-Each request is one pipelined round trip of Lua scripts (lua/*.lua), one script call per
-inbox touched, plus one more pipelined round when a receive queues acks. Every script
-touches the keys of one inbox only (see keys.py; a take also its caller's quota, in the same
-slot), and every script is safe to run twice, because the pipeline reruns a batch whose
+Each request is one pipelined round trip of Lua scripts (lua/*.lua): on one Redis one script
+call in all (exchange.lua), on a Cluster one per inbox touched, plus one more pipelined
+round when a receive queues acks. Every script touches the keys of one inbox only (see
+keys.py; a take also its caller's quota, in the same slot, and on one Redis the inboxes of
+the origins whose acks it queues), and every script is safe to run twice, because the
+pipeline reruns a batch whose
 connection dropped (pipeline.py): a put rerun after its copy was consumed finds the copy's
 tombstone (the dedup window); a quota counted twice counts more, never less. Every write
 carries its request's deadline, past which Redis does nothing (a late take or put changes
@@ -20,7 +22,7 @@ from typing import Any
 from ..config import Settings
 from . import checks, records, replies, slots
 from .failures import OutOfMemory, Unavailable, classified, classify
-from .keys import PROBE_NAME, Inbox, Keys
+from .keys import PROBE_NAME, Inbox, Keys, decode_name
 from .pipeline import LARGE_BATCH
 from .scripts import NAMES, Call, Scripts
 from .senders import Admitted, OverQuota, Senders
@@ -329,7 +331,12 @@ class Store:
         inbox = self.keys.inbox(caller)
         counted = int(self._inbox_limit > 0)
         limits = (take.limit, self._attempt_ms, self._batch_bytes, counted)
-        args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD)
+        # On one Redis the take queues its acks itself, in the same call; on a Cluster it
+        # returns them, and _taken queues them in their origins' slots.
+        ttl = 0 if self.shard_channels else self._ttl_ms
+        channel = inbox.channel if self.publish and ttl else ""
+        acks = (ttl, records.timestamp(), records.name_json(caller), channel)
+        args = (*limits, self._dedup_ms, deadline, records.RENDER_OVERHEAD, *acks)
         keys = self._take_keys(inbox, take.attempt)
         if quota:
             return Call("take", (*keys, *quota.keys), (*args, *quota.args))
@@ -347,29 +354,38 @@ class Store:
         wanted: Callable[[], bool],
         counts: bool,
     ) -> Batch:
-        """The batch a take returned (take.lua's forms), rendered; its acks queued and what it
-        consumed taken off its senders' quotas, or its records put back if the client left."""
+        """The batch a take returned (take.lua's forms), rendered; its acks queued (by the
+        take itself on one Redis, else here) and what it consumed taken off its senders'
+        quotas, or its records put back (and the acks it queued taken back) if the client
+        left."""
         fresh: list[bytes] = []
+        queued = lost = 0
         if taken[0] == b"1":  # a batch parked by the first design, replayed
             _, batch_json, count, remaining, *entries = taken
-            wanting = [records.first_design_ack(entry) for entry in entries]
+            now = records.timestamp()
+            acks = [records.first_design_ack(entry, caller, now) for entry in entries]
         else:  # "2" taken now, "3" replayed (its senders' quotas counted it already)
-            kind, count, remaining, *stored = taken
+            kind, count, remaining, queued, lost, *rest = taken
+            stored, left = rest[: int(count)], rest[int(count) :]
             batch_json = records.batch(stored)
-            wanting = [w for w in map(records.wants_ack, stored) if w]
+            acks = [(left[i], left[i + 1], left[i + 2]) for i in range(0, len(left), 3)]
             fresh = stored if kind == b"2" and counts else []
         if int(count) and not wanted():
             await self.untake(caller, take.attempt)
             return Batch(b"[]", 0, int(remaining) + int(count))
         self.senders.consumed(fresh)
-        acks = await self._queue_acks(caller, wanting) if wanting else 0
-        return Batch(batch_json, int(count), int(remaining), acks=acks)
+        if int(lost):
+            log.warning("%d of %s acks could not be queued (out of memory)", lost, queued + lost)
+        if acks:
+            queued += await self._queue_acks(acks)
+        return Batch(batch_json, int(count), int(remaining), acks=int(queued))
 
     async def untake(self, caller: str, attempt: str) -> int:
         """Put the batch parked under ``attempt`` back into ``caller``'s inbox; how many."""
         inbox = self.keys.inbox(caller)
         counted = int(self._inbox_limit > 0)
-        call = Call("untake", self._take_keys(inbox, attempt), (counted,))
+        queued_acks = int(not self.shard_channels)  # take.lua queued them itself: take them back
+        call = Call("untake", self._take_keys(inbox, attempt), (counted, queued_acks))
         [result] = await classified(self.scripts.run(self.servers, [call]))
         if isinstance(result, Exception):
             raise classify(result) from result
@@ -429,8 +445,9 @@ class Store:
         (migrate.py): no cap, no dedup window refuses it."""
         return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms, window=0)
 
-    async def _queue_acks(self, consumer: str, messages: list[tuple[str, str]]) -> int:
-        """Queue an ack for each message, by (key, origin); how many were queued.
+    async def _queue_acks(self, acks: list[tuple[bytes, bytes, bytes]]) -> int:
+        """Queue each ack, by (its origin's encoded name, its id, the ack as stored: what
+        take.lua returns on a Cluster); how many were queued.
 
         Best effort: the messages are already taken (and parked under the attempt token),
         and an ack Redis refuses (out of memory) or cannot take is logged and dropped. But
@@ -439,13 +456,12 @@ class Store:
         retry with the same token queues the acks again (an ack the sender consumed within
         the dedup window is not queued twice).
         """
-        now = records.timestamp()
         calls = []
         deadline = self._deadline()
-        for key, origin in messages:
-            ack = records.ack(key, consumer, now)
+        for origin, ack_id, ack in acks:
             # Acks are not refused by a full inbox: they answer what the sender itself sent.
-            calls.append(self._put(origin, records.ack_id(consumer, key), ack, (0, 0), deadline))
+            name = decode_name(origin.decode("ascii"))
+            calls.append(self._put(name, ack_id.decode("ascii"), ack, (0, 0), deadline))
         try:
             results = await classified(self.scripts.run(self.servers, calls))
             replies.check(calls, results)

@@ -1,14 +1,17 @@
 """The records an inbox holds: stored compact, rendered in the spec's ``msg`` and ``ack`` shapes.
 
 Redis stores each record as ``<kind><time><key>\\n<name JSON>[\\n<body JSON>]`` (kind ``m``, a
-message; ``M``, a message that wants an ack; ``a``, an ack), without the field names and
-punctuation every record would repeat; the scripts hand stored records back as they are,
-and ``render`` makes of each the JSON a receive returns (in echoes, not in Redis: joining
-bytes costs Python little, and Redis's one thread nothing). Within an inbox a record is known by
-its id: 64 bits of a hash of what makes it one record (a message's origin and key, an ack's
-destination and key), in base64url: 11 characters, whatever the length of the names. A
-resend with the same (origin, key) has the same id, so it replaces the copy still waiting,
-or is found among the consumed ones (the dedup window).
+message; ``M``, a message that wants an ack, whose name is followed by ``\\n<name>``, the
+origin's name as keys.py encodes it into key names; ``a``, an ack), without the field names
+and punctuation every record would repeat; the scripts hand stored records back as they
+are, and ``render`` makes of each the JSON a receive returns (in echoes, not in Redis:
+joining bytes costs Python little, and Redis's one thread nothing). A take queues a message's
+ack in its origin's inbox by itself, from that encoded name (lua/take.lua makes the ack as
+``ack`` and ``ack_id`` do here). Within an inbox a record is known by its id: 64 bits of a
+hash of what makes it one record, whatever the length of the names: a message's origin and
+key (blake2b, in base64url: 11 characters), an ack's destination and key (SHA-1, which Lua
+has, in hex: 16 characters). A resend with the same (origin, key) has the same id, so it
+replaces the copy still waiting, or is found among the consumed ones (the dedup window).
 """
 
 import base64
@@ -18,13 +21,16 @@ import json
 import time
 from typing import Any
 
+from .keys import encode_name
+
 # ASCII output: always valid JSON, even for a body string holding a lone surrogate escape.
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 TIME_LENGTH = 20  # "2026-11-28T09:30:04Z"
 _MSG = '{"type":"msg","idempotencyKey":"","origin":,"body":,"expectsAck":false,"sentAt":""}'
 _ACK = '{"type":"ack","idempotencyKey":"","destination":,"receivedAt":""}'
 # Bytes a record gains when rendered, at most: the longest punctuation, less what the stored
-# form spends on its kind and separators (the take's byte budget counts rendered bytes).
+# form spends on its kind and separators (the take's byte budget counts rendered bytes; a
+# message that wants an ack renders smaller still, without its encoded origin).
 RENDER_OVERHEAD = max(len(_MSG) - 3, len(_ACK) - 2)
 
 
@@ -46,13 +52,22 @@ def _name(raw: bytes) -> str:
 
 def msg(origin: str, key: str, body: Any, expects_ack: bool, sent_at: str) -> bytes:
     """A message record as stored."""
-    kind = "M" if expects_ack else "m"
-    return f"{kind}{sent_at}{key}\n{_dumps(origin)}\n{_dumps(body)}".encode("ascii")
+    if expects_ack:
+        named = f"{_dumps(origin)}\n{encode_name(origin)}"
+        return f"M{sent_at}{key}\n{named}\n{_dumps(body)}".encode("ascii")
+    return f"m{sent_at}{key}\n{_dumps(origin)}\n{_dumps(body)}".encode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def name_json(name: str) -> str:
+    """A name as records hold it (JSON)."""
+    return _dumps(name)
 
 
 def ack(key: str, destination: str, received_at: str) -> bytes:
-    """An ack record as stored, queued for a message's origin when ``destination`` consumed it."""
-    return f"a{received_at}{key}\n{_dumps(destination)}".encode("ascii")
+    """An ack record as stored, queued for a message's origin when ``destination`` consumed it
+    (take.lua makes them; python -m echoes.store.migrate makes them of the first design's)."""
+    return f"a{received_at}{key}\n{name_json(destination)}".encode("ascii")
 
 
 def render(record: bytes) -> bytes:
@@ -89,29 +104,23 @@ def _rendered(record: bytes) -> list[bytes | memoryview]:
             b'"}',
         ]
     n = record.index(b"\n", k + 1)
-    ack = b"true" if kind == b"M" else b"false"
+    ack = b"false"
+    body = n + 1
+    if kind == b"M":  # the origin's encoded name follows its JSON
+        ack, body = b"true", record.index(b"\n", n + 1) + 1
     return [
         b'{"type":"msg","idempotencyKey":"',
         key,
         b'","origin":',
         view[k + 1 : n],
         b',"body":',
-        view[n + 1 :],
+        view[body:],
         b',"expectsAck":',
         ack,
         b',"sentAt":"',
         at,
         b'"}',
     ]
-
-
-def wants_ack(record: bytes) -> tuple[str, str] | None:
-    """(key, origin) of a stored message that wants an ack; None for any other record."""
-    if record[:1] != b"M":
-        return None
-    k = record.index(b"\n", 1 + TIME_LENGTH)
-    n = record.index(b"\n", k + 1)
-    return record[1 + TIME_LENGTH : k].decode("ascii"), _name(record[k + 1 : n])
 
 
 def _id(kind: str, name: str, key: str) -> str:
@@ -125,8 +134,8 @@ def msg_id(origin: str, key: str) -> str:
 
 
 def ack_id(destination: str, key: str) -> str:
-    """The id of the ack for message ``key`` consumed by ``destination``."""
-    return _id("a", destination, key)
+    """The id of the ack for message ``key`` consumed by ``destination`` (take.lua's)."""
+    return hashlib.sha1(f"{encode_name(destination)}\0{key}".encode("ascii")).hexdigest()[:16]
 
 
 def sender_share(record: bytes) -> tuple[str, str, int] | None:
@@ -139,8 +148,9 @@ def sender_share(record: bytes) -> tuple[str, str, int] | None:
     return _name(record[k + 1 : n]), record[1 : 1 + TIME_LENGTH].decode("ascii"), len(record)
 
 
-def first_design_ack(entry: bytes) -> tuple[str, str]:
-    """(key, origin) of a message whose ack a batch parked by the first design asks for
-    (``m:<key>:<origin>``)."""
+def first_design_ack(entry: bytes, consumer: str, received_at: str) -> tuple[bytes, bytes, bytes]:
+    """The ack ``consumer`` owes for a message that a batch parked by the first design names
+    (``m:<key>:<origin>``), as take.lua returns one: origin's encoded name, id, the ack."""
     _, key, origin = entry.decode("utf-8").split(":", 2)
-    return key, origin
+    stored = ack(key, consumer, received_at)
+    return encode_name(origin).encode("ascii"), ack_id(consumer, key).encode("ascii"), stored

@@ -11,6 +11,7 @@ its shape here (tests/test_hostile_redis.py checks).
 """
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from .failures import Unavailable
 from .scripts import Call
 
 log = logging.getLogger("echoes.store")
+_NAME = re.compile(rb"[A-Za-z0-9_-]+")  # keys.encode_name's alphabet (base64url, no padding)
+_ACK_ID = re.compile(rb"[0-9a-f]{16}")  # records.ack_id
 
 
 def _put(reply: Any) -> bool:
@@ -28,14 +31,21 @@ def _put(reply: Any) -> bool:
 
 
 def _take(reply: Any) -> bool:
-    """take.lua: {"2", records taken, records left, each record as stored...} ("3": the same,
-    replayed), or a batch the first design parked: {"1", batch as a JSON array, taken, left,
-    message ids...}."""
+    """take.lua: {"2", records taken, records left, acks queued, acks refused, each record as
+    stored..., then (origin, id, ack) of each ack to queue} ("3": the same, replayed), or a
+    batch the first design parked: {"1", batch as a JSON array, taken, left, message ids...}."""
     if not isinstance(reply, list) or not reply:
         return False
-    if reply[0] in (b"2", b"3") and len(reply) >= 3:
-        _, count, left, *stored = reply
-        return _counts(count, left) and all(_stored(record) for record in stored)
+    if reply[0] in (b"2", b"3") and len(reply) >= 5:
+        _, count, left, queued, lost, *rest = reply
+        if not _counts(count, left, queued, lost) or len(rest) < int(count):
+            return False
+        stored, acks = rest[: int(count)], rest[int(count) :]
+        return (
+            all(_stored(record) for record in stored)
+            and len(acks) % 3 == 0
+            and all(_ack(*acks[i : i + 3]) for i in range(0, len(acks), 3))
+        )
     if reply[0] == b"1" and len(reply) >= 4:
         _, batch, count, left, *ids = reply
         whole = isinstance(batch, bytes) and batch[:1] == b"[" and batch[-1:] == b"]"
@@ -58,14 +68,31 @@ def _whole(value: Any) -> int | None:
 
 
 def _stored(record: Any) -> bool:
-    """A record as records.py stores it: <kind><time><key>\\n<name JSON>[\\n<body JSON>]
-    (its JSON pieces are not parsed: that is the cost the stored form saves)."""
+    """A record as records.py stores it: <kind><time><key>\\n<name JSON>[\\n<body JSON>], a
+    message that wants an ack with \\n<encoded name> after its name JSON (its JSON pieces are
+    not parsed: that is the cost the stored form saves)."""
     if not isinstance(record, bytes) or record[:1] not in (b"m", b"M", b"a"):
         return False
     # Its pieces end at newlines: one after the key, and for a message one after the name (a
-    # JSON name holds none). Found from the front: never a scan of the whole body.
+    # JSON name holds none) and one after the encoded name (which holds none either). Found
+    # from the front: never a scan of the whole body.
     key_ends = record.find(b"\n", 1 + records.TIME_LENGTH)
-    return key_ends > 0 and (record[:1] == b"a" or record.find(b"\n", key_ends + 1) > 0)
+    if key_ends < 0 or record[:1] == b"a":
+        return key_ends > 0
+    name_ends = record.find(b"\n", key_ends + 1)
+    return name_ends > 0 and (record[:1] == b"m" or record.find(b"\n", name_ends + 1) > 0)
+
+
+def _ack(origin: Any, ack_id: Any, ack: Any) -> bool:
+    """An ack take.lua made for echoes to queue: the origin's encoded name, its id, the ack."""
+    return (
+        isinstance(origin, bytes)
+        and _NAME.fullmatch(origin) is not None
+        and isinstance(ack_id, bytes)
+        and _ACK_ID.fullmatch(ack_id) is not None
+        and _stored(ack)
+        and ack[:1] == b"a"
+    )
 
 
 def _first_design_id(entry: Any) -> bool:

@@ -2,8 +2,10 @@
 -- the function library): the clock, scores, parked records, batches.
 --
 -- A record is stored compact (records.py: "<kind><time><key>\n<name JSON>[\n<body JSON>]",
--- kind 'm', 'M' for a message that wants an ack, 'a' for an ack); the scripts never look
--- inside one but for its size, and echoes renders it into the JSON a receive returns.
+-- kind 'm', 'M' for a message that wants an ack, whose name JSON is followed by "\n" and the
+-- name as key names encode it, 'a' for an ack); the scripts look inside one only for the key
+-- and origin of a message that wants an ack (ack_of), and echoes renders it into the JSON a
+-- receive returns.
 
 -- Redis's API and the Lua functions the scripts use most, as upvalues. A function of a
 -- library finds a global through its environment's __index (two table lookups and a
@@ -163,4 +165,58 @@ local function unpark(key)
     recs[#recs + 1] = {items[i], items[i + 1], items[i + 2]}
   end
   return count + 0, stretch, recs
+end
+
+-- Acks (records.py's ack and ack_id make the same). A message that wants one ('M') holds its
+-- key and its origin's name as key names encode it, and its ack goes to the origin's inbox,
+-- whose keys are those of the consumer's inbox with the origin's name in their hash tag
+-- (keys.py makes every key of an inbox "<prefix>{<name>}<suffix>"). The shape of the
+-- consumer's keys (take.lua's KEYS: records, index, _, parked, tombstones), found once:
+-- {head, the consumer's name, the four suffixes}.
+local function ack_shape(keys)
+  local match = string.match
+  local head, own = match(keys[1], '^(.*{)([^{}]*)}')
+  return {head, own, match(keys[1], '(}[^{}]*)$'), match(keys[2], '(}[^{}]*)$'),
+    match(keys[4], '(}[^{}]*)$'), match(keys[5], '(}[^{}]*)$')}
+end
+
+-- The ack ``record`` asks for: the origin's name (encoded), the ack's id, and the ack as
+-- stored (``received``: its receivedAt, RFC 3339; ``consumer``: the consumer's name JSON);
+-- nil for a record that asks for none.
+local function ack_of(record, shape, received, consumer)
+  if string.byte(record) ~= 77 then -- 'M'
+    return nil
+  end
+  local find, sub = string.find, string.sub
+  local k = find(record, '\n', 22, true) -- after the kind and the 20 characters of time
+  local n = find(record, '\n', k + 1, true) -- after the origin's name JSON
+  local e = find(record, '\n', n + 1, true) -- after its encoded name
+  local key = sub(record, 22, k - 1)
+  return sub(record, n + 1, e - 1), sub(redis.sha1hex(shape[2] .. '\0' .. key), 1, 16),
+    'a' .. received .. key .. '\n' .. consumer
+end
+
+-- The keys of the inbox of ``name`` (encoded), in put.lua's order, by a consumer's shape.
+local function keys_of(shape, name)
+  local head = shape[1]
+  return {head .. name .. shape[3], head .. name .. shape[4], head .. name .. shape[5],
+    head .. name .. shape[6]}
+end
+
+-- Take a waiting record out of an inbox (``keys`` in put.lua's order) by its id, if it is
+-- there: 1 if it was.
+local function unput(keys, id)
+  local size = redis_call('HSTRLEN', keys[1], id)
+  if size == 0 then
+    return 0
+  end
+  if redis_call('ZREM', keys[2], id) == 1 then
+    redis_call('HDEL', keys[1], id)
+    redis_call('HINCRBY', keys[1], '#b', int(-size))
+  elseif redis_call('HLEN', keys[1]) == 1 then
+    redis_call('DEL', keys[1]) -- an inbox of this one record
+  else
+    redis_call('HDEL', keys[1], id)
+  end
+  return 1
 end

@@ -47,6 +47,6 @@ for i = 1, n do
 end
 if #KEYS > 4 * n then
   local keys, rest = {unpack(KEYS, 4 * n + 1)}, {unpack(ARGV, taken_from)}
-  out[n + 1] = answer(pcall(take, keys, rest, now))
+  out[n + 1] = answer(pcall(take, keys, rest, now, us))
 end
 return out

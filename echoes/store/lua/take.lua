@@ -13,15 +13,24 @@
 -- ARGV[5]  the dedup window in ms (0: no tombstones)
 -- ARGV[6]  the request's deadline in ms of Redis's clock (0: none): later, nothing is taken
 -- ARGV[7]  bytes a record gains when rendered, at most (records.py)
--- KEYS[6], ARGV[8...]  optional: the caller's quota key and sender.lua's ARGV[1...]: the take
+-- ARGV[8]  ms an ack lives: the take queues the acks its messages ask for in their origins'
+--          inboxes (one Redis holds every inbox), or "0": it returns them, for echoes to
+--          queue (a Cluster)
+-- ARGV[9]  the acks' receivedAt (RFC 3339, echoes' clock)
+-- ARGV[10] the caller's name as JSON (an ack's destination)
+-- ARGV[11] the caller's inbox's channel with --wake=publish (its origins' are alike), or ""
+-- KEYS[6], ARGV[12...]  optional: the caller's quota key and sender.lua's ARGV[1...]: the take
 --          also counts the caller's request once it is done (quotas.lua; one script call
 --          instead of two, as the caller's quota is in its inbox's slot), and returns {the
 --          take's reply, sender.lua's reply, or 0 if Redis refused the count (out of
 --          memory)}; an error reply (LATE) has no quota reply, and the request was not
 --          counted
--- returns  {"2", records taken, records left, each record as stored...}, "3" for the same
---          of a replay, or for a batch the
---          first design parked, {"1", batch as a JSON array, records in it, records left,
+-- returns  {"2", records taken, records left, acks queued, acks Redis refused (out of
+--          memory: the batch stands without them), each record as stored..., and with
+--          ARGV[8] "0" the origin's encoded name, the id and the record of each ack to
+--          queue}, "3" for the same of a replay (its acks queued again: the dedup window
+--          keeps an ack its origin consumed from coming twice), or for a batch the first
+--          design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
 -- Safe to run twice: a rerun under the same token replays the parked batch; with KEYS[6] it
 -- counts the request again (as a rerun of sender.lua does: more, never less).
@@ -30,7 +39,43 @@
 -- in an exchange TYPE, ZRANGE, HLEN);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
-local function take_records(KEYS, ARGV, now)
+-- The acks that the records out[6...] (as stored) ask for, received at ARGV[9]: queued in
+-- their origins' inboxes (ARGV[8] above 0) and counted in out[4] (out[5]: those Redis refused,
+-- out of memory), or appended to ``out`` for echoes to queue. An ack is a put.lua put of no
+-- cap, under the dedup window: a replay does not queue one its origin consumed already.
+local function queue_acks(KEYS, ARGV, now, us, out)
+  local shape, args
+  for i = 6, #out do
+    local record = out[i]
+    if string.byte(record) == 77 then -- 'M': a message that wants an ack
+      if not shape then
+        shape = ack_shape(KEYS)
+        -- put.lua's ARGV: id, record, ttl, channel, how to announce, no caps, the window,
+        -- the deadline.
+        args = {'', '', ARGV[8], '', ARGV[11] ~= '' and 'p' or '', 0, 0, ARGV[5] + 0, ARGV[6], '0'}
+      end
+      local origin, id, ack = ack_of(record, shape, ARGV[9], ARGV[10])
+      if ARGV[8] == '0' then
+        out[#out + 1], out[#out + 2], out[#out + 3] = origin, id, ack
+      else
+        args[1], args[2] = id, ack
+        if ARGV[11] ~= '' then -- the origin's channel: the caller's, with its name
+          local head, tail = string.match(ARGV[11], '^(.*{)[^{}]*(}[^{}]*)$')
+          args[4] = head .. origin .. tail
+        end
+        local ok, reply = pcall(put, keys_of(shape, origin), args, now, us)
+        if ok and not failed(reply) then
+          out[4] = out[4] + 1
+        else
+          out[5] = out[5] + 1
+        end
+      end
+    end
+  end
+  return out
+end
+
+local function take_records(KEYS, ARGV, now, us)
   local parked = redis_call('TYPE', KEYS[3])['ok']
   if parked == 'list' then -- taken before under this token: the same records again
     local count, _, recs = unpark(KEYS[3])
@@ -38,11 +83,15 @@ local function take_records(KEYS, ARGV, now)
     if left == 0 and redis_call('HLEN', KEYS[1]) == 1 then -- no index: one record, or none
       left = count_field(redis_call('HKEYS', KEYS[1])[1]) and 0 or 1
     end
-    local out = {'3', count, left}
+    local out = list()
+    out[1], out[2], out[3], out[4], out[5] = '3', count, left, 0, 0
     for i = 1, #recs do
-      out[#out + 1] = recs[i][3]
+      out[i + 5] = recs[i][3]
     end
-    return out
+    if not now then
+      now, us = now_ms()
+    end
+    return queue_acks(KEYS, ARGV, now, us, out)
   elseif parked == 'string' then -- parked by the first design: "<count>\n<ids>\n<batch JSON>"
     local parts = {}
     for part in string.gmatch(redis_call('GET', KEYS[3]), '[^\n]+') do
@@ -55,9 +104,9 @@ local function take_records(KEYS, ARGV, now)
   -- its puts), whose inbox is seldom empty, the index is read at once.
   if not now then
     if redis_call('EXISTS', KEYS[1]) == 0 then
-      return {'2', 0, 0}
+      return {'2', 0, 0, 0, 0}
     end
-    now = now_ms()
+    now, us = now_ms()
   end
   local refused = late(now, ARGV[6])
   if refused then
@@ -150,12 +199,12 @@ local function take_records(KEYS, ARGV, now)
 
   local n = #taken / 3
   local out = list()
-  out[1], out[2], out[3] = '2', n, remaining
+  out[1], out[2], out[3], out[4], out[5] = '2', n, remaining, 0, 0
   if n == 0 then
     return out
   end
   for i = 1, n do
-    out[i + 3] = taken[3 * i]
+    out[i + 5] = taken[3 * i]
   end
   -- A parked batch never outlives the records in it: a replay never returns an expired one.
   -- The first has the lowest score (scores are expiries), so it expires first.
@@ -217,22 +266,25 @@ local function take_records(KEYS, ARGV, now)
       end
     end
   end
-  return out
+  return queue_acks(KEYS, ARGV, now, us, out)
 end
 
--- take(KEYS, ARGV[, now]): at ``now`` (ms of Redis's clock; asked when needed if not given).
-local function take(KEYS, ARGV, now)
+-- take(KEYS, ARGV[, now, us]): at ``now`` (ms of Redis's clock) and ``us`` (microseconds;
+-- both asked when needed if not given).
+local function take(KEYS, ARGV, now, us)
   if not KEYS[6] then
-    return take_records(KEYS, ARGV, now)
+    return take_records(KEYS, ARGV, now, us)
   end
   -- The take first: the count's HSET adds data, which Redis refuses when out of memory as a
   -- script's first write (EVALSHA, Redis 6.2), and a take must work then. A count refused
   -- is a 0 in its place: the request went uncounted (echoes counts it when admitted next).
-  now = now or now_ms()
-  local reply = take_records(KEYS, ARGV, now)
+  if not now then
+    now, us = now_ms()
+  end
+  local reply = take_records(KEYS, ARGV, now, us)
   if type(reply) == 'table' and reply.err then
     return reply
   end
-  local ok, counted = pcall(count_request, KEYS[6], ARGV, 7, now)
+  local ok, counted = pcall(count_request, KEYS[6], ARGV, 11, now)
   return {reply, ok and counted or 0}
 end

@@ -2,6 +2,9 @@
 -- waiter whose client left while its take was in Redis (nothing is taken on its behalf).
 -- KEYS[1..5]  records, index, the attempt key, parked, tombstones (take.lua)
 -- ARGV[1]     "1" if parked records are counted in KEYS[4] (take.lua's ARGV[4]), else "0"
+-- ARGV[2]     "1" if the take queued the acks its messages asked for (take.lua's ARGV[8] above
+--             0): they are taken back out of their origins' inboxes where still waiting (an
+--             origin that consumed one meanwhile saw it early), else "0" or absent
 -- returns     how many records went back (0: nothing parked there, or expired meanwhile,
 --             or sent again since)
 -- Safe to run twice: the first run deletes the attempt key. Records go back whatever the
@@ -21,6 +24,16 @@ for i = 1, #recs do
 end
 redis_call('DEL', KEYS[3])
 redis_call('ZREM', KEYS[5], unpack(ids))
+if ARGV[2] == '1' then
+  local shape
+  for i = 1, #recs do
+    if string.byte(recs[i][3]) == 77 then -- 'M': its ack was queued
+      shape = shape or ack_shape(KEYS)
+      local origin, id = ack_of(recs[i][3], shape, '', '')
+      unput(keys_of(shape, origin), id)
+    end
+  end
+end
 if ARGV[1] == '1' then
   if redis_call('HINCRBY', KEYS[4], stretch, -count) <= 0 then
     redis_call('HDEL', KEYS[4], stretch)
