@@ -171,23 +171,22 @@ end
 -- key and its origin's name as key names encode it, and its ack goes to the origin's inbox,
 -- whose keys are those of the consumer's inbox with the origin's name in their hash tag
 -- (keys.py makes every key of an inbox "<prefix>{<name>}<suffix>"). The shape of the
--- consumer's keys (take.lua's KEYS: records, index, _, parked, tombstones), found once:
--- {head, the consumer's name, the four suffixes}.
+-- consumer's keys (take.lua's KEYS: records, index, _, parked, tombstones), found once per
+-- call: the head ("<prefix>{"), the consumer's name, the four suffixes, and string's
+-- functions (each a global lookup through the environment's __index otherwise).
 local function ack_shape(keys)
-  local match = string.match
-  local head, own = match(keys[1], '^(.*{)([^{}]*)}')
-  return {head, own, match(keys[1], '(}[^{}]*)$'), match(keys[2], '(}[^{}]*)$'),
-    match(keys[4], '(}[^{}]*)$'), match(keys[5], '(}[^{}]*)$')}
+  local sub = string.sub
+  local head, own = string.match(keys[1], '^(.*{)([^{}]*)}')
+  local at = #head + #own + 1 -- where each key's suffix starts
+  return {head, own, sub(keys[1], at), sub(keys[2], at), sub(keys[4], at), sub(keys[5], at),
+    find = string.find, sub = sub}
 end
 
--- The ack ``record`` asks for: the origin's name (encoded), the ack's id, and the ack as
--- stored (``received``: its receivedAt, RFC 3339; ``consumer``: the consumer's name JSON);
--- nil for a record that asks for none.
+-- The ack that ``record``, a message that wants one ('M'), asks for: the origin's name
+-- (encoded), the ack's id, and the ack as stored (``received``: its receivedAt, RFC 3339;
+-- ``consumer``: the consumer's name JSON).
 local function ack_of(record, shape, received, consumer)
-  if string.byte(record) ~= 77 then -- 'M'
-    return nil
-  end
-  local find, sub = string.find, string.sub
+  local find, sub = shape.find, shape.sub
   local k = find(record, '\n', 22, true) -- after the kind and the 20 characters of time
   local n = find(record, '\n', k + 1, true) -- after the origin's name JSON
   local e = find(record, '\n', n + 1, true) -- after its encoded name

@@ -39,15 +39,17 @@
 -- in an exchange TYPE, ZRANGE, HLEN);
 -- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
+
 -- The acks that the records out[6...] (as stored) ask for, received at ARGV[9]: queued in
 -- their origins' inboxes (ARGV[8] above 0) and counted in out[4] (out[5]: those Redis refused,
 -- out of memory), or appended to ``out`` for echoes to queue. An ack is a put.lua put of no
 -- cap, under the dedup window: a replay does not queue one its origin consumed already.
 local function queue_acks(KEYS, ARGV, now, us, out)
   local shape, args
+  local byte = string.byte
   for i = 6, #out do
     local record = out[i]
-    if string.byte(record) == 77 then -- 'M': a message that wants an ack
+    if byte(record) == 77 then -- 'M': a message that wants an ack
       if not shape then
         shape = ack_shape(KEYS)
         -- put.lua's ARGV: id, record, ttl, channel, how to announce, no caps, the window,
