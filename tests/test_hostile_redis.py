@@ -409,6 +409,24 @@ async def test_a_script_reply_of_the_wrong_shape_is_a_503_never_a_success(
         await node.close()
 
 
+@pytest.mark.parametrize("origin", [b"A", b"_w", b"not base64!"])
+async def test_an_ack_to_queue_with_a_bad_origin_is_a_503(start_echoes, origin, caplog):
+    # On a Cluster a take returns the acks echoes queues; an origin that is no encoded name
+    # (a length base64 cannot have, not UTF-8, another alphabet) was a 500.
+    ack = b'a2026-12-02T00:00:00Zkey-000000000000\n"b"'
+    node = cluster_node(reply=[b"2", 0, 0, 0, 0, origin, b"0123456789abcdef", ack])
+    await node.start()
+    try:
+        url = f"redis+cluster://{node.address}"
+        quotas = {"sender_rate": 0, "max_sender_bytes": 0}  # a plain take, no quota call
+        echoes = await start_echoes(redis_url=url, subscribed=False, **quotas)
+        response = await echoes.post("/receive", "olivia")
+        assert response.status == 503 and "(BadReply)" in response.json["details"][0]
+        assert "Traceback" not in caplog.text
+    finally:
+        await node.close()
+
+
 async def test_a_user_refused_role_skips_that_check_and_says_so_once(start_echoes, master, caplog):
     master.client().acl_setuser("default", enabled=True, commands=["-role"], reset=False)
     honest = await started(*(sentinel(master.port) for _ in range(3)))

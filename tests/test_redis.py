@@ -243,13 +243,15 @@ async def test_out_of_memory_refuses_sends_but_receives_keep_working(
         response = await echoes.post("/send", "a", body)
         assert response.status == 507 and response.json["error"] == "Insufficient Storage"
         assert "stored for 0 of the destinations" in response.json["details"]
-        # Receiving frees memory: it works, and the record comes back (its ack is dropped).
+        # Receiving frees memory: it works, and the record comes back (and its ack is queued:
+        # by the take's own call, which runs out of memory as a take must).
         assert [r["body"] for r in await echoes.receive("b")] == ["stored before"]
         response = await echoes.post("/exchange", "c", body | {"destination": ["d"]})
         assert response.status == 507
     finally:
         await echoes.redis.config_set("maxmemory", 0)
     assert await echoes.receive("c") == [] and await echoes.receive("d") == []
+    assert [r["type"] for r in await echoes.receive("a")] == ["ack"]
 
 
 async def test_a_full_inbox_refuses_new_records_with_429(start_echoes):

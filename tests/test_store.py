@@ -565,6 +565,36 @@ async def test_a_tombstone_set_of_another_type_never_loses_the_batch(echoes):
     assert again.json == first.json
 
 
+# --- what a review of the acks a take queues itself found -----------------------------------
+
+
+async def test_a_put_back_keeps_its_batch_when_an_origin_key_is_of_another_type(echoes):
+    # The untake takes back the acks the take queued: a failure there (an origin's key of
+    # another program's type) loses that take-back, never the batch put back.
+    await echoes.send("a", KEY, ["b"], "kept", ack=True)
+    origin = echoes.store.keys.inbox("a").records
+    await echoes.redis.set(origin, "not a hash")
+    with contextlib.suppress(Exception):
+        await echoes.store.exchange("b", None, Take(10, "attempt-00000001"), wanted=lambda: False)
+    await echoes.redis.delete(origin)
+    assert [r["body"] for r in await echoes.receive("b")] == ["kept"]
+
+
+async def test_a_message_stored_without_its_origins_encoded_name_is_taken(echoes):
+    # A message that wants an ack as this round stored it before a take queued acks itself
+    # (no encoded origin after its name JSON): it is returned whole, and no script can
+    # address its ack.
+    inbox = echoes.store.keys.inbox("b")
+    stored = f'M{records.timestamp()}{KEY}\n"a"\n"old"'.encode()
+    await echoes.redis.hset(inbox.records, records.msg_id("a", KEY), stored)
+    await echoes.redis.pexpire(inbox.records, 60_000)
+    response = await echoes.post("/receive?attempt=attempt-00000001", "b")
+    assert response.status == 200 and [r["body"] for r in response.json] == ["old"]
+    assert response.json[0]["expectsAck"] is True
+    again = await echoes.post("/receive?attempt=attempt-00000001", "b")
+    assert again.json == response.json
+
+
 async def test_a_take_drops_at_most_64_more_tombstones_than_it_adds(start_echoes):
     # 200 tombstones long past the window: each take drops a bounded share of them (its work
     # stays bounded by what it returns), and takes go on until none is left.

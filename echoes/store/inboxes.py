@@ -375,7 +375,9 @@ class Store:
             return Batch(b"[]", 0, int(remaining) + int(count))
         self.senders.consumed(fresh)
         if int(lost):
-            log.warning("%d of %s acks could not be queued (out of memory)", lost, queued + lost)
+            log.warning(
+                "%d of %s acks could not be queued (Redis refused them)", lost, queued + lost
+            )
         if acks:
             queued += await self._queue_acks(acks)
         return Batch(batch_json, int(count), int(remaining), acks=int(queued))

@@ -26,6 +26,8 @@ from .keys import encode_name
 # ASCII output: always valid JSON, even for a body string holding a lone surrogate escape.
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 TIME_LENGTH = 20  # "2026-11-28T09:30:04Z"
+# Longest encoded name a message holds, with room: --max-from-length is at most 8192 bytes.
+ENCODED_NAME_MAX = 11000
 _MSG = '{"type":"msg","idempotencyKey":"","origin":,"body":,"expectsAck":false,"sentAt":""}'
 _ACK = '{"type":"ack","idempotencyKey":"","destination":,"receivedAt":""}'
 # Bytes a record gains when rendered, at most: the longest punctuation, less what the stored
@@ -106,8 +108,9 @@ def _rendered(record: bytes) -> list[bytes | memoryview]:
     n = record.index(b"\n", k + 1)
     ack = b"false"
     body = n + 1
-    if kind == b"M":  # the origin's encoded name follows its JSON
-        ack, body = b"true", record.index(b"\n", n + 1) + 1
+    if kind == b"M":  # the origin's encoded name follows its JSON (not in this round's first
+        # form of it, never released: then the body does, which holds no newline)
+        ack, body = b"true", record.find(b"\n", n + 1, n + 1 + ENCODED_NAME_MAX) + 1 or n + 1
     return [
         b'{"type":"msg","idempotencyKey":"',
         key,

@@ -17,10 +17,10 @@ from typing import Any
 
 from . import records
 from .failures import Unavailable
+from .keys import decode_name, encode_name
 from .scripts import Call
 
 log = logging.getLogger("echoes.store")
-_NAME = re.compile(rb"[A-Za-z0-9_-]+")  # keys.encode_name's alphabet (base64url, no padding)
 _ACK_ID = re.compile(rb"[0-9a-f]{16}")  # records.ack_id
 
 
@@ -70,24 +70,21 @@ def _whole(value: Any) -> int | None:
 def _stored(record: Any) -> bool:
     """A record as records.py stores it: <kind><time><key>\\n<name JSON>[\\n<body JSON>], a
     message that wants an ack with \\n<encoded name> after its name JSON (its JSON pieces are
-    not parsed: that is the cost the stored form saves)."""
+    not parsed: that is the cost the stored form saves; records.py renders one without the
+    encoded name too)."""
     if not isinstance(record, bytes) or record[:1] not in (b"m", b"M", b"a"):
         return False
     # Its pieces end at newlines: one after the key, and for a message one after the name (a
-    # JSON name holds none) and one after the encoded name (which holds none either). Found
-    # from the front: never a scan of the whole body.
+    # JSON name holds none). Found from the front: never a scan of the whole body.
     key_ends = record.find(b"\n", 1 + records.TIME_LENGTH)
-    if key_ends < 0 or record[:1] == b"a":
-        return key_ends > 0
-    name_ends = record.find(b"\n", key_ends + 1)
-    return name_ends > 0 and (record[:1] == b"m" or record.find(b"\n", name_ends + 1) > 0)
+    return key_ends > 0 and (record[:1] == b"a" or record.find(b"\n", key_ends + 1) > 0)
 
 
 def _ack(origin: Any, ack_id: Any, ack: Any) -> bool:
     """An ack take.lua made for echoes to queue: the origin's encoded name, its id, the ack."""
     return (
         isinstance(origin, bytes)
-        and _NAME.fullmatch(origin) is not None
+        and _encoded(origin)
         and isinstance(ack_id, bytes)
         and _ACK_ID.fullmatch(ack_id) is not None
         and _stored(ack)
@@ -126,6 +123,14 @@ def _sender(reply: Any) -> bool:
     verdict, left, held, oldest, wait = reply
     known = _whole(verdict) in (0, 1, 2) and _whole(left) is not None
     return known and _counts(held, oldest, wait)
+
+
+def _encoded(name: bytes) -> bool:
+    """Whether ``name`` is a name as keys.encode_name makes it (base64url of UTF-8)."""
+    try:
+        return bool(name) and encode_name(decode_name(name.decode("ascii"))) == name.decode()
+    except (UnicodeDecodeError, ValueError):  # binascii.Error is a ValueError
+        return False
 
 
 # take.lua's own keys; a sixth is its caller's quota key, and the take then counts the request.

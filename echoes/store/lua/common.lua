@@ -184,12 +184,17 @@ end
 
 -- The ack that ``record``, a message that wants one ('M'), asks for: the origin's name
 -- (encoded), the ack's id, and the ack as stored (``received``: its receivedAt, RFC 3339;
--- ``consumer``: the consumer's name JSON).
+-- ``consumer``: the consumer's name JSON). nil for a record without the encoded name (as
+-- this round stored them before a take queued acks itself: never released), whose ack no
+-- script can address.
 local function ack_of(record, shape, received, consumer)
   local find, sub = shape.find, shape.sub
   local k = find(record, '\n', 22, true) -- after the kind and the 20 characters of time
-  local n = find(record, '\n', k + 1, true) -- after the origin's name JSON
-  local e = find(record, '\n', n + 1, true) -- after its encoded name
+  local n = k and find(record, '\n', k + 1, true) -- after the origin's name JSON
+  local e = n and find(record, '\n', n + 1, true) -- after its encoded name
+  if not e then -- none: the body follows the name JSON (a JSON body holds no newline)
+    return nil
+  end
   local key = sub(record, 22, k - 1)
   return sub(record, n + 1, e - 1), sub(redis.sha1hex(shape[2] .. '\0' .. key), 1, 16),
     'a' .. received .. key .. '\n' .. consumer

@@ -41,9 +41,11 @@
 -- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
 
 -- The acks that the records out[6...] (as stored) ask for, received at ARGV[9]: queued in
--- their origins' inboxes (ARGV[8] above 0) and counted in out[4] (out[5]: those Redis refused,
--- out of memory), or appended to ``out`` for echoes to queue. An ack is a put.lua put of no
--- cap, under the dedup window: a replay does not queue one its origin consumed already.
+-- their origins' inboxes (ARGV[8] above 0) and counted in out[4] (out[5]: those that failed,
+-- a late replay or an origin's key of another type), or appended to ``out`` for echoes to
+-- queue. An ack is a put.lua put of no cap, under the dedup window: a replay does not queue
+-- one its origin consumed already. Out of memory, acks are written all the same (a take runs
+-- with allow-oom, as it frees the records): about 100 bytes each, fewer than it frees.
 local function queue_acks(KEYS, ARGV, now, us, out)
   local shape, args
   local byte = string.byte
@@ -57,7 +59,8 @@ local function queue_acks(KEYS, ARGV, now, us, out)
         args = {'', '', ARGV[8], '', ARGV[11] ~= '' and 'p' or '', 0, 0, ARGV[5] + 0, ARGV[6], '0'}
       end
       local origin, id, ack = ack_of(record, shape, ARGV[9], ARGV[10])
-      if ARGV[8] == '0' then
+      if not origin then -- no ack can be addressed: none is queued
+      elseif ARGV[8] == '0' then
         out[#out + 1], out[#out + 2], out[#out + 3] = origin, id, ack
       else
         args[1], args[2] = id, ack

@@ -25,12 +25,16 @@ end
 redis_call('DEL', KEYS[3])
 redis_call('ZREM', KEYS[5], unpack(ids))
 if ARGV[2] == '1' then
+  -- Each in a pcall: an origin's key of another type loses that ack's take-back, never the
+  -- batch.
   local shape
   for i = 1, #recs do
     if string.byte(recs[i][3]) == 77 then -- 'M': its ack was queued
       shape = shape or ack_shape(KEYS)
       local origin, id = ack_of(recs[i][3], shape, '', '')
-      unput(keys_of(shape, origin), id)
+      if origin then
+        pcall(unput, keys_of(shape, origin), id)
+      end
     end
   end
 end
