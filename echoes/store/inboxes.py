@@ -5,11 +5,10 @@ call in all (exchange.lua), on a Cluster one per inbox touched, plus one more pi
 round when a receive queues acks. Every script touches the keys of one inbox only (see
 keys.py; a take also its caller's quota, in the same slot, and on one Redis the inboxes of
 the origins whose acks it queues), and every script is safe to run twice, because the
-pipeline reruns a batch whose
-connection dropped (pipeline.py): a put rerun after its copy was consumed finds the copy's
-tombstone (the dedup window); a quota counted twice counts more, never less. Every write
-carries its request's deadline, past which Redis does nothing (a late take or put changes
-nothing a later request relies on).
+pipeline reruns a batch whose connection dropped (pipeline.py): a put rerun after its copy
+was consumed finds the copy's tombstone (the dedup window); a quota counted twice counts
+more, never less. Every write carries its request's deadline, past which Redis does nothing
+(a late take or put changes nothing a later request relies on).
 """
 
 import asyncio
