@@ -25,8 +25,8 @@
 --          take's reply, sender.lua's reply, or 0 if Redis refused the count (out of
 --          memory)}; an error reply (LATE) has no quota reply, and the request was not
 --          counted
--- returns  {"2", records taken, records left, acks queued, acks Redis refused (out of
---          memory: the batch stands without them), each record as stored..., and with
+-- returns  {"2", records taken, records left, acks queued, acks that could not be (the
+--          batch stands without them), each record as stored..., and with
 --          ARGV[8] "0" the origin's encoded name, the id and the record of each ack to
 --          queue}, "3" for the same of a replay (its acks queued again: the dedup window
 --          keeps an ack its origin consumed from coming twice), or for a batch the first
