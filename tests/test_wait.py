@@ -164,6 +164,18 @@ async def test_a_send_wakes_the_waiter(start_echoes, wake):
 
 
 @pytest.mark.parametrize("wake", ["keyspace", "publish"])
+async def test_an_ack_the_take_queues_wakes_its_waiting_sender(start_echoes, wake):
+    # On one Redis the take queues the ack itself, announcing it on the sender's channel
+    # (the caller's own, with the sender's name): the sender's long poll wakes.
+    echoes = await start_echoes(wake=wake, **SLOW_SWEEP)
+    await echoes.send("a", KEY, ["b"], "hello", ack=True)
+    task = await waiting(echoes, "a")
+    assert [r["body"] for r in await echoes.receive("b")] == ["hello"]
+    response = await asyncio.wait_for(task, WOKEN_WITHIN)
+    assert [r["type"] for r in response.json] == ["ack"]
+
+
+@pytest.mark.parametrize("wake", ["keyspace", "publish"])
 async def test_a_send_to_two_waiters_wakes_both(start_echoes, wake):
     # On one Redis the two puts are one exchange.lua call, which announces on each channel
     # (once the process knows "a" far from its quotas: its first request counts it first).

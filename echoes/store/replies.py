@@ -56,7 +56,11 @@ def _take(reply: Any) -> bool:
 def _counts(*counts: Any) -> bool:
     """Whether each is a whole number >= 0: an integer reply, or the digits Lua's '%d' (or
     ZSCORE) gives as a string."""
-    return all((_whole(count) or 0) >= 0 and _whole(count) is not None for count in counts)
+    for count in counts:  # a loop, not all() of a generator: one call per request's reply
+        value = count if type(count) is int else _whole(count)
+        if value is None or value < 0:
+            return False
+    return True
 
 
 def _whole(value: Any) -> int | None:

@@ -47,7 +47,7 @@
 -- one its origin consumed already. Out of memory, acks are written all the same (a take runs
 -- with allow-oom, as it frees the records): about 100 bytes each, fewer than it frees.
 local function queue_acks(KEYS, ARGV, now, us, out)
-  local shape, args
+  local shape, args, head, tail
   local byte = string.byte
   for i = 6, #out do
     local record = out[i]
@@ -57,6 +57,9 @@ local function queue_acks(KEYS, ARGV, now, us, out)
         -- put.lua's ARGV: id, record, ttl, channel, how to announce, no caps, the window,
         -- the deadline.
         args = {'', '', ARGV[8], '', ARGV[11] ~= '' and 'p' or '', 0, 0, ARGV[5] + 0, ARGV[6], '0'}
+        if ARGV[11] ~= '' then -- an origin's channel is the caller's, with its name
+          head, tail = string.match(ARGV[11], '^(.*{)[^{}]*(}[^{}]*)$')
+        end
       end
       local origin, id, ack = ack_of(record, shape, ARGV[9], ARGV[10])
       if not origin then -- no ack can be addressed: none is queued
@@ -64,8 +67,7 @@ local function queue_acks(KEYS, ARGV, now, us, out)
         out[#out + 1], out[#out + 2], out[#out + 3] = origin, id, ack
       else
         args[1], args[2] = id, ack
-        if ARGV[11] ~= '' then -- the origin's channel: the caller's, with its name
-          local head, tail = string.match(ARGV[11], '^(.*{)[^{}]*(}[^{}]*)$')
+        if head then
           args[4] = head .. origin .. tail
         end
         local ok, reply = pcall(put, keys_of(shape, origin), args, now, us)
