@@ -52,18 +52,16 @@ def _name(raw: bytes) -> str:
     return str(json.loads(raw))
 
 
-def msg(origin: str, key: str, body: Any, expects_ack: bool, sent_at: str) -> bytes:
-    """A message record as stored."""
-    if expects_ack:
-        named = f"{_dumps(origin)}\n{encode_name(origin)}"
-        return f"M{sent_at}{key}\n{named}\n{_dumps(body)}".encode("ascii")
-    return f"m{sent_at}{key}\n{_dumps(origin)}\n{_dumps(body)}".encode("ascii")
-
-
 @functools.lru_cache(maxsize=4096)
 def name_json(name: str) -> str:
     """A name as records hold it (JSON)."""
     return _dumps(name)
+
+
+def msg(origin: str, key: str, body: Any, expects_ack: bool, sent_at: str) -> bytes:
+    """A message record as stored."""
+    named = f"{name_json(origin)}\n{encode_name(origin)}" if expects_ack else name_json(origin)
+    return f"{'M' if expects_ack else 'm'}{sent_at}{key}\n{named}\n{_dumps(body)}".encode("ascii")
 
 
 def ack(key: str, destination: str, received_at: str) -> bytes:

@@ -182,6 +182,11 @@ local function ack_shape(keys)
     find = string.find, sub = sub}
 end
 
+-- Whether a record is a message that wants an ack ('M').
+local function wants_ack(record)
+  return string.byte(record) == 77
+end
+
 -- The ack that ``record``, a message that wants one ('M'), asks for: the origin's name
 -- (encoded), the ack's id, and the ack as stored (``received``: its receivedAt, RFC 3339;
 -- ``consumer``: the consumer's name JSON). nil for a record without the encoded name (as

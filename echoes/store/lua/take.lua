@@ -48,10 +48,9 @@
 -- with allow-oom, as it frees the records): about 100 bytes each, fewer than it frees.
 local function queue_acks(KEYS, ARGV, now, us, out)
   local shape, args, head, tail
-  local byte = string.byte
   for i = 6, #out do
     local record = out[i]
-    if byte(record) == 77 then -- 'M': a message that wants an ack
+    if wants_ack(record) then
       if not shape then
         shape = ack_shape(KEYS)
         -- put.lua's ARGV: id, record, ttl, channel, how to announce, no caps, the window,

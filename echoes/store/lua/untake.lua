@@ -29,7 +29,7 @@ if ARGV[2] == '1' then
   -- batch.
   local shape
   for i = 1, #recs do
-    if string.byte(recs[i][3]) == 77 then -- 'M': its ack was queued
+    if wants_ack(recs[i][3]) then -- its ack was queued
       shape = shape or ack_shape(KEYS)
       local origin, id = ack_of(recs[i][3], shape, '', '')
       if origin then
