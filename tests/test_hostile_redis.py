@@ -18,6 +18,7 @@ from bench.topologies import free_port_pair
 from echoes import options
 from echoes.embedded import RedisServer
 from echoes.store import replies, scripts
+from echoes.store.failures import Unavailable
 from echoes.store.slots import MAX_REDIRECTS
 from echoes.topology import display
 
@@ -444,5 +445,31 @@ async def test_a_user_refused_role_skips_that_check_and_says_so_once(start_echoe
             await fake.close()
 
 
-def test_every_script_has_its_reply_shape_checked():
-    assert set(replies.SHAPES) == set(scripts.NAMES)
+def test_every_script_and_command_has_its_reply_shape_checked():
+    assert set(replies.SHAPES) == set(scripts.NAMES) | set(scripts.COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [[], [b"m", None], [b"not a record"], [b'a2026-12-02T00:00:00Zkey-000000000000\n"b"'], 7],
+    ids=repr,
+)
+def test_bodies_of_the_wrong_shape_are_a_bad_reply(reply):
+    # A big record's body is read with MGET (records.py): one message record per key, or
+    # none; anything else would be rendered into a receive's answer.
+    call = scripts.Call("mget", ("k1",), ())
+    with pytest.raises(Unavailable) as refused:
+        replies.check([call], [reply])
+    assert refused.value.kind == "BadReply"
+    body = b'm2026-12-02T00:00:00Zkey-000000000000\n"a"\n"hi"'
+    replies.check([call], [[body]])
+    replies.check([call], [[None]])
+
+
+def test_a_stub_of_the_wrong_shape_is_a_bad_reply():
+    take = scripts.Call("take", ("k",) * 5, ())
+    stub = b'n2026-12-02T00:00:00Zkey-000000000000\n"a"\n#2000:abcDEF_-12'
+    replies.check([take], [[b"2", 1, 0, 0, 0, stub]])
+    with pytest.raises(Unavailable) as refused:
+        replies.check([take], [[b"2", 1, 0, 0, 0, stub.replace(b"#2000:", b"2000:")]])
+    assert refused.value.kind == "BadReply"

@@ -25,7 +25,7 @@ from conftest import http_post as post
 from redis.exceptions import NoPermissionError
 
 from echoes import __version__, logs, systemd
-from echoes.store import scripts
+from echoes.store import records, scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_systemd_analyze = needs("systemd-analyze")
@@ -430,10 +430,11 @@ def acl_rules(user, prefix="echoes:"):
 
 
 # What echoes sends itself, outside its scripts: health, memory figures, wake-ups, the sweep,
-# the notification probe (an hset and an hdel), the scripts' calls, and ROLE (is the master
-# Sentinel names one?).
+# the notification probe (an hset and an hdel), the scripts' calls, big records' bodies (SET,
+# MGET), and ROLE (is the master Sentinel names one?).
 PYTHON_COMMANDS = {
     *("ping", "info", "fcall", "exists", "hset", "hdel", "role"),
+    *("set", "mget"),  # the bodies of big records (records.py)
     *("subscribe", "unsubscribe", "ssubscribe", "sunsubscribe"),  # Cluster: shard channels
 }
 
@@ -476,6 +477,9 @@ async def test_echoes_works_under_the_documented_acl(
     assert [r["body"] for r in (await asyncio.wait_for(task, 5)).json] == ["hello"]
     assert [r["type"] for r in await echoes.receive("maurice")] == ["msg"]
     assert [r["type"] for r in await echoes.receive("olivia")] == ["ack"]
+    big = "x" * records.BIG_RECORD  # its body is SET and read with MGET (records.py)
+    await echoes.send("olivia", "key-000000000002", ["maurice"], big)
+    assert [r["body"] for r in await echoes.receive("maurice")] == [big]
     assert (await echoes.request("GET", "/health")).status == 200
     # ...and the user can touch nothing else, and run no Lua of its own.
     other = aioredis.Redis.from_url(url)

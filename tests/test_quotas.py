@@ -17,7 +17,7 @@ from conftest import Client, eventually, http_post, needs
 from bench.topologies import Cluster
 from echoes.config import Settings
 from echoes.http.budget import CALLER, PROCESS, Budget, Crowded
-from echoes.store import senders
+from echoes.store import records, senders
 from echoes.store.keys import Keys
 from echoes.store.scripts import Call
 
@@ -31,9 +31,9 @@ def held_by(clients: list[Any], prefix: str, sender: str) -> int:
     for client in clients:
         for key in client.scan_iter(match=f"{prefix}*:m", count=1000):
             for field, record in client.hgetall(key).items():
-                mine = record[:1] in b"mM" and record.split(b"\n")[1] == origin
+                mine = record[:1] in b"mMnN" and record.split(b"\n")[1] == origin
                 if not field.startswith(b"#") and mine:
-                    total += len(record)
+                    total += records.size_of(record)
     return total
 
 
@@ -126,11 +126,12 @@ async def test_an_exchange_counts_its_request_in_its_takes_script_call(start_ech
     # script call of its own; its rate still runs out.
     echoes = await start_echoes(sender_rate=1, sender_burst=6)
     redis = sync_client(echoes)
-    await echoes.post("/exchange", "mallory", message("key-000000000100", ["bob"]))  # probe
+    await echoes.post("/exchange", "mallory", message("key-000000000100", ["bob"], "hi"))
     calls = script_calls(redis)
-    answer = await echoes.post("/exchange", "mallory", message("key-000000000101", ["bob"]))
+    answer = await echoes.post("/exchange", "mallory", message("key-000000000101", ["bob"], "hi"))
     assert answer.status == 200
-    # One exchange.lua call for its put and take on Redis 7; a put and a take on 6.2.
+    # One exchange.lua call for its put and take on Redis 7; a put and a take on 6.2. (A big
+    # record's put goes apart, after its body's SET: records.BIG_RECORD.)
     assert script_calls(redis) - calls == (1 if echoes.store.scripts.functions else 2)
     quota = redis.hgetall(echoes.store.keys.sender("mallory"))
     assert int(quota[b"g"]) > 0  # the rate's due time, written by the take

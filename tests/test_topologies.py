@@ -26,7 +26,7 @@ from conftest import (
 from fakes import FakeRedis
 
 from bench.topologies import Cluster, Sentinels, redis_cli
-from echoes.store import scripts
+from echoes.store import records, scripts
 from echoes.store.keys import Keys
 
 WOKEN_WITHIN = 5.0
@@ -295,4 +295,12 @@ async def test_echoes_works_on_a_cluster_under_the_documented_acl(
     for task in tasks:
         response = await asyncio.wait_for(task, WOKEN_WITHIN)
         assert [r["body"] for r in response.json] == ["under the ACL"]
+    # A big record, with its ack: its body SET and read in its inbox's slot (records.py), its
+    # ack returned by the take from its stub and queued in the origin's slot.
+    big = "x" * records.BIG_RECORD
+    await echoes.send("a", "key-000000000010", names, big, ack=True)
+    for name in names:
+        assert [r["body"] for r in await echoes.receive(name)] == [big]
+    acks = await echoes.receive("a")
+    assert sorted(r["destination"] for r in acks) == sorted(names)
     assert (await echoes.request("GET", "/health")).status == 200

@@ -101,12 +101,15 @@ STORED, FULL, DUPLICATE, FULL_BYTES, REPLACED = 1, 0, 2, 3, 4
 
 @dataclass(frozen=True)
 class Copies:
-    """A message as stored: its record, the record's id, when it was sent (epoch seconds)."""
+    """A message as stored: its record, the record's id, when it was sent (epoch seconds);
+    for a big record (records.BIG_RECORD), its stub and its body key's token."""
 
     record_id: str
     record: bytes
     sent_at: int
     destinations: tuple[str, ...]
+    stub: bytes | None = None
+    token: str = ""
 
     @property
     def size(self) -> int:
@@ -224,6 +227,8 @@ class Store:
         try:
             results = await self._run(calls, alone)
             replies.check(calls, results)
+            if copies and copies.stub is not None:
+                results = _bodies_written(calls, results)
         except BaseException:
             if quota:
                 self.senders.unsent(caller, quota)
@@ -366,8 +371,13 @@ class Store:
         else:  # "2" taken now, "3" replayed (its senders' quotas counted it already)
             kind, count, remaining, queued, lost, *rest = taken
             stored, left = rest[: int(count)], rest[int(count) :]
-            batch_json = records.batch(stored)
             acks = [(left[i], left[i + 1], left[i + 2]) for i in range(0, len(left), 3)]
+            if int(count) and not wanted():
+                await self.untake(caller, take.attempt)
+                return Batch(b"[]", 0, int(remaining) + int(count))
+            stored = await self._bodies(caller, stored)
+            count = len(stored)
+            batch_json = records.batch(stored)
             fresh = stored if kind == b"2" and counts else []
         if int(count) and not wanted():
             await self.untake(caller, take.attempt)
@@ -380,6 +390,32 @@ class Store:
         if acks:
             queued += await self._queue_acks(acks)
         return Batch(batch_json, int(count), int(remaining), acks=int(queued))
+
+    async def _bodies(self, caller: str, stored: list[bytes]) -> list[bytes]:
+        """``stored`` with each big record's stub replaced by the record, read from its body
+        key (one MGET, in the inbox's slot). A body gone meanwhile (its record expired as it
+        was taken, or Redis evicted it) leaves its record out, and is logged."""
+        at = [i for i, record in enumerate(stored) if records.is_stub(record)]
+        if not at:
+            return stored
+        inbox = self.keys.inbox(caller)
+        call = Call("mget", tuple(inbox.body(records.stub_token(stored[i])) for i in at), ())
+        [reply] = await classified(self.scripts.run(self.servers, [call], writes=False))
+        replies.check([call], [reply])
+        if isinstance(reply, Exception):
+            raise classify(reply) from reply
+        whole: list[bytes | None] = list(stored)
+        for i, body in zip(at, reply, strict=True):
+            whole[i] = body
+        found = [record for record in whole if record is not None]
+        if len(found) < len(stored):
+            log.warning(
+                "%d of %d records taken from an inbox had lost their bodies (expired as they"
+                " were taken, or evicted): left out",
+                len(stored) - len(found),
+                len(stored),
+            )
+        return found
 
     async def untake(self, caller: str, attempt: str) -> int:
         """Put the batch parked under ``attempt`` back into ``caller``'s inbox; how many."""
@@ -407,20 +443,36 @@ class Store:
                 " send it to fewer destinations at a time, or send a smaller body"
             )
         record_id = records.msg_id(origin, message.key)
-        return Copies(record_id, record, sent_at, message.destinations)
+        if len(record) < records.BIG_RECORD:
+            return Copies(record_id, record, sent_at, message.destinations)
+        token = records.body_token()
+        stub = records.stub(record, token)
+        return Copies(record_id, record, sent_at, message.destinations, stub, token)
 
     def puts(self, origin: str, message: Message, deadline: int = 0) -> list[Call]:
         """The script calls that store one copy of ``message`` per destination."""
         return self._puts(self.copies(origin, message), deadline)
 
     def _puts(self, copies: Copies, deadline: int, counted: bool = False) -> list[Call]:
+        """A put per destination; for a big record, each after the SET of its body (NX: a
+        rerun keeps the body a stored copy may use), which lives a few seconds unless the
+        put keeps it (lua/put.lua)."""
         limits = (self._inbox_limit, self._inbox_bytes)
         record_id, record = copies.record_id, copies.record
         replaced = int(counted)
-        return [
-            self._put(name, record_id, record, limits, deadline, replaced=replaced)
-            for name in copies.destinations
-        ]
+        if copies.stub is None:
+            return [
+                self._put(name, record_id, record, limits, deadline, replaced=replaced)
+                for name in copies.destinations
+            ]
+        calls = []
+        unkept = str(int(2000 * self._timeout) + 1000)  # ms: past any rerun of the put
+        for name in copies.destinations:
+            body = self.keys.inbox(name).body(copies.token)
+            calls.append(Call("set", (body,), (record, "NX", "PX", unkept)))
+            put = self._put(name, record_id, copies.stub, limits, deadline, replaced=replaced)
+            calls.append(Call("put", (*put.keys, body), put.args))
+        return calls
 
     def _put(
         self,
@@ -567,3 +619,17 @@ class Store:
             replies = await slots.run(self.servers, [(k, ("EXISTS", k)) for k in held])
             found += [name for name, exists in zip(chunk, replies, strict=True) if exists == 1]
         return found
+
+
+def _bodies_written(calls: list[Call], results: list[Any]) -> list[Any]:
+    """``results`` without the replies of the SETs of big records' bodies: each is its put's
+    reply instead when it failed (out of memory, say), since the put then found no body."""
+    kept: list[Any] = []
+    failed: Any = None
+    for call, result in zip(calls, results, strict=True):
+        if call.script == "set":
+            failed = result if isinstance(result, Exception) else None
+            continue
+        kept.append(failed if failed is not None and call.script == "put" else result)
+        failed = None
+    return kept

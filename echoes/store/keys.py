@@ -10,6 +10,9 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
                                 the inbox's keys expire (ms: a put extends them only when its
                                 record would outlive them, without asking PTTL) and "#s" ->
                                 the highest score given
+    <prefix>{<name>}:m:<token>  string: a record of records.BIG_RECORD bytes or more, whole (its
+                                body key; the hash holds its stub), which lives as long as the
+                                record, and once taken as long as its parked batch
     <prefix>{<name>}:i          sorted set: record id -> score, the record's expiry in
                                 microseconds by Redis's clock, or just past the score before
                                 it where that is later (a shortened ttl): arrival order; only
@@ -79,6 +82,10 @@ class Inbox:
     parked: str
     channel: str
     tag: str
+
+    def body(self, token: str) -> str:
+        """The key a big record is stored whole at (lua/common.lua's body_key makes the same)."""
+        return f"{self.records}:{token}"
 
     def attempt(self, token: str) -> str:
         """The key a batch taken under ``token`` is parked at."""

@@ -12,12 +12,20 @@ hash of what makes it one record, whatever the length of the names: a message's 
 key (blake2b, in base64url: 11 characters), an ack's destination and key (SHA-1, which Lua
 has, in hex: 16 characters). A resend with the same (origin, key) has the same id, so it
 replaces the copy still waiting, or is found among the consumed ones (the dedup window).
+
+A record of BIG_RECORD bytes or more is stored whole in a key of its own (its body key,
+keys.py), and its inbox's hash holds its ``stub``: the record's head (kind ``n`` for ``m``,
+``N`` for ``M``, and the time, key and names as the record has them), then
+``\n#<bytes>:<token>``. Redis's Lua hashes every byte of every string a script touches, about
+a microsecond a kilobyte: the scripts see only stubs, and echoes writes and reads the bodies
+with plain commands (lua/common.lua says how the scripts use them).
 """
 
 import base64
 import functools
 import hashlib
 import json
+import secrets
 import time
 from typing import Any
 
@@ -34,6 +42,11 @@ _ACK = '{"type":"ack","idempotencyKey":"","destination":,"receivedAt":""}'
 # form spends on its kind and separators (the take's byte budget counts rendered bytes; a
 # message that wants an ack renders smaller still, without its encoded origin).
 RENDER_OVERHEAD = max(len(_MSG) - 3, len(_ACK) - 2)
+# Records of this many bytes or more are stored as a stub and a body key. Below it a record
+# costs a script at most a millisecond and a half per take (1,000 of them, its default most),
+# above it one key more (some 60 bytes of Redis) is little beside the record.
+BIG_RECORD = 1024
+STUB_KINDS = (b"n", b"N")
 
 
 def timestamp(now: float | None = None) -> str:
@@ -62,6 +75,39 @@ def msg(origin: str, key: str, body: Any, expects_ack: bool, sent_at: str) -> by
     """A message record as stored."""
     named = f"{name_json(origin)}\n{encode_name(origin)}" if expects_ack else name_json(origin)
     return f"{'M' if expects_ack else 'm'}{sent_at}{key}\n{named}\n{_dumps(body)}".encode("ascii")
+
+
+def stub(record: bytes, token: str) -> bytes:
+    """The stub a big ``record`` (a message) is known by in its inbox's hash: its head, its
+    size and the token of its body key."""
+    k = record.index(b"\n", 1 + TIME_LENGTH)
+    head = record.index(b"\n", k + 1)  # after the origin's name JSON
+    kind = b"n"
+    if record[:1] == b"M":  # and after its encoded name
+        kind, head = b"N", record.index(b"\n", head + 1)
+    return b"%s%s\n#%d:%s" % (kind, record[1:head], len(record), token.encode("ascii"))
+
+
+def body_token() -> str:
+    """A new body key's token: no two puts share one (a resend replaces the waiting copy's)."""
+    return secrets.token_urlsafe(12)
+
+
+def is_stub(record: bytes) -> bool:
+    return record[:1] in STUB_KINDS
+
+
+def stub_token(record: bytes) -> str:
+    """The token of a stub's body key."""
+    return record[record.rindex(b":") + 1 :].decode("ascii")
+
+
+def size_of(value: bytes) -> int:
+    """The bytes of the record a value of an inbox's hash stands for: itself, or its stub's
+    count (lua/common.lua's record_size)."""
+    if is_stub(value):
+        return int(value[value.rindex(b"\n#") + 2 : value.rindex(b":")])
+    return len(value)
 
 
 def ack(key: str, destination: str, received_at: str) -> bytes:

@@ -22,6 +22,20 @@ from .scripts import Call
 
 log = logging.getLogger("echoes.store")
 _ACK_ID = re.compile(rb"[0-9a-f]{16}")  # records.ack_id
+_KINDS = (b"m", b"M", b"a", *records.STUB_KINDS)
+_STUB_TAIL = re.compile(rb"\n#\d+:[\w-]+\Z")  # records.stub's
+
+
+def _set(reply: Any) -> bool:
+    """SET ... NX of a big record's body: OK, or none when a rerun found it there."""
+    return reply in (b"OK", "OK", True, None)
+
+
+def _mget(reply: Any) -> bool:
+    """MGET of big records' bodies: each a message record, or none (gone)."""
+    return isinstance(reply, list) and all(
+        body is None or (_stored(body) and body[:1] in (b"m", b"M")) for body in reply
+    )
 
 
 def _put(reply: Any) -> bool:
@@ -75,8 +89,10 @@ def _stored(record: Any) -> bool:
     """A record as records.py stores it: <kind><time><key>\\n<name JSON>[\\n<body JSON>], a
     message that wants an ack with \\n<encoded name> after its name JSON (its JSON pieces are
     not parsed: that is the cost the stored form saves; records.py renders one without the
-    encoded name too)."""
-    if not isinstance(record, bytes) or record[:1] not in (b"m", b"M", b"a"):
+    encoded name too); or a big record's stub ("n", "N": its head, then \\n#<bytes>:<token>)."""
+    if not isinstance(record, bytes) or record[:1] not in _KINDS:
+        return False
+    if record[:1] in records.STUB_KINDS and _STUB_TAIL.search(record) is None:
         return False
     # Its pieces end at newlines: one after the key, and for a message one after the name (a
     # JSON name holds none). Found from the front: never a scan of the whole body.
@@ -162,12 +178,16 @@ SHAPES: dict[str, Callable[[Any], bool]] = {
     "ping": _ping,
     "sender": _sender,
     "exchange": _exchange,
+    "set": _set,
+    "mget": _mget,
 }
 
 
 def _parts(call: Call, result: Any) -> bool:
     """Whether an exchange's reply has a part for each of its puts (ARGV[1]), and its take
-    when its keys hold one."""
+    when its keys hold one; an MGET's, one for each key."""
+    if call.script == "mget":
+        return len(result) == len(call.keys)
     if call.script != "exchange":
         return True
     puts = int(call.args[0])

@@ -53,13 +53,18 @@ FLAGS = {
 }
 
 
+# Plain commands a Call may be too, by these names: a big record's body is written and read
+# without a script (records.py says why). Each is safe to run twice (SET with NX).
+COMMANDS = {"set": "SET", "mget": "MGET"}
+
+
 class NotLoaded(RedisError):
     """Redis lacks echoes' function library and echoes' Redis user may not load it."""
 
 
 @dataclass(frozen=True)
 class Call:
-    """One script call in a pipeline."""
+    """One script call in a pipeline (or one of COMMANDS)."""
 
     script: str
     keys: tuple[str, ...]
@@ -109,13 +114,16 @@ class Scripts:
             )
         return "\n".join(parts) + "\n"
 
-    async def run(self, servers: Servers, calls: list[Call], alone: bool = False) -> list[Any]:
+    async def run(
+        self, servers: Servers, calls: list[Call], alone: bool = False, writes: bool = True
+    ) -> list[Any]:
         """Run ``calls``, each on the server of its inbox (slots.py), in one pipeline per
         server; their results in order, an error reply as an exception. ``alone``: they are
-        large, and go on a connection of their own (Pipeline.run)."""
+        large, and go on a connection of their own (Pipeline.run). ``writes``: they may
+        change data (a replica must have it, with --redis-wait-replicas)."""
         commands = [(c.keys[0], self._command(c)) for c in calls]
         send = functools.partial(self._send, alone=True) if alone else self._send
-        return await slots.run(servers, commands, writes=True, send=send)
+        return await slots.run(servers, commands, writes=writes, send=send)
 
     async def check(self, server: Server) -> None:
         """Call the ping script on ``server``, loading the scripts there if it lacks them;
@@ -170,6 +178,8 @@ class Scripts:
         return "Function not found" in str(reply) or _unknown_command(reply)
 
     def _command(self, call: Call) -> Command:
+        if call.script in COMMANDS:
+            return (COMMANDS[call.script], *call.keys, *call.args)
         if self.functions:
             return ("FCALL", self.function[call.script], len(call.keys), *call.keys, *call.args)
         return ("EVALSHA", self.sha[call.script], len(call.keys), *call.keys, *call.args)

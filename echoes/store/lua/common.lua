@@ -6,6 +6,15 @@
 -- name as key names encode it, 'a' for an ack); the scripts look inside one only for the key
 -- and origin of a message that wants an ack (ack_of), and echoes renders it into the JSON a
 -- receive returns.
+--
+-- A record of records.py's BIG_RECORD bytes or more is not in its inbox's hash: echoes stores
+-- it whole in a string key of its own (its body key: the records key, ":" and a token; SET),
+-- and the hash holds its stub, the record's head ('n' for 'm', 'N' for 'M', then its time, key,
+-- name JSON and for 'N' the encoded origin, as in the record) and "\n#<bytes>:<token>". Redis's
+-- Lua hashes every byte of every string a script is handed (about a microsecond a kilobyte,
+-- here): no script reads a big record, only its stub; echoes reads the bodies of the stubs a
+-- take returns (MGET). Every value of a records hash is then small, and is read rather than
+-- measured with HSTRLEN where its size counts (record_size).
 
 -- Redis's API and the Lua functions the scripts use most, as upvalues. A function of a
 -- library finds a global through its environment's __index (two table lookups and a
@@ -102,6 +111,45 @@ local function expired_below(now)
   return int(now * 1000 + 999)
 end
 
+-- Whether a value of a records hash is a big record's stub ('n', 'N').
+local function is_stub(value)
+  local kind = string.byte(value)
+  return kind == 110 or kind == 78
+end
+
+-- A stub's record size and token.
+local function stub_parts(value)
+  local size, token = string.match(value, '\n#(%d+):([%w_%-]+)$')
+  return size + 0, token
+end
+
+-- The bytes of the record a value of a records hash stands for: itself, or its stub's count.
+local function record_size(value)
+  if is_stub(value) then
+    return (stub_parts(value))
+  end
+  return #value
+end
+
+-- The body key of the stub ``value`` in the inbox whose records hash is ``records`` (keys.py).
+local function body_key(records, value)
+  local _, token = stub_parts(value)
+  return records .. ':' .. token
+end
+
+-- How long a body outlives its record (ms), so that a take that returns the stub at the last
+-- moment still finds the body when echoes reads it.
+local BODY_SLACK_MS = 1000
+
+-- Drop the bodies of the stubs among ``values`` (records that expired or were replaced).
+local function drop_bodies(records, values)
+  for i = 1, #values do
+    if values[i] and is_stub(values[i]) then
+      redis_call('DEL', body_key(records, values[i]))
+    end
+  end
+end
+
 -- An inbox of one record is a hash of that record and nothing else, which expires with it
 -- (no index: one key per small inbox); a second record turns it into an indexed inbox, whose
 -- hash also holds "#b" (bytes of its records), "#x" (when its keys expire, ms) and "#s" (the
@@ -114,7 +162,7 @@ local function first_record(records, now, first)
     return nil
   end
   local left = redis_call('PTTL', records)
-  return first, (now + max(left, 0)) * 1000, redis_call('HSTRLEN', records, first)
+  return first, (now + max(left, 0)) * 1000, record_size(redis_call('HGET', records, first))
 end
 
 -- Whether a field of an inbox's hash is one of its counts ("#b", "#x"), not a record.
@@ -182,9 +230,10 @@ local function ack_shape(keys)
     find = string.find, sub = sub}
 end
 
--- Whether a record is a message that wants an ack ('M').
+-- Whether a record (or a stub) is a message that wants an ack ('M', 'N').
 local function wants_ack(record)
-  return string.byte(record) == 77
+  local kind = string.byte(record)
+  return kind == 77 or kind == 78
 end
 
 -- The ack that ``record``, a message that wants one ('M'), asks for: the origin's name

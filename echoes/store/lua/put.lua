@@ -8,8 +8,12 @@
 -- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
 --          their sum: parked records count against the cap (take.lua)
 -- KEYS[4]  tombstones: sorted set, id -> minus when its destination consumed it (take.lua)
+-- KEYS[5]  optional: the body key of a big record (common.lua), which echoes SET (NX, with a
+--          life of seconds) just before: ARGV[2] is then its stub, and a stored put makes the
+--          body live as long as the record; a refused one leaves it to expire (a full inbox
+--          deletes it at once)
 -- ARGV[1]  record id
--- ARGV[2]  record
+-- ARGV[2]  record, or a big record's stub (with KEYS[5])
 -- ARGV[3]  time to live, in milliseconds
 -- ARGV[4]  channel to announce the arrival on (--wake=publish), or "" (keyspace events)
 -- ARGV[5]  with a channel: "s" to announce on it as a shard channel (SPUBLISH), else "p"
@@ -22,20 +26,46 @@
 --          quota counts that copy already: senders.py), else "0" or absent
 -- returns  1 stored, 2 a duplicate (consumed before: not stored again), 0 the inbox holds
 --          too many records, 3 too many bytes, 4 stored in place of a waiting copy (with
---          ARGV[10]); an error reply (OOM, LATE) changed nothing
+--          ARGV[10]); an error reply (OOM, LATE, NOBODY: KEYS[5] does not exist) changed
+--          nothing
 -- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2). With
 -- ARGV[10], a rerun of a put that stored its copy answers 4, as a client's resend of the same
 -- copy does: the sender's quota then counts that copy once too few (README, "One sender, one
 -- share").
 --
--- Work is bounded by this record, never by what the inbox holds: sizes are read with
--- HSTRLEN, expiries from the index's scores, and at most 64 expired records are dropped.
--- A put to an indexed inbox is at most eight commands (TIME, ZSCORE with the dedup window,
--- ZCARD, HSTRLEN, HMGET, HGET of the parked count with a cap, HSET, ZADD), and two PEXPIREs
--- when its keys need a longer life.
+-- Work is bounded by this record, never by what the inbox holds: sizes come from the values
+-- of the hash (each small: common.lua), expiries from the index's scores, and at most 64
+-- expired records are dropped. A put to an indexed inbox is at most eight commands (TIME,
+-- ZSCORE with the dedup window, ZCARD, HGET of a waiting copy, HMGET, HGET of the parked
+-- count with a cap, HSET, ZADD), and two PEXPIREs when its keys need a longer life; a big
+-- record's put two more (EXISTS and PEXPIRE of its body).
 --
 -- put(KEYS, ARGV[, now, us]): at ``now`` (ms) and ``us`` (microseconds) of Redis's clock
 -- (common.lua's now_ms; asked if not given): exchange.lua runs several puts at one time.
+-- A put refused because the inbox is full (``reply``): the body it SET goes at once. (A
+-- duplicate's or a late put's stays to expire: it may be a rerun's, whose body a stored or
+-- consumed copy uses.)
+local function refuse(body, reply)
+  if body then
+    redis_call('DEL', body)
+  end
+  return reply
+end
+
+-- A record stored (its hash field set): its body, if it is big, lives as long as it (``life``
+-- ms, and BODY_SLACK_MS), and the body of the waiting copy it replaced, if another, goes.
+local function stored_body(records, body, old_value, life)
+  if body then
+    redis_call('PEXPIRE', body, int(life + BODY_SLACK_MS))
+  end
+  if old_value and is_stub(old_value) then
+    local old_body = body_key(records, old_value)
+    if old_body ~= body then
+      redis_call('DEL', old_body)
+    end
+  end
+end
+
 local function put(KEYS, ARGV, now, us)
   if not now then
     now, us = now_ms()
@@ -44,27 +74,33 @@ local function put(KEYS, ARGV, now, us)
   if refused then
     return refused
   end
-  local id, record = ARGV[1], ARGV[2]
+  local id, record, body = ARGV[1], ARGV[2], KEYS[5]
   local window = ARGV[8] + 0
   if window > 0 and consumed_within(redis_call('ZSCORE', KEYS[4], id), now, window) then
-    return 2
+    return 2 -- its body (a rerun's, maybe the consumed copy's) is left to expire
+  end
+  if body and redis_call('EXISTS', body) == 0 then
+    return redis.error_reply('NOBODY the body of this big record was not stored')
   end
   local ttl, limit, max_bytes = ARGV[3] + 0, ARGV[6] + 0, ARGV[7] + 0
+  local size = record_size(record)
 
-  -- old: the size of a waiting copy with this id (0: none; records are never empty).
-  local old = 0
+  -- old: the size of a waiting copy with this id (0: none; records are never empty), and the
+  -- copy itself (its body goes if it is a big record's stub of another body).
+  local old, old_value = 0, nil
 
   -- count: records indexed (0: no index). first: the one record of an inbox without an index,
   -- which this put turns into an indexed inbox of two.
   local count, first = redis_call('ZCARD', KEYS[2]), nil
   if count > 0 then
-    old = redis_call('HSTRLEN', KEYS[1], id)
+    old_value = redis_call('HGET', KEYS[1], id)
+    old = old_value and record_size(old_value) or 0
   else
     local held = redis_call('HLEN', KEYS[1])
     if held == 1 then
       first = redis_call('HKEYS', KEYS[1])[1]
       if first == id then
-        old, first = redis_call('HSTRLEN', KEYS[1], id), nil
+        old_value, first = redis_call('HGET', KEYS[1], id), nil
       elseif count_field(first) then
         redis_call('DEL', KEYS[1]) -- what an index that expired left: its records expired too
         first = nil
@@ -72,17 +108,18 @@ local function put(KEYS, ARGV, now, us)
     elseif held > 1 then
       redis_call('DEL', KEYS[1]) -- likewise
     end
+    old = old_value and record_size(old_value) or 0
     if not first then
       -- An inbox of at most this one record: one key.
-      if max_bytes > 0 and #record > max_bytes then
-        return 3
+      if max_bytes > 0 and size > max_bytes then
+        return refuse(body, 3)
       end
       if limit > 0 and old == 0 then
         local parked, ended = parked_count(KEYS[3], now, false)
         if parked + 1 > limit then
           parked, ended = parked_count(KEYS[3], now, true)
           if parked + 1 > limit then
-            return 0
+            return refuse(body, 0)
           end
           forget_stretches(KEYS[3], ended, parked)
         end
@@ -92,6 +129,7 @@ local function put(KEYS, ARGV, now, us)
         return reply
       end
       redis_call('PEXPIRE', KEYS[1], ARGV[3])
+      stored_body(KEYS[1], body, old_value, ttl)
       announce(ARGV[4], ARGV[5])
       return (old > 0 and ARGV[10] == '1') and 4 or 1
     end
@@ -117,8 +155,8 @@ local function put(KEYS, ARGV, now, us)
     end
   end
   local parked = limit > 0 and parked_count(KEYS[3], now, false) or 0
-  local added = #record - old
-  local dead, dead_bytes, ended = {}, 0, nil
+  local added = size - old
+  local dead, dead_values, dead_bytes, ended = {}, {}, 0, nil
   local capped = limit > 0 and old == 0 -- a replacement fits
   local over_records = capped and count + parked >= limit
   local over_bytes = max_bytes > 0 and bytes + added > max_bytes
@@ -128,7 +166,12 @@ local function put(KEYS, ARGV, now, us)
     for i = 1, #expired do
       if expired[i] ~= id then
         dead[#dead + 1] = expired[i]
-        dead_bytes = dead_bytes + redis_call('HSTRLEN', KEYS[1], expired[i])
+      end
+    end
+    if #dead > 0 then
+      dead_values = redis_call('HMGET', KEYS[1], unpack(dead))
+      for i = 1, #dead do
+        dead_bytes = dead_bytes + (dead_values[i] and record_size(dead_values[i]) or 0)
       end
     end
     over_records = capped and count - #dead + parked >= limit
@@ -139,10 +182,10 @@ local function put(KEYS, ARGV, now, us)
     over_records = count - #dead + parked >= limit
   end
   if over_records then
-    return 0
+    return refuse(body, 0)
   end
   if over_bytes then
-    return 3
+    return refuse(body, 3)
   end
 
   -- The record first, with the inbox's new counts (one HSET: one arrival event): out of
@@ -175,7 +218,9 @@ local function put(KEYS, ARGV, now, us)
   if #dead > 0 then
     redis_call('ZREM', KEYS[2], unpack(dead))
     redis_call('HDEL', KEYS[1], unpack(dead))
+    drop_bodies(KEYS[1], dead_values)
   end
+  stored_body(KEYS[1], body, old_value, life)
   forget_stretches(KEYS[3], ended, parked)
   announce(ARGV[4], ARGV[5])
   return (old > 0 and ARGV[10] == '1') and 4 or 1

@@ -32,13 +32,17 @@
 --          keeps an ack its origin consumed from coming twice), or for a batch the first
 --          design parked, {"1", batch as a JSON array, records in it, records left,
 --          "m:<key>:<origin>" of each message that wants an ack...}
+-- A big record is returned as its stub (common.lua), whose body then lives as long as the
+-- parked batch, and at least a second past the deadline: echoes reads it next (MGET).
 -- Safe to run twice: a rerun under the same token replays the parked batch; with KEYS[6] it
 -- counts the request again (as a rerun of sender.lua does: more, never less).
 --
 -- Work is bounded by what the take returns: an empty inbox costs two commands (TYPE, EXISTS;
 -- in an exchange TYPE, ZRANGE, HLEN);
--- sizes come from the inbox's byte count or HSTRLEN, so no record it leaves is read; the ids
--- and scores of at most ARGV[1] records are (and of 64 expired ones, when there are some).
+-- sizes come from the inbox's byte count, or from the records it returns, read in order
+-- while they fit (every value of the hash is small: common.lua), so at most one record it
+-- leaves is read; the ids and scores of at most ARGV[1] records are (and the values of 64
+-- expired ones, when there are some).
 
 -- The acks that the records out[6...] (as stored) ask for, received at ARGV[9]: queued in
 -- their origins' inboxes (ARGV[8] above 0) and counted in out[4] (out[5]: those that failed,
@@ -154,38 +158,44 @@ local function take_records(KEYS, ARGV, now, us)
     end
     local nlive = #live / 2
     local bytes = (redis_call('HGET', KEYS[1], '#b') or 0) + 0
-    local fit = nlive
-    if bytes + nlive * overhead > budget then -- not all of them fit: find how many do
+    local fit, values = nlive, nil
+    if bytes + nlive * overhead > budget then -- not all of them fit: read them while they do
       local size = 0
-      fit = 0
+      fit, values = 0, list()
       for i = 1, nlive do
-        local s = redis_call('HSTRLEN', KEYS[1], live[2 * i - 1]) + overhead
+        local value = redis_call('HGET', KEYS[1], live[2 * i - 1])
+        local s = (value and record_size(value) or 0) + overhead
         if fit > 0 and size + s > budget then
           break
         end
         size, fit = size + s, fit + 1
+        values[fit] = value
       end
     end
     local ids = list()
     for i = 1, fit do
       ids[i] = live[2 * i - 1]
     end
-    local values = fit > 0 and redis_call('HMGET', KEYS[1], unpack(ids)) or {}
+    values = values or (fit > 0 and redis_call('HMGET', KEYS[1], unpack(ids)) or {})
     local freed = 0
     for i = 1, fit do
       if values[i] then
         local at = #taken
         taken[at + 1], taken[at + 2], taken[at + 3] = ids[i], live[2 * i], values[i]
-        freed = freed + #values[i]
+        freed = freed + record_size(values[i])
       end
     end
     if whole and fit == nlive then -- everything in the inbox is taken or expired
       redis_call('DEL', KEYS[1], KEYS[2]) -- the byte count too
     else
       local gone = list()
-      for i = 1, #dead do
-        gone[i] = dead[i]
-        freed = freed + redis_call('HSTRLEN', KEYS[1], dead[i])
+      if #dead > 0 then
+        local dead_values = redis_call('HMGET', KEYS[1], unpack(dead))
+        for i = 1, #dead do
+          gone[i] = dead[i]
+          freed = freed + (dead_values[i] and record_size(dead_values[i]) or 0)
+        end
+        drop_bodies(KEYS[1], dead_values)
       end
       for i = 1, fit do
         gone[#gone + 1] = ids[i]
@@ -216,6 +226,13 @@ local function take_records(KEYS, ARGV, now, us)
   -- The first has the lowest score (scores are expiries), so it expires first.
   local attempt_ms = ARGV[2] + 0
   local parked_until = min(now + attempt_ms, floor(taken[2] / 1000))
+  local hold
+  for i = 1, n do
+    if is_stub(out[i + 5]) then -- its body lives as long as the batch, and past the deadline
+      hold = hold or int(max(parked_until, ARGV[6] + 0) - now + BODY_SLACK_MS)
+      redis_call('PEXPIRE', body_key(KEYS[1], out[i + 5]), hold)
+    end
+  end
 
   -- Consumed: a resend of any of these within the dedup window is a duplicate (put.lua).
   -- Scored by minus the time (newest first): a set of up to 128 is a listpack, and ZADD

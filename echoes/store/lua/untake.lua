@@ -7,6 +7,8 @@
 --             origin that consumed one meanwhile saw it early), else "0" or absent
 -- returns     how many records went back (0: nothing parked there, or expired meanwhile,
 --             or sent again since)
+-- A big record's stub goes back with its body's life made its record's again (the take made
+-- it the batch's).
 -- Safe to run twice: the first run deletes the attempt key. Records go back whatever the
 -- inbox's caps say (they were in it before; refusing them would lose them): past a cap by
 -- at most that batch, until it is consumed.
@@ -51,9 +53,16 @@ if #live == 0 then
 end
 -- Back at their old places (their scores), in the inbox's layout for its new size.
 local indexed = redis_call('EXISTS', KEYS[2]) == 1
+-- A big record's body lives as long as its record again (put.lua).
+local function keep_body(value, score)
+  if is_stub(value) then
+    redis_call('PEXPIRE', body_key(KEYS[1], value), int(floor(score / 1000) - now + BODY_SLACK_MS))
+  end
+end
 if not indexed and #live == 1 and redis_call('HLEN', KEYS[1]) == 0 then
   redis_call('HSET', KEYS[1], live[1][1], live[1][3])
   redis_call('PEXPIRE', KEYS[1], int(floor(live[1][2] / 1000) - now))
+  keep_body(live[1][3], live[1][2])
   return 1
 end
 local bytes, latest, back, highest = 0, 0, 0, 0
@@ -69,7 +78,8 @@ for i = 1, #live do
   if redis_call('HEXISTS', KEYS[1], live[i][1]) == 0 then
     redis_call('HSET', KEYS[1], live[i][1], live[i][3])
     redis_call('ZADD', KEYS[2], live[i][2], live[i][1])
-    bytes = bytes + #live[i][3]
+    keep_body(live[i][3], live[i][2])
+    bytes = bytes + record_size(live[i][3])
     latest = max(latest, floor(live[i][2] / 1000) - now)
     highest = max(highest, live[i][2] + 0)
     back = back + 1
