@@ -21,7 +21,7 @@ import tornado.netutil
 import tornado.web
 from tornado.iostream import IOStream
 
-from . import logs, metrics, processes, systemd, topology
+from . import heap, logs, metrics, processes, systemd, topology
 from .config import DEFAULT_REDIS_URL, EMBEDDED, ConfigError, Settings
 from .embedded import RedisServer
 from .http import accept, malformed
@@ -347,6 +347,7 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
 
     ``reload`` reads the configuration again (SIGHUP).
     """
+    heap.keep_freed_memory()
     embedded = None
     if settings.redis_url == EMBEDDED:
         embedded = RedisServer(settings.data_dir)
