@@ -173,6 +173,13 @@ async def test_a_send_no_inbox_takes_leaves_no_body_behind(start_echoes):
     assert await body_keys(echoes.redis, inbox) == [inbox.body(records.stub_token(stub)).encode()]
     assert int(await echoes.redis.hget(inbox.records, "#b")) == records.size_of(stub)
     assert [r["idempotencyKey"] for r in await echoes.receive("b")] == ["key-000000000004"]
+    # A resend of it within the dedup window is a duplicate: the body it wrote goes at once,
+    # the consumed copy's stays for a retry of its take.
+    again = await echoes.post(
+        "/send", "a", {"idempotencyKey": "key-000000000004", "destination": ["b"], "body": BIG}
+    )
+    assert again.json == {"sent": 1, "duplicates": 1}
+    assert await body_keys(echoes.redis, inbox) == [inbox.body(records.stub_token(stub)).encode()]
 
 
 async def test_a_take_of_big_records_keeps_to_its_byte_budget(start_echoes):

@@ -454,9 +454,9 @@ class Store:
         return self._puts(self.copies(origin, message), deadline)
 
     def _puts(self, copies: Copies, deadline: int, counted: bool = False) -> list[Call]:
-        """A put per destination; for a big record, each after the SET of its body (NX: a
-        rerun keeps the body a stored copy may use), which lives a few seconds unless the
-        put keeps it (lua/put.lua)."""
+        """A put per destination; for a big record, each after the SET of its body where
+        the put looks for it, which lives a few seconds unless the put keeps it (put.lua
+        renames it, or deletes it when it refuses the copy)."""
         limits = (self._inbox_limit, self._inbox_bytes)
         record_id, record = copies.record_id, copies.record
         replaced = int(counted)
@@ -468,10 +468,10 @@ class Store:
         calls = []
         unkept = str(int(2000 * self._timeout) + 1000)  # ms: past any rerun of the put
         for name in copies.destinations:
-            body = self.keys.inbox(name).body(copies.token)
-            calls.append(Call("set", (body,), (record, "NX", "PX", unkept)))
+            arriving = self.keys.inbox(name).arriving(copies.token)
+            calls.append(Call("set", (arriving,), (record, "PX", unkept)))
             put = self._put(name, record_id, copies.stub, limits, deadline, replaced=replaced)
-            calls.append(Call("put", (*put.keys, body), put.args))
+            calls.append(Call("put", (*put.keys, arriving), put.args))
         return calls
 
     def _put(

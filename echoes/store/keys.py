@@ -12,7 +12,8 @@ before they go into a key: the encoding is injective and its alphabet has no ``:
                                 the highest score given
     <prefix>{<name>}:m:<token>  string: a record of records.BIG_RECORD bytes or more, whole (its
                                 body key; the hash holds its stub), which lives as long as the
-                                record, and once taken as long as its parked batch
+                                record, and once taken as long as its parked batch; written at
+                                ``:m:<token>:new`` for its put, which renames it (put.lua)
     <prefix>{<name>}:i          sorted set: record id -> score, the record's expiry in
                                 microseconds by Redis's clock, or just past the score before
                                 it where that is later (a shortened ttl): arrival order; only
@@ -86,6 +87,10 @@ class Inbox:
     def body(self, token: str) -> str:
         """The key a big record is stored whole at (lua/common.lua's body_key makes the same)."""
         return f"{self.records}:{token}"
+
+    def arriving(self, token: str) -> str:
+        """Where echoes writes a big record for its put, which renames it to ``body``."""
+        return f"{self.records}:{token}:new"
 
     def attempt(self, token: str) -> str:
         """The key a batch taken under ``token`` is parked at."""

@@ -27,8 +27,8 @@ _STUB_TAIL = re.compile(rb"\n#\d+:[\w-]+\Z")  # records.stub's
 
 
 def _set(reply: Any) -> bool:
-    """SET ... NX of a big record's body: OK, or none when a rerun found it there."""
-    return reply in (b"OK", "OK", True, None)
+    """SET of a big record's body: OK."""
+    return reply in (b"OK", "OK", True)
 
 
 def _mget(reply: Any) -> bool:

@@ -54,7 +54,8 @@ FLAGS = {
 
 
 # Plain commands a Call may be too, by these names: a big record's body is written and read
-# without a script (records.py says why). Each is safe to run twice (SET with NX).
+# without a script (records.py says why). Each is safe to run twice (a rerun's SET writes a
+# key its put then renames or deletes: lua/put.lua).
 COMMANDS = {"set": "SET", "mget": "MGET"}
 
 

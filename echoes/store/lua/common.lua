@@ -8,7 +8,8 @@
 -- receive returns.
 --
 -- A record of records.py's BIG_RECORD bytes or more is not in its inbox's hash: echoes stores
--- it whole in a string key of its own (its body key: the records key, ":" and a token; SET),
+-- it whole in a string key of its own (its body key: the records key, ":" and a token; SET
+-- at that name with ":new" for put.lua, which renames it),
 -- and the hash holds its stub, the record's head ('n' for 'm', 'N' for 'M', then its time, key,
 -- name JSON and for 'N' the encoded origin, as in the record) and "\n#<bytes>:<token>". Redis's
 -- Lua hashes every byte of every string a script is handed (about a microsecond a kilobyte,

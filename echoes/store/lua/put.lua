@@ -8,10 +8,12 @@
 -- KEYS[3]  parked: hash, "<ms>" -> records parked in batches that expire before then, "#" ->
 --          their sum: parked records count against the cap (take.lua)
 -- KEYS[4]  tombstones: sorted set, id -> minus when its destination consumed it (take.lua)
--- KEYS[5]  optional: the body key of a big record (common.lua), which echoes SET (NX, with a
---          life of seconds) just before: ARGV[2] is then its stub, and a stored put makes the
---          body live as long as the record; a refused one leaves it to expire (a full inbox
---          deletes it at once)
+-- KEYS[5]  optional: where echoes SET a big record just before (its body key, common.lua,
+--          with ":new"; a life of seconds): ARGV[2] is then its stub. A stored put renames it
+--          to the body key (a rerun's overwrites the same bytes), which then lives as long as
+--          the record; a refused one deletes it. A body key is never written but so: a
+--          rerun's SET after the first run's rename makes a new key, never touches a body a
+--          stored or consumed copy uses.
 -- ARGV[1]  record id
 -- ARGV[2]  record, or a big record's stub (with KEYS[5])
 -- ARGV[3]  time to live, in milliseconds
@@ -27,7 +29,7 @@
 -- returns  1 stored, 2 a duplicate (consumed before: not stored again), 0 the inbox holds
 --          too many records, 3 too many bytes, 4 stored in place of a waiting copy (with
 --          ARGV[10]); an error reply (OOM, LATE, NOBODY: KEYS[5] does not exist) changed
---          nothing
+--          nothing but KEYS[5] (deleted)
 -- Safe to run twice: a rerun rewrites the same record, or finds it consumed (2). With
 -- ARGV[10], a rerun of a put that stored its copy answers 4, as a client's resend of the same
 -- copy does: the sender's quota then counts that copy once too few (README, "One sender, one
@@ -38,31 +40,32 @@
 -- expired records are dropped. A put to an indexed inbox is at most eight commands (TIME,
 -- ZSCORE with the dedup window, ZCARD, HGET of a waiting copy, HMGET, HGET of the parked
 -- count with a cap, HSET, ZADD), and two PEXPIREs when its keys need a longer life; a big
--- record's put two more (EXISTS and PEXPIRE of its body).
+-- record's put three more (EXISTS, RENAME and PEXPIRE of its body).
 --
 -- put(KEYS, ARGV[, now, us]): at ``now`` (ms) and ``us`` (microseconds) of Redis's clock
 -- (common.lua's now_ms; asked if not given): exchange.lua runs several puts at one time.
--- A put refused because the inbox is full (``reply``): the body it SET goes at once. (A
--- duplicate's or a late put's stays to expire: it may be a rerun's, whose body a stored or
--- consumed copy uses.)
-local function refuse(body, reply)
-  if body then
-    redis_call('DEL', body)
+-- A put refused (``reply``): the body echoes SET for it goes at once.
+local function refuse(arriving, reply)
+  if arriving then
+    redis_call('DEL', arriving)
   end
   return reply
 end
 
--- A record stored (its hash field set): its body, if it is big, lives as long as it (``life``
--- ms, and BODY_SLACK_MS), and the body of the waiting copy it replaced, if another, goes.
-local function stored_body(records, body, old_value, life)
-  if body then
-    redis_call('PEXPIRE', body, int(life + BODY_SLACK_MS))
-  end
+-- A record stored (its hash field set): the body of the waiting copy it replaced goes, if
+-- another; its own, if it is big, becomes its body key and lives as long as it (``life`` ms,
+-- and BODY_SLACK_MS).
+local function stored_body(records, arriving, record, old_value, life)
+  local body = arriving and body_key(records, record)
   if old_value and is_stub(old_value) then
     local old_body = body_key(records, old_value)
     if old_body ~= body then
       redis_call('DEL', old_body)
     end
+  end
+  if body then
+    redis_call('RENAME', arriving, body)
+    redis_call('PEXPIRE', body, int(life + BODY_SLACK_MS))
   end
 end
 
@@ -72,12 +75,12 @@ local function put(KEYS, ARGV, now, us)
   end
   local refused = late(now, ARGV[9])
   if refused then
-    return refused
+    return refuse(KEYS[5], refused)
   end
   local id, record, body = ARGV[1], ARGV[2], KEYS[5]
   local window = ARGV[8] + 0
   if window > 0 and consumed_within(redis_call('ZSCORE', KEYS[4], id), now, window) then
-    return 2 -- its body (a rerun's, maybe the consumed copy's) is left to expire
+    return refuse(body, 2)
   end
   if body and redis_call('EXISTS', body) == 0 then
     return redis.error_reply('NOBODY the body of this big record was not stored')
@@ -126,10 +129,10 @@ local function put(KEYS, ARGV, now, us)
       end
       local reply = redis_pcall('HSET', KEYS[1], id, record)
       if failed(reply) then
-        return reply
+        return refuse(body, reply)
       end
       redis_call('PEXPIRE', KEYS[1], ARGV[3])
-      stored_body(KEYS[1], body, old_value, ttl)
+      stored_body(KEYS[1], body, record, old_value, ttl)
       announce(ARGV[4], ARGV[5])
       return (old > 0 and ARGV[10] == '1') and 4 or 1
     end
@@ -204,7 +207,7 @@ local function put(KEYS, ARGV, now, us)
   end
   local reply = redis_pcall('HSET', KEYS[1], unpack(fields))
   if failed(reply) then
-    return reply
+    return refuse(body, reply)
   end
   if first then
     redis_call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
@@ -220,7 +223,7 @@ local function put(KEYS, ARGV, now, us)
     redis_call('HDEL', KEYS[1], unpack(dead))
     drop_bodies(KEYS[1], dead_values)
   end
-  stored_body(KEYS[1], body, old_value, life)
+  stored_body(KEYS[1], body, record, old_value, life)
   forget_stretches(KEYS[3], ended, parked)
   announce(ARGV[4], ARGV[5])
   return (old > 0 and ARGV[10] == '1') and 4 or 1
