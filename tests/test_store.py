@@ -236,7 +236,7 @@ async def test_a_take_finds_live_records_behind_many_expired_ones(echoes):
         for i in range(100):
             key = f"key-{i:012d}"
             record = records.msg("a", key, i, False, stamp)
-            expiring.append(store.restore(name, record, records.msg_id("a", key), 50))
+            expiring += store.restore(name, record, records.msg_id("a", key), 50)
         await store.scripts.run(store.servers, expiring)
         await asyncio.sleep(0.1)
         for i in range(3):
@@ -579,9 +579,10 @@ async def test_records_of_the_first_design_are_migrated_each_exactly_once(echoes
     put = (FIRST_DESIGN / "first_design_put.lua").read_text()
     tag = f"{prefix}{{{encode_name('b')}}}"
     at = records.timestamp()
+    bodies = [0, 1, "x" * 5000]  # the last one big: migrated as a stub and its body key
     for i in range(3):
         key = f"key-00000000000{i}"
-        record = first_json("a", key, i, i == 1, at)
+        record = first_json("a", key, bodies[i], i == 1, at)
         await redis.eval(
             put,
             3,
@@ -610,10 +611,14 @@ async def test_records_of_the_first_design_are_migrated_each_exactly_once(echoes
         check=True,
     )
     assert again.stdout == "echoes: moved 0 records of 0 inboxes to this version's layout\n"
+    inbox = echoes.store.keys.inbox("b")
+    values = await hash_values(redis, inbox.records)
+    assert all(len(v) < records.BIG_RECORD for v in values.values())
+    assert len(await body_keys(redis, inbox)) == 1
     taken = await echoes.receive("b")
-    assert [r["body"] for r in taken] == [0, 1, 2]
+    assert [r["body"] for r in taken] == bodies
     assert [json.dumps(r, separators=(",", ":")).encode() for r in taken] == [
-        first_json("a", f"key-00000000000{i}", i, i == 1, at) for i in range(3)
+        first_json("a", f"key-00000000000{i}", bodies[i], i == 1, at) for i in range(3)
     ]
     [ack] = await echoes.receive("a")  # the migrated record kept its ack flag
     assert ack["idempotencyKey"] == "key-000000000001" and ack["destination"] == "b"

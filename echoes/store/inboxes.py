@@ -466,7 +466,7 @@ class Store:
                 for name in copies.destinations
             ]
         calls = []
-        unkept = str(int(2000 * self._timeout) + 1000)  # ms: past any rerun of the put
+        unkept = self._unkept_ms()
         for name in copies.destinations:
             arriving = self.keys.inbox(name).arriving(copies.token)
             calls.append(Call("set", (arriving,), (record, "PX", unkept)))
@@ -493,10 +493,30 @@ class Store:
         keys = (inbox.records, inbox.index, inbox.parked, inbox.tombstones)
         return Call("put", keys, (*args, deadline, replaced))
 
-    def restore(self, inbox_name: str, record: bytes, record_id: str, ttl_ms: int) -> Call:
-        """The script call that puts back ``record`` as it was, with ``ttl_ms`` left to live
-        (migrate.py): no cap, no dedup window refuses it."""
-        return self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms, window=0)
+    def restore(self, inbox_name: str, record: bytes, record_id: str, ttl_ms: int) -> list[Call]:
+        """The calls that put back ``record`` as it was, with ``ttl_ms`` left to live
+        (migrate.py): no cap, no dedup window refuses it; a big record's body SET first
+        (``results_of`` drops its reply)."""
+        if len(record) < records.BIG_RECORD:
+            return [self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms, window=0)]
+        token = records.body_token()
+        stub = records.stub(record, token)
+        put = self._put(inbox_name, record_id, stub, (0, 0), 0, ttl_ms, window=0)
+        arriving = self.keys.inbox(inbox_name).arriving(token)
+        return [
+            Call("set", (arriving,), (record, "PX", self._unkept_ms())),
+            Call("put", (*put.keys, arriving), put.args),
+        ]
+
+    def _unkept_ms(self) -> str:
+        """How long a big record's body SET for its put lives if the put does not keep it:
+        past any rerun of the put."""
+        return str(int(2000 * self._timeout) + 1000)
+
+    @staticmethod
+    def results_of(calls: list[Call], results: list[Any]) -> list[Any]:
+        """The replies of ``calls`` without those of the SETs of big records' bodies."""
+        return _bodies_written(calls, results)
 
     async def _queue_acks(self, acks: list[tuple[bytes, bytes, bytes]]) -> int:
         """Queue each ack, by (its origin's encoded name, its id, the ack as stored: what

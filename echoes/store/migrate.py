@@ -58,20 +58,21 @@ async def _move(store: Store, server: Server, keys: Keys, name: str) -> int:
         expires, flag, json_record = value.split(b":", 2)
         left = int(expires) - now_ms
         if left > 0:
-            calls.append(_restored(store, name, json.loads(json_record), flag == b"1", left))
+            calls += _restored(store, name, json.loads(json_record), flag == b"1", left)
     results = await classified(store.scripts.run(store.servers, calls)) if calls else []
+    results = store.results_of(calls, results)
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         raise failed[0]
     if ids:  # only what was moved: a record an old process adds meanwhile waits for a rerun
         await classified(client.zrem(queue, *ids))
         await classified(client.hdel(held, *ids, "#n"))
-    return len(calls)
+    return len(results)
 
 
 def _restored(
     store: Store, name: str, record: dict[str, Any], wants_ack: bool, ttl_ms: int
-) -> Call:
+) -> list[Call]:
     """The put of one first-design record (its JSON as a receive returned it), as it was."""
     key = record["idempotencyKey"]
     if record["type"] == "ack":
