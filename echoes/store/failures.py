@@ -40,7 +40,7 @@ UNAVAILABLE = (
 
 T = TypeVar("T")
 # Error replies: Redis's own while a script runs past busy-reply-threshold, and the scripts'.
-BUSY, LATE = "BUSY", "LATE"
+BUSY, LATE, NOBODY = "BUSY", "LATE", "NOBODY"
 
 # What Redis answers a client whose credentials it refuses, or one that sent none to a Redis
 # whose default user is off (redis-py raises a ConnectionError with this text, caused by an
@@ -114,6 +114,10 @@ def classify(error: Exception) -> Exception:
     if isinstance(error, ResponseError) and str(error).startswith(LATE):
         # Redis got the command after its request's deadline (lua/common.lua) and did nothing.
         return Unavailable("Late", str(error))
+    if isinstance(error, ResponseError) and str(error).startswith(NOBODY):
+        # A big record's put found no body where its SET wrote it (lua/put.lua): a slot that
+        # moved between the two, say. Nothing was stored; a resend stores it.
+        return Unavailable("NoBody", str(error))
     return error
 
 
