@@ -261,14 +261,20 @@ async def held(kind: str, waiter: Service, names: list[str], timeout: float = 12
     conn = await Connection.open("127.0.0.1", waiter.port)
     try:
         while time.monotonic() < deadline:
-            if kind == "echoes":
-                _, body, _ = await conn.request("GET", "/health", {})
-                if json.loads(body)["waiters"] >= len(names):
-                    return
-            else:  # the channel info of the last subscribers to arrive
-                replies = [await conn.request("GET", f"/pub/{n}", {}) for n in names[-20:]]
-                if all(b"active subscribers: 1" in body for _, body, _ in replies):
-                    return
+            try:
+                if kind == "echoes":
+                    _, body, _ = await conn.request("GET", "/health", {})
+                    if json.loads(body)["waiters"] >= len(names):
+                        return
+                else:  # the channel info of the last subscribers to arrive
+                    replies = [await conn.request("GET", f"/pub/{n}", {}) for n in names[-20:]]
+                    if all(b"active subscribers: 1" in body for _, body, _ in replies):
+                        return
+            except asyncio.IncompleteReadError:
+                # nginx closes a connection after 1,000 requests (keepalive_requests): on a
+                # slow machine the polls of the last subscribers pass that. A new one.
+                conn.close()
+                conn = await Connection.open("127.0.0.1", waiter.port)
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{kind} never held {len(names)} waiters")
     finally:
