@@ -738,24 +738,19 @@ async def test_a_big_records_put_that_finds_no_body_is_a_503_and_stores_nothing(
     # Its SET and its put are two commands: where the put finds no body (a Cluster slot that
     # moved between them, say), nothing is stored and the send is answered 503, to resend.
     store, inbox = echoes.store, echoes.store.keys.inbox("b")
-    record = records.msg("a", KEY, BIG, False, records.timestamp())
-    stub = records.stub(record, records.body_token())
-    put = store._put("b", records.msg_id("a", KEY), stub, (0, 0), 0)
-    [reply] = await store.scripts.run(
-        store.servers, [Call("put", (*put.keys, inbox.arriving("gone")), put.args)]
-    )
-    assert "NOBODY" in str(reply) and await echoes.redis.exists(inbox.records) == 0
-    original = store._put
+    command = store.scripts._command
 
-    def without_body(*args, **kwargs):  # KEYS[5], where the put looks, is not where the SET
-        call = original(*args, **kwargs)  # writes (appended after it, a KEYS[6] unread)
-        return dataclasses.replace(call, keys=(*call.keys[:4], inbox.arriving("gone")))
+    def elsewhere(call):  # the SET writes where its put does not look
+        if call.script == "set":
+            call = dataclasses.replace(call, keys=(inbox.arriving("elsewhere"),))
+        return command(call)
 
-    store._put = without_body
+    store.scripts._command = elsewhere
     try:
         message = {"idempotencyKey": KEY, "destination": ["b"], "body": BIG}
         refused = await echoes.post("/send", "a", message)
     finally:
-        store._put = original
+        store.scripts._command = command
     assert refused.status == 503 and "(NoBody)" in refused.json["details"][0]
+    assert await echoes.redis.exists(inbox.records) == 0
     assert await echoes.receive("b") == []

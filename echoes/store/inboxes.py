@@ -468,10 +468,11 @@ class Store:
         calls = []
         unkept = self._unkept_ms()
         for name in copies.destinations:
-            arriving = self.keys.inbox(name).arriving(copies.token)
+            inbox = self.keys.inbox(name)
+            arriving, body = inbox.arriving(copies.token), inbox.body(copies.token)
             calls.append(Call("set", (arriving,), (record, "PX", unkept)))
             put = self._put(name, record_id, copies.stub, limits, deadline, replaced=replaced)
-            calls.append(Call("put", (*put.keys, arriving), put.args))
+            calls.append(Call("put", (*put.keys, arriving, body), put.args))
         return calls
 
     def _put(
@@ -502,10 +503,11 @@ class Store:
         token = records.body_token()
         stub = records.stub(record, token)
         put = self._put(inbox_name, record_id, stub, (0, 0), 0, ttl_ms, window=0)
-        arriving = self.keys.inbox(inbox_name).arriving(token)
+        inbox = self.keys.inbox(inbox_name)
+        arriving, body = inbox.arriving(token), inbox.body(token)
         return [
             Call("set", (arriving,), (record, "PX", self._unkept_ms())),
-            Call("put", (*put.keys, arriving), put.args),
+            Call("put", (*put.keys, arriving, body), put.args),
         ]
 
     def _unkept_ms(self) -> str:

@@ -146,7 +146,7 @@ local BODY_SLACK_MS = 1000
 local function drop_bodies(records, values)
   for i = 1, #values do
     if values[i] and is_stub(values[i]) then
-      redis_call('DEL', body_key(records, values[i]))
+      redis_pcall('DEL', body_key(records, values[i]))
     end
   end
 end

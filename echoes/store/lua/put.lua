@@ -11,9 +11,11 @@
 -- KEYS[5]  optional: where echoes SET a big record just before (its body key, common.lua,
 --          with ":new"; a life of seconds): ARGV[2] is then its stub. A stored put renames it
 --          to the body key (a rerun's overwrites the same bytes), which then lives as long as
---          the record; a refused one deletes it. A body key is never written but so: a
---          rerun's SET after the first run's rename makes a new key, never touches a body a
---          stored or consumed copy uses.
+--          the record; a refused one deletes it. A rerun's SET after the first run's rename
+--          makes a new key: renamed onto the waiting copy's body (the same bytes), or, where
+--          the copy was consumed and its body is still there, deleted (answered 2).
+-- KEYS[6]  with KEYS[5]: the body key (declared, so that a Cluster node importing the slot
+--          refuses the put before it runs rather than the rename once the stub is written)
 -- ARGV[1]  record id
 -- ARGV[2]  record, or a big record's stub (with KEYS[5])
 -- ARGV[3]  time to live, in milliseconds
@@ -40,7 +42,7 @@
 -- expired records are dropped. A put to an indexed inbox is at most eight commands (TIME,
 -- ZSCORE with the dedup window, ZCARD, HGET of a waiting copy, HMGET, HGET of the parked
 -- count with a cap, HSET, ZADD), and two PEXPIREs when its keys need a longer life; a big
--- record's put three more (EXISTS, RENAME and PEXPIRE of its body).
+-- record's put four more (EXISTS of its SET and of its body, RENAME, PEXPIRE).
 --
 -- put(KEYS, ARGV[, now, us]): at ``now`` (ms) and ``us`` (microseconds) of Redis's clock
 -- (common.lua's now_ms; asked if not given): exchange.lua runs several puts at one time.
@@ -52,21 +54,42 @@ local function refuse(arriving, reply)
   return reply
 end
 
--- A record stored (its hash field set): the body of the waiting copy it replaced goes, if
--- another; its own, if it is big, becomes its body key and lives as long as it (``life`` ms,
--- and BODY_SLACK_MS).
-local function stored_body(records, arriving, record, old_value, life)
-  local body = arriving and body_key(records, record)
+-- A big record about to be stored: its body becomes its body key (before its stub is
+-- written: nothing is written if Redis refuses this). False, and the body SET for it
+-- deleted, when that body key is there for another than the waiting copy: this very put
+-- (its token) stored its copy before, which was consumed since; a rerun's is a duplicate, as
+-- the dedup window would say, and never shares the consumed copy's body.
+local function keep_body(KEYS, old_value)
+  if not KEYS[5] then
+    return true
+  end
+  local waiting = old_value and is_stub(old_value) and body_key(KEYS[1], old_value)
+  if waiting ~= KEYS[6] and redis_call('EXISTS', KEYS[6]) == 1 then
+    redis_call('DEL', KEYS[5])
+    return false
+  end
+  redis_call('RENAME', KEYS[5], KEYS[6])
+  return true
+end
+
+-- A record stored (its hash field set, or refused: ``reply``): its body, if it is big, lives
+-- as long as it (``life`` ms, and BODY_SLACK_MS), or goes with the refusal; the body of the
+-- waiting copy it replaced goes, if another (a pcall: a key not declared, which a Cluster
+-- node migrating the slot may not have any more; it then expires with its record).
+local function stored_body(KEYS, old_value, life, reply)
+  if failed(reply) then
+    return refuse(KEYS[6], reply)
+  end
+  if KEYS[6] then
+    redis_call('PEXPIRE', KEYS[6], int(life + BODY_SLACK_MS))
+  end
   if old_value and is_stub(old_value) then
-    local old_body = body_key(records, old_value)
-    if old_body ~= body then
-      redis_call('DEL', old_body)
+    local old_body = body_key(KEYS[1], old_value)
+    if old_body ~= KEYS[6] then
+      redis_pcall('DEL', old_body)
     end
   end
-  if body then
-    redis_call('RENAME', arriving, body)
-    redis_call('PEXPIRE', body, int(life + BODY_SLACK_MS))
-  end
+  return nil
 end
 
 local function put(KEYS, ARGV, now, us)
@@ -127,12 +150,15 @@ local function put(KEYS, ARGV, now, us)
           forget_stretches(KEYS[3], ended, parked)
         end
       end
+      if not keep_body(KEYS, old_value) then
+        return 2
+      end
       local reply = redis_pcall('HSET', KEYS[1], id, record)
       if failed(reply) then
-        return refuse(body, reply)
+        return stored_body(KEYS, old_value, ttl, reply)
       end
       redis_call('PEXPIRE', KEYS[1], ARGV[3])
-      stored_body(KEYS[1], body, record, old_value, ttl)
+      stored_body(KEYS, old_value, ttl)
       announce(ARGV[4], ARGV[5])
       return (old > 0 and ARGV[10] == '1') and 4 or 1
     end
@@ -205,9 +231,12 @@ local function put(KEYS, ARGV, now, us)
     local ms = life + min(floor(life / 8), 3600000)
     lifetime, fields[7], fields[8] = int(ms), '#x', int(now + ms)
   end
+  if not keep_body(KEYS, old_value) then
+    return 2
+  end
   local reply = redis_pcall('HSET', KEYS[1], unpack(fields))
   if failed(reply) then
-    return refuse(body, reply)
+    return stored_body(KEYS, old_value, life, reply)
   end
   if first then
     redis_call('ZADD', KEYS[2], int(first_score), first, fields[6], id)
@@ -223,7 +252,7 @@ local function put(KEYS, ARGV, now, us)
     redis_call('HDEL', KEYS[1], unpack(dead))
     drop_bodies(KEYS[1], dead_values)
   end
-  stored_body(KEYS[1], body, record, old_value, life)
+  stored_body(KEYS, old_value, life)
   forget_stretches(KEYS[3], ended, parked)
   announce(ARGV[4], ARGV[5])
   return (old > 0 and ARGV[10] == '1') and 4 or 1

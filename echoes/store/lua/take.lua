@@ -213,6 +213,17 @@ local function take_records(KEYS, ARGV, now, us)
     end
   end
 
+  -- A big record whose body is gone (Redis evicted it, or a resharding lost it) has left the
+  -- inbox as an expired one does: it is neither returned, nor parked, nor acked. (EXISTS in
+  -- a pcall: a key not declared; a refusal keeps the record, and echoes' MGET decides.)
+  for i = #taken - 2, 1, -3 do
+    local value = taken[i + 2]
+    if is_stub(value) and redis_pcall('EXISTS', body_key(KEYS[1], value)) == 0 then
+      table.remove(taken, i + 2)
+      table.remove(taken, i + 1)
+      table.remove(taken, i)
+    end
+  end
   local n = #taken / 3
   local out = list()
   out[1], out[2], out[3], out[4], out[5] = '2', n, remaining, 0, 0
@@ -228,9 +239,11 @@ local function take_records(KEYS, ARGV, now, us)
   local parked_until = min(now + attempt_ms, floor(taken[2] / 1000))
   local hold
   for i = 1, n do
-    if is_stub(out[i + 5]) then -- its body lives as long as the batch, and past the deadline
+    -- A big record's body lives as long as the batch, and past the deadline (a pcall: a key
+    -- not declared, which a Cluster node migrating the slot may not have any more).
+    if is_stub(out[i + 5]) then
       hold = hold or int(max(parked_until, ARGV[6] + 0) - now + BODY_SLACK_MS)
-      redis_call('PEXPIRE', body_key(KEYS[1], out[i + 5]), hold)
+      redis_pcall('PEXPIRE', body_key(KEYS[1], out[i + 5]), hold)
     end
   end
 

@@ -53,16 +53,17 @@ if #live == 0 then
 end
 -- Back at their old places (their scores), in the inbox's layout for its new size.
 local indexed = redis_call('EXISTS', KEYS[2]) == 1
--- A big record's body lives as long as its record again (put.lua).
-local function keep_body(value, score)
+-- A big record's body lives as long as its record again (put.lua; a pcall, as take.lua's).
+local function restore_body(value, score)
   if is_stub(value) then
-    redis_call('PEXPIRE', body_key(KEYS[1], value), int(floor(score / 1000) - now + BODY_SLACK_MS))
+    local life = floor(score / 1000) - now + BODY_SLACK_MS
+    redis_pcall('PEXPIRE', body_key(KEYS[1], value), int(life))
   end
 end
 if not indexed and #live == 1 and redis_call('HLEN', KEYS[1]) == 0 then
   redis_call('HSET', KEYS[1], live[1][1], live[1][3])
   redis_call('PEXPIRE', KEYS[1], int(floor(live[1][2] / 1000) - now))
-  keep_body(live[1][3], live[1][2])
+  restore_body(live[1][3], live[1][2])
   return 1
 end
 local bytes, latest, back, highest = 0, 0, 0, 0
@@ -78,7 +79,7 @@ for i = 1, #live do
   if redis_call('HEXISTS', KEYS[1], live[i][1]) == 0 then
     redis_call('HSET', KEYS[1], live[i][1], live[i][3])
     redis_call('ZADD', KEYS[2], live[i][2], live[i][1])
-    keep_body(live[i][3], live[i][2])
+    restore_body(live[i][3], live[i][2])
     bytes = bytes + record_size(live[i][3])
     latest = max(latest, floor(live[i][2] / 1000) - now)
     highest = max(highest, live[i][2] + 0)
