@@ -454,9 +454,8 @@ class Store:
         return self._puts(self.copies(origin, message), deadline)
 
     def _puts(self, copies: Copies, deadline: int, counted: bool = False) -> list[Call]:
-        """A put per destination; for a big record, each after the SET of its body where
-        the put looks for it, which lives a few seconds unless the put keeps it (put.lua
-        renames it, or deletes it when it refuses the copy)."""
+        """A put per destination; for a big record, each after the SET of its body
+        (``_with_body``)."""
         limits = (self._inbox_limit, self._inbox_bytes)
         record_id, record = copies.record_id, copies.record
         replaced = int(counted)
@@ -466,13 +465,9 @@ class Store:
                 for name in copies.destinations
             ]
         calls = []
-        unkept = self._unkept_ms()
         for name in copies.destinations:
-            inbox = self.keys.inbox(name)
-            arriving, body = inbox.arriving(copies.token), inbox.body(copies.token)
-            calls.append(Call("set", (arriving,), (record, "PX", unkept)))
             put = self._put(name, record_id, copies.stub, limits, deadline, replaced=replaced)
-            calls.append(Call("put", (*put.keys, arriving, body), put.args))
+            calls += self._with_body(name, put, record, copies.token)
         return calls
 
     def _put(
@@ -503,17 +498,19 @@ class Store:
         token = records.body_token()
         stub = records.stub(record, token)
         put = self._put(inbox_name, record_id, stub, (0, 0), 0, ttl_ms, window=0)
+        return self._with_body(inbox_name, put, record, token)
+
+    def _with_body(self, inbox_name: str, put: Call, record: bytes, token: str) -> list[Call]:
+        """A big record's ``put`` (of its stub), after the SET of its body where the put looks
+        for it (KEYS[5]; put.lua renames it to KEYS[6], or deletes it when it refuses the
+        copy); the body lives past any rerun of the put unless the put keeps it."""
         inbox = self.keys.inbox(inbox_name)
         arriving, body = inbox.arriving(token), inbox.body(token)
+        unkept = str(int(2000 * self._timeout) + 1000)  # ms
         return [
-            Call("set", (arriving,), (record, "PX", self._unkept_ms())),
+            Call("set", (arriving,), (record, "PX", unkept)),
             Call("put", (*put.keys, arriving, body), put.args),
         ]
-
-    def _unkept_ms(self) -> str:
-        """How long a big record's body SET for its put lives if the put does not keep it:
-        past any rerun of the put."""
-        return str(int(2000 * self._timeout) + 1000)
 
     @staticmethod
     def results_of(calls: list[Call], results: list[Any]) -> list[Any]:
