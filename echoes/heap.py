@@ -8,8 +8,8 @@ the memory is given back all the same, and the next request's megabyte is faulte
 page by page: in BENCHMARKS.md's bystander figure that was 3 to 7 ms of the event loop's CPU
 per 1 MB receive, every other request waiting behind it. Fixed thresholds keep freed memory
 for reuse: a process holds on to what its busiest moment used (which the bytes-in-flight
-budget bounds, --max-bytes-in-flight), not more. Nothing changes where the C library is not
-glibc.
+budget bounds, --max-bytes-in-flight), not more, and gives it back once a slow reader's
+answer is dropped. Nothing changes where the C library is not glibc.
 """
 
 import ctypes
@@ -27,6 +27,9 @@ MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 
 
+_kept = False
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's thresholds (at start, before any worker is forked: they inherit them);
     False where the C library is not glibc or refused them."""
@@ -37,7 +40,16 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    global _kept
     kept = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    kept = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and kept
+    _kept = kept = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and kept
     log.debug("glibc malloc keeps freed memory for reuse: %s", kept)
     return kept
+
+
+def give_back() -> None:
+    """Give the kernel what the heap holds free (glibc's malloc_trim: a few milliseconds per
+    hundred megabytes), where keep_freed_memory kept it: after a slow reader is cut off,
+    whose answer was the most memory a request holds (http/inbox.py)."""
+    if _kept:
+        ctypes.CDLL(None).malloc_trim(0)

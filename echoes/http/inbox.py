@@ -8,6 +8,7 @@ import time
 
 import tornado.web
 
+from .. import heap
 from ..store import Message, Outcome, Take, TooLarge
 from ..wake.waiters import CallerFull, Full, Waiter
 from . import schemas, validation
@@ -209,6 +210,7 @@ class InboxHandler(APIHandler):
         log.warning("client did not read its answer within %s s; disconnected", timeout)
         self.metrics.slow_readers.inc()
         self.request.connection.stream.close()  # type: ignore[union-attr]
+        asyncio.get_running_loop().call_soon(heap.give_back)  # the answer's memory, once freed
 
     def check_sent(self, outcome: Outcome, take: Take | None) -> None:
         """507 when Redis refused a copy for lack of memory, 429 when an inbox was full."""
