@@ -102,14 +102,13 @@ STORED, FULL, DUPLICATE, FULL_BYTES, REPLACED = 1, 0, 2, 3, 4
 @dataclass(frozen=True)
 class Copies:
     """A message as stored: its record, the record's id, when it was sent (epoch seconds);
-    for a big record (records.BIG_RECORD), its stub and its body key's token."""
+    for a big record (records.BIG_RECORD), its stub (which names its body key's token)."""
 
     record_id: str
     record: bytes
     sent_at: int
     destinations: tuple[str, ...]
     stub: bytes | None = None
-    token: str = ""
 
     @property
     def size(self) -> int:
@@ -445,9 +444,8 @@ class Store:
         record_id = records.msg_id(origin, message.key)
         if len(record) < records.BIG_RECORD:
             return Copies(record_id, record, sent_at, message.destinations)
-        token = records.body_token()
-        stub = records.stub(record, token)
-        return Copies(record_id, record, sent_at, message.destinations, stub, token)
+        stub = records.stub(record, records.body_token())
+        return Copies(record_id, record, sent_at, message.destinations, stub)
 
     def puts(self, origin: str, message: Message, deadline: int = 0) -> list[Call]:
         """The script calls that store one copy of ``message`` per destination."""
@@ -467,7 +465,7 @@ class Store:
         calls = []
         for name in copies.destinations:
             put = self._put(name, record_id, copies.stub, limits, deadline, replaced=replaced)
-            calls += self._with_body(name, put, record, copies.token)
+            calls += self._with_body(name, put, record, copies.stub)
         return calls
 
     def _put(
@@ -495,16 +493,15 @@ class Store:
         (``results_of`` drops its reply)."""
         if len(record) < records.BIG_RECORD:
             return [self._put(inbox_name, record_id, record, (0, 0), 0, ttl_ms, window=0)]
-        token = records.body_token()
-        stub = records.stub(record, token)
+        stub = records.stub(record, records.body_token())
         put = self._put(inbox_name, record_id, stub, (0, 0), 0, ttl_ms, window=0)
-        return self._with_body(inbox_name, put, record, token)
+        return self._with_body(inbox_name, put, record, stub)
 
-    def _with_body(self, inbox_name: str, put: Call, record: bytes, token: str) -> list[Call]:
+    def _with_body(self, inbox_name: str, put: Call, record: bytes, stub: bytes) -> list[Call]:
         """A big record's ``put`` (of its stub), after the SET of its body where the put looks
         for it (KEYS[5]; put.lua renames it to KEYS[6], or deletes it when it refuses the
         copy); the body lives past any rerun of the put unless the put keeps it."""
-        inbox = self.keys.inbox(inbox_name)
+        inbox, token = self.keys.inbox(inbox_name), records.stub_token(stub)
         arriving, body = inbox.arriving(token), inbox.body(token)
         unkept = str(int(2000 * self._timeout) + 1000)  # ms
         return [
