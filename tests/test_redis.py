@@ -521,3 +521,41 @@ async def test_a_request_is_answered_before_a_later_reply_in_its_batch_is_read()
     assert not large.done()
     held.set()
     assert await asyncio.wait_for(large, 1) == [b"large"]
+
+
+async def test_a_batch_that_fills_is_written_in_the_turn_that_filled_it():
+    # A busy turn reads dozens of requests; a batch of BATCH_REQUESTS goes to Redis at once
+    # (Redis works on it while echoes reads the others), a smaller one at the turn's end.
+    from echoes.store.pipeline import BATCH_REQUESTS, Pipeline
+
+    written: list[bytes] = []
+
+    class Writer:
+        def write(self, data):
+            written.append(data)
+
+        def is_closing(self):
+            return False
+
+    class Connection:
+        is_connected = True
+        _writer = Writer()
+
+        async def send_packed_command(self, packed):
+            written.append(packed)
+
+        async def read_response(self):
+            return b"ok"
+
+    pipeline = Pipeline(Connection, timeout=5)
+    assert await pipeline.run([("GET", "first")]) == [b"ok"]  # the connection is idle now
+    for requests in (BATCH_REQUESTS - 1, BATCH_REQUESTS):
+        written.clear()
+        runs = [asyncio.ensure_future(pipeline.run([("GET", f"k{i}")])) for i in range(requests)]
+        await asyncio.sleep(0)  # one turn: every request has handed its command over
+        full = requests == BATCH_REQUESTS
+        assert len(written) == (1 if full else 0), (requests, written)
+        if full:
+            assert written[0].count(b"GET") == requests
+        assert await asyncio.wait_for(asyncio.gather(*runs), 1) == [[b"ok"]] * requests
+        assert sum(w.count(b"GET") for w in written) == requests  # each written once

@@ -5,7 +5,10 @@ event loop asked for goes out as one write on one connection, and the replies ar
 in order and handed to each request as soon as its own are in. Under load that is one round
 trip for many requests: Redis reads and writes its socket once for all of them, and echoes
 pays for one write.
-A request's commands stay together and in order.
+A request's commands stay together and in order. A batch that reaches BATCH_REQUESTS
+requests is written at once, in the turn that filled it: Redis works on it while echoes reads
+the turn's other requests, instead of every request of a busy turn waiting for all of the
+turn's calls to be run.
 
 The pipeline keeps its own connections (made like its client's: with its address,
 credentials, TLS and, under Sentinel, its master discovery) and takes a free one without
@@ -68,6 +71,11 @@ class NotReplicated(RedisError):
 WAIT_SHARE = 0.8
 # Bytes of arguments past which a request's commands go alone (Store decides: it knows them).
 LARGE_BATCH = 256 << 10
+# Requests past which a batch is written at once rather than at the end of its turn. Under
+# load one turn of the event loop reads dozens of requests; their script calls, batched
+# whole, kept echoes idle while Redis ran them (BENCHMARKS.md, "A batch written as it
+# fills"), and smaller batches cost more writes and reads of their own.
+BATCH_REQUESTS = 8
 # A batch without its replies for this long (or half its deadline) is reported as trouble.
 SLOW_SECONDS = 1.0
 
@@ -109,15 +117,43 @@ class Pipeline:
         if not self._waiting:
             loop.call_soon(self._flush)
         self._waiting.append(Waiting(commands, future, writes and self.replicas > 0))
+        if len(self._waiting) >= BATCH_REQUESTS:
+            self._flush()
         return await future
 
     def _flush(self) -> None:
+        if not self._waiting:  # written already, when it filled
+            return
         batch, self._waiting = self._waiting, []
-        task = asyncio.create_task(self._send(batch))
+        task = asyncio.create_task(self._send(batch, written=self._write_now(batch)))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[Waiting], one_by_one: bool = False) -> None:
+    def _write_now(self, batch: list[Waiting]) -> AbstractConnection | None:
+        """``batch`` written now, without waiting for a task's turn, on an idle connection
+        that is ready for it; that connection, or None (then ``_send`` writes it).
+
+        redis-py's connections write only from a coroutine (``send_packed_command``), which
+        would run in a later turn; this writes to the connection's stream writer, as that
+        method does, and the replies are read as for any batch. Not with a WAIT to append
+        (--redis-wait-replicas): those batches go as before.
+        """
+        if self.replicas or not self._free or self._slots.locked():
+            return None
+        conn = self._free[-1]
+        writer = getattr(conn, "_writer", None)
+        if not conn.is_connected or writer is None or writer.is_closing():
+            return None
+        self._free.pop()
+        writer.write(pack([command for waiting in batch for command in waiting.commands]))
+        return conn
+
+    async def _send(
+        self,
+        batch: list[Waiting],
+        one_by_one: bool = False,
+        written: AbstractConnection | None = None,
+    ) -> None:
         commands = [command for waiting in batch for command in waiting.commands]
         replicated = any(waiting.replicated for waiting in batch)
         if replicated:
@@ -130,7 +166,7 @@ class Pipeline:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    replies = await self._exchange(commands, one_by_one, early)
+                    replies = await self._exchange(commands, one_by_one, early, written)
             except TimeoutError:
                 await self._forget_free()
                 raise RedisTimeoutError(f"no answer from Redis within {self.timeout} s") from None
@@ -172,10 +208,12 @@ class Pipeline:
         commands: Sequence[Command],
         one_by_one: bool = False,
         early: dict[int, Waiting] | None = None,
+        written: AbstractConnection | None = None,
     ) -> list[Any]:
         """Write every command at once on one connection (or ``one_by_one``, each packed
-        only when the one before is written), then read every reply; a request of ``early``
-        (by the index of its last command) is answered once its last reply is read.
+        only when the one before is written; or ``written`` to already), then read every
+        reply; a request of ``early`` (by the index of its last command) is answered once
+        its last reply is read.
 
         What redis-py's Pipeline does, without its per-command bookkeeping (dropping it gave
         12% more /exchange per second: BENCHMARKS.md, "Earlier rounds"). A dropped connection
@@ -183,11 +221,18 @@ class Pipeline:
         """
         async with self._slots:
             for attempt in (1, 2):
-                conn = self._free.pop() if self._free else self.make_connection()
+                if written is not None:  # the first attempt's writing is done
+                    conn, written, sent = written, None, True
+                else:
+                    conn = self._free.pop() if self._free else self.make_connection()
+                    sent = False
                 try:
                     if not conn.is_connected:
+                        sent = False  # dropped since: write it again on the new connection
                         await conn.connect()  # Sentinel's connections ask for the master here
-                    if one_by_one:
+                    if sent:
+                        pass
+                    elif one_by_one:
                         for command in commands:
                             await conn.send_packed_command(hiredis.pack_command(command))
                     else:
