@@ -135,7 +135,8 @@ class Pipeline:
 
         redis-py's connections write only from a coroutine (``send_packed_command``), which
         would run in a later turn; this writes to the connection's stream writer, as that
-        method does, and the replies are read as for any batch. Not with a WAIT to append
+        method does, and the replies are read as for any batch (its task holds one of the
+        ``connections`` from its first turn on). Not with a WAIT to append
         (--redis-wait-replicas): those batches go as before.
         """
         if self.replicas or not self._free or self._slots.locked():
