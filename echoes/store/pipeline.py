@@ -142,11 +142,17 @@ class Pipeline:
         if self.replicas or not self._free or self._slots.locked():
             return None
         conn = self._free[-1]
-        writer = getattr(conn, "_writer", None)
-        if not conn.is_connected or writer is None or writer.is_closing():
+        writer = getattr(conn, "_writer", None)  # fakeredis's connections have their own
+        if not (conn.is_connected and isinstance(writer, asyncio.StreamWriter)):
+            return None
+        try:
+            packed = pack([command for waiting in batch for command in waiting.commands])
+        except Exception:  # an argument hiredis cannot pack: _send fails the batch with it
+            return None
+        if writer.is_closing():
             return None
         self._free.pop()
-        writer.write(pack([command for waiting in batch for command in waiting.commands]))
+        writer.write(packed)
         return conn
 
     async def _send(
