@@ -537,6 +537,9 @@ async def test_a_batch_that_fills_is_written_in_the_turn_that_filled_it():
         def __init__(self):
             pass
 
+        def __del__(self):
+            pass
+
         def write(self, data):
             written.append(data)
 

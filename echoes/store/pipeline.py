@@ -125,9 +125,16 @@ class Pipeline:
         if not self._waiting:  # written already, when it filled
             return
         batch, self._waiting = self._waiting, []
-        task = asyncio.create_task(self._send(batch, written=self._write_now(batch)))
+        written = self._write_now(batch)
+        task = asyncio.create_task(self._send(batch, written=written))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        if written is not None:
+            # A task cancelled before its first step (a shutdown) never reads the replies nor
+            # closes the connection it was handed: its stream is closed here then.
+            stream = written._writer
+            if stream is not None:
+                task.add_done_callback(lambda done: stream.close() if done.cancelled() else None)
 
     def _write_now(self, batch: list[Waiting]) -> AbstractConnection | None:
         """``batch`` written now, without waiting for a task's turn, on an idle connection
