@@ -153,7 +153,7 @@ class Pipeline:
         if not (conn.is_connected and isinstance(writer, asyncio.StreamWriter)):
             return None
         try:
-            packed = pack([command for waiting in batch for command in waiting.commands])
+            packed = pack(_commands(batch))
         except Exception:  # an argument hiredis cannot pack: _send fails the batch with it
             return None
         if writer.is_closing():
@@ -168,7 +168,7 @@ class Pipeline:
         one_by_one: bool = False,
         written: AbstractConnection | None = None,
     ) -> None:
-        commands = [command for waiting in batch for command in waiting.commands]
+        commands = _commands(batch)
         replicated = any(waiting.replicated for waiting in batch)
         if replicated:
             ms = int(self.timeout * WAIT_SHARE * 1000)
@@ -235,21 +235,17 @@ class Pipeline:
         """
         async with self._slots:
             for attempt in (1, 2):
-                if written is not None:  # the first attempt's writing is done
-                    conn, written, sent = written, None, True
-                else:
-                    conn = self._free.pop() if self._free else self.make_connection()
-                    sent = False
+                # The first attempt may find its commands written already (_write_now).
+                conn = written if written is not None else self._connection()
+                sent, written = written is not None, None
                 try:
                     if not conn.is_connected:
                         sent = False  # dropped since: write it again on the new connection
                         await conn.connect()  # Sentinel's connections ask for the master here
-                    if sent:
-                        pass
-                    elif one_by_one:
+                    if not sent and one_by_one:
                         for command in commands:
                             await conn.send_packed_command(hiredis.pack_command(command))
-                    else:
+                    elif not sent:
                         await conn.send_packed_command(pack(commands))
                     replies = []
                     for i in range(len(commands)):
@@ -270,6 +266,9 @@ class Pipeline:
                 return replies
         raise AssertionError("unreachable")
 
+    def _connection(self) -> AbstractConnection:
+        return self._free.pop() if self._free else self.make_connection()
+
     async def close(self) -> None:
         """Let batches in flight finish (each is bounded by the timeout), then disconnect."""
         if self._sending:
@@ -280,6 +279,11 @@ class Pipeline:
         free, self._free = self._free, []
         for conn in free:
             await conn.disconnect()
+
+
+def _commands(batch: list[Waiting]) -> list[Command]:
+    """The commands of every request of ``batch``, in order."""
+    return [command for waiting in batch for command in waiting.commands]
 
 
 def _last_replies(batch: list[Waiting]) -> dict[int, Waiting]:
